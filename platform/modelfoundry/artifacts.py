@@ -1,0 +1,146 @@
+"""The checkpoint format: the contract between training, the model store and serving.
+
+A checkpoint is a directory holding
+  model.pt     the model's state_dict only, loaded with torch.load(weights_only=True)
+  model.json   family, hyperparameters, input spec, dataset, metrics, library versions, and the
+               sha256 of model.pt (checked on every read: a mismatch is refused)
+  state.pt     optional: optimizer state and epoch, for resuming training (not needed to serve)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelfoundry.models import build_model, config_dict, family_of
+from modelfoundry.storage import download_dir
+
+FORMAT_VERSION = 1
+MODEL_FILE, META_FILE, STATE_FILE = "model.pt", "model.json", "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt or tampered with."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import ray
+
+    from modelfoundry import __version__
+
+    return {"torch": torch.__version__, "ray": ray.__version__, "modelfoundry": __version__, "python": platform.python_version()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP (or other) wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def write_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    *,
+    dataset: dict[str, Any],
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write model.pt (+ state.pt) and then model.json, which names model.pt's sha256."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    m = unwrap(model)
+    state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    torch.save(state, d / MODEL_FILE)
+    if train_state is not None:
+        torch.save(train_state, d / STATE_FILE)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "family": family_of(m),
+        "config": config_dict(m),
+        "input_spec": {"shape": list(m.config.input_shape), "dtype": "float32"},
+        "dataset": dataset,
+        "metrics": metrics,
+        "versions": library_versions(),
+        "sha256": sha256_file(d / MODEL_FILE),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    (d / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return d
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    d = Path(directory)
+    path = d / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{d} is not a checkpoint: {META_FILE} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    for key in ("family", "config", "sha256", "input_spec"):
+        if key not in meta:
+            raise CheckpointError(f"{path} lacks the field {key!r}")
+    return meta
+
+
+def verify(directory: str | Path) -> dict[str, Any]:
+    """model.json's metadata, after checking model.pt against its recorded sha256."""
+    d = Path(directory)
+    meta = read_meta(d)
+    weights = d / MODEL_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
+    actual = sha256_file(weights)
+    if actual != meta["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {d} failed its integrity check: {MODEL_FILE} has sha256 {actual[:16]}..., "
+            f"model.json records {meta['sha256'][:16]}... (corrupt or tampered; refusing to load it)"
+        )
+    return meta
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: str
+
+
+def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
+    """Verify and load a checkpoint from a directory or URI into an eval-mode model."""
+    with tempfile.TemporaryDirectory(prefix="mf-ckpt-") as tmp:
+        local = Path(download_dir(str(location), tmp))
+        meta = verify(local)
+        model = build_model(meta["family"], "default", **meta["config"])
+        try:
+            state = torch.load(local / MODEL_FILE, map_location=device, weights_only=True)
+            model.load_state_dict(state)
+        except Exception as err:  # unpickling refused or shapes differ: the file is not ours
+            raise CheckpointError(f"cannot load weights from {local / MODEL_FILE}: {err}") from None
+    return LoadedModel(model.to(device).eval(), meta, str(location))
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+

@@ -1,0 +1,109 @@
+"""The `foundry` command: train, models (and, as they land, tune and serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from modelfoundry.config import ConfigError, load_config
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foundry", description="Train, tune and serve model families on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with Ray Train (data-parallel)")
+    add_train_args(t)
+
+    m = sub.add_parser("models", help="the model store")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="list exported models")
+    ml.add_argument("--store", default="models", help="model store directory or URI (default: models)")
+    ml.add_argument("--json", action="store_true")
+    return parser
+
+
+def add_train_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--config", required=True, help="job YAML (see jobs/configs/)")
+    t.add_argument("--workers", type=int, help="number of training workers (train.num_workers)")
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16 autocast")
+    t.add_argument("--epochs", type=int, help="train.epochs")
+    t.add_argument("--storage", help="run storage: a directory or a URI such as s3://bucket/runs")
+    t.add_argument("--model-store", help="model store: a directory or a URI")
+    t.add_argument("--resume", action="store_true", help="continue the latest run of this config's name")
+    _add_cluster_args(t)
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "train.num_workers": args.workers,
+        "train.epochs": args.epochs,
+        "train.storage": args.storage,
+        "train.model_store": args.model_store,
+        "train.use_gpu": True if args.gpu else None,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from modelfoundry.cluster import connect
+    from modelfoundry.training import train
+
+    cfg = load_config(args.config, train_overrides(args))
+    print(connect(args.address), flush=True)
+    outcome = train(cfg, resume=args.resume)
+    s = outcome.summary()
+    print(f"\n== {cfg.name}: best {s['metric']} = {s['best']:.4f} (epoch {s['metrics'].get('epoch')}) "
+          f"in {s['wall_s']}s")
+    for key in ("checkpoint", "run_path"):
+        print(f"   {key}: {s[key]}")
+    if s["model_store"]:
+        print(f"   model store: {s['model_store']['name']} v{s['model_store']['version']} at {s['model_store']['path']}")
+    for p in s["plots"]:
+        print(f"   plot: {p}")
+    if args.json:
+        print(json.dumps(s, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from modelfoundry.store import list_models
+
+    rows = list_models(args.store)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"no models in {args.store}")
+        return 0
+    print(f"{'name':24} {'ver':>4} {'family':6} {'dataset':14} metrics / path")
+    for r in rows:
+        shown = {k: round(v, 4) for k, v in r["metrics"].items() if k.startswith("test_") and isinstance(v, float)}
+        print(f"{r['name']:24} {r['version']:>4} {r['family']:6} {str(r['dataset']):14} {shown}\n{'':51}{r['path']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ValueError) as err:
+        print(f"foundry {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"foundry {args.command}: failed: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The per-worker training loop: one readable function with Ray Train's touchpoints in plain view.
+
+get_dataset_shard -> iter_torch_batches -> prepare_model (DDP) -> optimiser steps -> evaluation on
+the held-out shard -> ray.train.report(metrics, checkpoint). Resume is the normal path: the loop
+always asks get_checkpoint() first and continues from the epoch after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from modelfoundry.artifacts import MODEL_FILE, load_train_state, unwrap, write_checkpoint
+from modelfoundry.config import JobConfig, parse_config
+from modelfoundry.models import build_model, set_normalization
+from modelfoundry.storage import filesystem, join
+from modelfoundry.training.tasks import batch_loss, summarize, task_of
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by the fault-injection switch (train.fail_at_epoch) to test recovery."""
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg: JobConfig = parse_config(loop_config["job"])
+    spec, stats = loop_config["spec"], loop_config["stats"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    task = task_of(cfg.model.family, spec["task"])
+    torch.manual_seed(cfg.train.seed)
+
+    # ---- model, optimiser (the same init on every rank; DDP also broadcasts rank 0's weights)
+    model = build_model(
+        cfg.model.family, cfg.model.preset, input_shape=tuple(spec["input_shape"]),
+        **({} if task == "generative" else {"output_dim": spec["output_dim"]}), **cfg.model.params,
+    )
+    set_normalization(model, stats)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs) if cfg.train.lr_schedule == "cosine" else None
+
+    # ---- resume from the latest checkpoint, if there is one (after a failure or with --resume)
+    start_epoch, attempt, history = 1, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
+            state = load_train_state(d)
+        if state:
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            start_epoch = state["epoch"] + 1
+            attempt, history = state["attempt"] + 1, state["history"]
+        if rank == 0:
+            print(f"[{cfg.name}] resuming from the checkpoint of epoch {start_epoch - 1}", flush=True)
+
+    model = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
+    device = ray.train.torch.get_device()
+    use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+    y_std = float(stats["y_std"])
+
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        maybe_inject_fault(cfg, loop_config["run_path"], epoch, rank)
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size, device=device,
+            local_shuffle_buffer_size=4 * cfg.train.batch_size, local_shuffle_seed=cfg.train.seed + epoch,
+        ):
+            with autocast():
+                loss, batch_sums = batch_loss(task, model, batch["x"], batch["y"], y_std)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            add_into(sums, batch_sums)
+        if scheduler:
+            scheduler.step()
+        train_time = time.perf_counter() - t0
+        train_sums = all_reduce(sums, device)
+
+        model.eval()
+        sums = {}
+        with torch.no_grad(), autocast():
+            for batch in test_shard.iter_torch_batches(batch_size=512, device=device):
+                add_into(sums, batch_loss(task, model, batch["x"], batch["y"], y_std)[1])
+        test_sums = all_reduce(sums, device)
+
+        metrics = {
+            "epoch": epoch,
+            **summarize(task, train_sums, "train"),
+            **summarize(task, test_sums, "test"),
+            "samples_per_s": train_sums["n"] / max(train_time, 1e-9),
+            "epoch_time_s": time.perf_counter() - t0,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if "persistence_mae" in loop_config["extras"]:
+            metrics["persistence_mae"] = loop_config["extras"]["persistence_mae"]
+        history.append({**metrics, "attempt": attempt})
+        report(cfg, model, optimizer, scheduler, metrics, history, loop_config, rank, world)
+
+
+def report(
+    cfg: JobConfig, model, optimizer, scheduler, metrics: dict, history: list, loop_config: dict, rank: int, world: int
+) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (model.pt + model.json + state.pt)."""
+    t0 = time.perf_counter()
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="mf-report-") as tmp:
+        write_checkpoint(
+            tmp, unwrap(model), dataset=loop_config["dataset"], metrics=metrics,
+            extra={
+                "task": loop_config["task"], "run": cfg.name, "epoch": metrics["epoch"], "workers": world,
+                "history": history,
+            },
+            train_state={
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "epoch": metrics["epoch"],
+                "attempt": history[-1]["attempt"],
+                "history": history,
+            },
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") or k == "train_loss"}
+    print(
+        f"[{cfg.name}] epoch {metrics['epoch']}/{cfg.train.epochs} {shown} "
+        f"{metrics['samples_per_s']:.0f} samples/s, report {time.perf_counter() - t0:.2f}s",
+        flush=True,
+    )
+
+
+def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def add_into(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v
+
+
+def all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum metric totals over all workers (each evaluated its own shard)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def maybe_inject_fault(cfg: JobConfig, run_path: str, epoch: int, rank: int) -> None:
+    """train.fail_at_epoch: rank 0 raises once at that epoch (a marker in the run's storage
+    remembers it fired, so the retried attempt goes on)."""
+    if cfg.train.fail_at_epoch != epoch or rank != 0:
+        return
+    fs, path = filesystem(join(run_path, "fault-injected"))
+    if fs.get_file_info(path).type.name != "NotFound":
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(str(epoch).encode())
+    raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")

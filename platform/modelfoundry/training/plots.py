@@ -1,0 +1,69 @@
+"""Learning-curve PNGs (and VAE sample/reconstruction grids) written next to a run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from modelfoundry.artifacts import load_checkpoint, read_meta
+from modelfoundry.storage import download_dir, is_uri, upload_dir
+
+
+def plot_run(checkpoint: str, run_path: str) -> list[str]:
+    """Write learning_curves.png (+ vae_samples.png for a VAE) into the run directory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory(prefix="mf-plot-") as tmp:
+        meta = read_meta(download_dir(checkpoint, f"{tmp}/ckpt"))
+        out = Path(tmp) / "plots" if is_uri(run_path) else Path(run_path)
+        out.mkdir(parents=True, exist_ok=True)
+        history = meta.get("history", [])
+        names = sorted({k for h in history for k in h if k.startswith(("train_", "test_"))})
+        groups = sorted({n.split("_", 1)[1] for n in names})
+        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+        for ax, g in zip(axes[0], groups):
+            for split in ("train", "test"):
+                pts = [(h["epoch"], h[f"{split}_{g}"]) for h in history if f"{split}_{g}" in h]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, label=split)
+            ax.set_title(g)
+            ax.set_xlabel("epoch")
+            ax.legend()
+        fig.suptitle(f"{meta.get('run', '')} ({meta['family']} on {meta['dataset'].get('name')})")
+        fig.tight_layout()
+        fig.savefig(out / "learning_curves.png", dpi=100)
+        plt.close(fig)
+        files = ["learning_curves.png"]
+        if meta["family"] == "vae":
+            files.append(_vae_grid(checkpoint, meta, out / "vae_samples.png", plt))
+        if is_uri(run_path):
+            upload_dir(str(out), run_path)
+    return [f"{run_path.rstrip('/')}/{f}" for f in files]
+
+
+def _vae_grid(checkpoint: str, meta: dict, path: Path, plt) -> str:
+    import torch
+
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+
+    vae = load_checkpoint(checkpoint).model
+    splits = load_splits(DataSection(**meta["dataset"]["config"]))
+    x = torch.from_numpy(splits.x_test[:8])
+    with torch.no_grad():
+        recon = torch.sigmoid(vae(x))
+        samples = vae.sample(8, torch.Generator().manual_seed(0))
+    rows = [("test", x), ("reconstruction", recon), ("prior sample", samples)]
+    fig, axes = plt.subplots(3, 8, figsize=(8, 3.3))
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(8):
+            axes[r, c].imshow(imgs[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(label, fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name

@@ -1,0 +1,55 @@
+"""What each task optimises and reports: the loss, the metric sums, and the metric Tune/keep-best use."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+from modelfoundry.models.vae import vae_loss
+
+Task = Literal["classification", "regression", "generative"]
+
+# the metric that ranks checkpoints and trials, and its direction
+TASK_METRIC: dict[str, tuple[str, str]] = {
+    "classification": ("test_accuracy", "max"),
+    "regression": ("test_mae", "min"),
+    "generative": ("test_neg_elbo", "min"),
+}
+
+
+def task_of(family: str, dataset_task: str) -> Task:
+    return "generative" if family == "vae" else dataset_task  # type: ignore[return-value]
+
+
+def batch_loss(task: Task, model, x: torch.Tensor, y: torch.Tensor, y_std: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """(mean loss to backpropagate, metric sums for this batch)."""
+    n = x.shape[0]
+    if task == "classification":
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        correct = (logits.argmax(1) == y).sum().item()
+        return loss, {"loss": loss.item() * n, "correct": correct, "n": n}
+    if task == "regression":
+        pred = model(x).float().squeeze(-1)
+        loss = F.mse_loss(pred / y_std, y / y_std)  # in units of the target's std
+        return loss, {"loss": loss.item() * n, "abs_err": (pred - y).abs().sum().item(), "n": n}
+    logits, mu, logvar = model(x, return_latent=True)
+    recon, kl = vae_loss(logits, x, mu, logvar)
+    loss = (recon + kl).mean()
+    return loss, {"loss": loss.item() * n, "recon": recon.sum().item(), "kl": kl.sum().item(), "n": n}
+
+
+def summarize(task: Task, sums: dict[str, float], prefix: str) -> dict[str, float]:
+    n = max(sums.get("n", 0), 1)
+    out = {f"{prefix}_loss": sums["loss"] / n}
+    if task == "classification":
+        out[f"{prefix}_accuracy"] = sums["correct"] / n
+    elif task == "regression":
+        out[f"{prefix}_mae"] = sums["abs_err"] / n
+    else:
+        out[f"{prefix}_recon"] = sums["recon"] / n
+        out[f"{prefix}_kl"] = sums["kl"] / n
+        out[f"{prefix}_neg_elbo"] = (sums["recon"] + sums["kl"]) / n
+    return out

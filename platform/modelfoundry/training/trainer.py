@@ -1,0 +1,177 @@
+"""The driver side of a training run: validate, check capacity, build the TorchTrainer, fit,
+export the best checkpoint to the model store, plot the learning curves."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from modelfoundry.config import JobConfig
+from modelfoundry.data import load_splits, ray_datasets
+from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.training.tasks import TASK_METRIC, task_of
+
+# Ray Train's controller polls workers every 2 s by default and each report waits for a poll:
+# 20 epochs would lose ~35 s. The platform polls every 0.1 s (override with the env var).
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+DEFAULT_HEALTH_CHECK_S = "0.1"
+
+
+class CapacityError(ValueError):
+    """The cluster can never place the requested workers."""
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    run_path: str
+    metric: str
+    mode: str
+    metrics: dict[str, Any]
+    checkpoint: str
+    model: dict[str, Any] | None = None  # model store entry
+    plots: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "best": self.metrics.get(self.metric),
+            "metrics": self.metrics,
+            "checkpoint": self.checkpoint,
+            "run_path": self.run_path,
+            "model_store": {"name": self.model["name"], "version": self.model["version"], "path": self.model["path"]}
+            if self.model else None,
+            "plots": self.plots,
+            "wall_s": round(self.wall_s, 1),
+        }
+
+
+def check_capacity(cfg: JobConfig) -> None:
+    """Fail fast when no node set of this cluster can ever hold the workers (not wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_cpu = cfg.train.num_workers * cfg.train.cpus_per_worker
+    if need_cpu > total.get("CPU", 0):
+        raise CapacityError(
+            f"train.num_workers={cfg.train.num_workers} x cpus_per_worker={cfg.train.cpus_per_worker} "
+            f"needs {need_cpu:g} CPUs; the cluster has {total.get('CPU', 0):g}"
+        )
+    if cfg.train.use_gpu and cfg.train.num_workers > total.get("GPU", 0):
+        raise CapacityError(
+            f"train.use_gpu with num_workers={cfg.train.num_workers} needs {cfg.train.num_workers} GPUs; "
+            f"the cluster has {total.get('GPU', 0):g} (drop --gpu or add GPU nodes)"
+        )
+
+
+def run_dirs(storage: str, name: str) -> list[str]:
+    """Existing run directories of `name`, oldest first (run ids sort by time)."""
+    fs, root = filesystem(join(absolute(storage), name))
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("run-"))
+
+
+def train(cfg: JobConfig, *, resume: bool = False, export: bool = True, callbacks: list | None = None) -> TrainOutcome:
+    """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from modelfoundry import store
+    from modelfoundry.training.plots import plot_run
+
+    t_start = time.perf_counter()
+    splits = load_splits(cfg.data)  # bad data config fails here, before any Ray work
+    storage = absolute(cfg.train.storage)
+    check_writable(storage)
+    check_writable(cfg.train.model_store)
+    if not ray.is_initialized():
+        raise RuntimeError("connect to Ray first (modelfoundry.cluster.connect)")
+    check_capacity(cfg)
+
+    existing = run_dirs(storage, cfg.name)
+    if resume:
+        if not existing:
+            raise ValueError(f"--resume: no earlier run of {cfg.name!r} under {storage}; nothing to resume")
+        run_id = existing[-1]
+    else:
+        run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
+
+    task = task_of(cfg.model.family, splits.spec.task)
+    metric, mode = TASK_METRIC[task]
+    loop_config = {
+        "job": cfg.to_dict(),
+        "spec": {**splits.spec.to_dict(), "output_dim": splits.spec.output_dim},
+        "stats": splits.stats(),
+        "extras": splits.extras,
+        "task": task,
+        "dataset": {**splits.spec.to_dict(), "config": cfg.data.model_dump(mode="json"), "stats": splits.stats(),
+                    "train_size": len(splits.x_train), "test_size": len(splits.x_test)},
+        "run_path": join(storage, cfg.name, run_id),
+    }
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
+    os.environ.setdefault(START_TIMEOUT_ENV, str(cfg.train.placement_timeout_s))
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker=_loop(),
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        datasets=ray_datasets(splits, cfg.data),
+        run_config=ray.train.RunConfig(
+            name=run_id,
+            storage_path=join(storage, cfg.name),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=1),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            callbacks=callbacks or [],
+        ),
+    )
+    print(f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
+          f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
+          f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {join(storage, cfg.name, run_id)}", flush=True)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
+    best_ckpt, best_metrics = _best(result, metric, mode)
+    outcome = TrainOutcome(cfg.name, join(storage, cfg.name, run_id), metric, mode, best_metrics, best_ckpt.path)
+    if export:
+        outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name)
+    outcome.plots = plot_run(best_ckpt.path, outcome.run_path)
+    outcome.wall_s = time.perf_counter() - t_start
+    return outcome
+
+
+def _loop():
+    from modelfoundry.training.loop import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
+def _best(result, metric: str, mode: str):
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not candidates:
+        raise RuntimeError(f"the run reported no checkpoint with {metric}; see its log at {result.path}")
+    pick = max if mode == "max" else min
+    return pick(candidates, key=lambda cm: cm[1][metric])
+
+
+def _root_cause(err: BaseException) -> str:
+    text = str(err)
+    for line in reversed(text.splitlines()):
+        if "Error" in line or "Exception" in line:
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
