@@ -29,7 +29,8 @@ def model_config(family: str, preset: str = "default", **overrides: Any) -> Any:
 
 def build_model(family: str, preset: str = "default", **overrides: Any) -> nn.Module:
     """Build a model of `family` at `preset`, with config fields overridden by `overrides`."""
-    return FAMILIES[family](model_config(family, preset, **overrides))
+    config = model_config(family, preset, **overrides)
+    return FAMILIES[family](config)
 
 
 def config_fields(family: str) -> list[str]:

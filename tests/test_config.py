@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from modelfoundry.config import ConfigError, dump_config, load_config, parse_config, with_overrides
+from modelfoundry.models import build_model
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
+BASE = {"name": "t", "model": {"family": "cnn", "preset": "tiny"}, "data": {"dataset": "digits"}}
+
+
+def test_every_shipped_config_loads_and_builds():
+    assert len(CONFIGS) >= 9
+    for path in CONFIGS:
+        if path.name.startswith("tune_"):
+            continue  # sweep configs are tested with tuning
+        cfg = load_config(path)
+        assert cfg.name and cfg.model.family in ("mlp", "cnn", "rnn", "vae")
+        build_model(cfg.model.family, cfg.model.preset, **cfg.model.params)
+        assert parse_config(cfg.to_dict()) == cfg  # round trip
+
+
+def test_overrides_and_round_trip():
+    cfg = parse_config({**BASE, "model": {"family": "cnn", "preset": "tiny", "dropout": 0.3}})
+    assert cfg.model.params == {"dropout": 0.3}
+    cfg2 = with_overrides(cfg, {"train.epochs": 3, "model.hidden": 16})
+    assert cfg2.train.epochs == 3 and cfg2.model.params == {"dropout": 0.3, "hidden": 16}
+    assert "dropout: 0.3" in dump_config(cfg2)
+    with pytest.raises(ValueError, match="frozen"):
+        cfg2.train.epochs = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "patch, fragment",
+    [
+        ({"model": {"family": "transformer"}}, "model.family: Input should be 'mlp', 'cnn', 'rnn' or 'vae'"),
+        ({"model": {"family": "cnn", "preset": "huge"}}, "model.preset: Input should be 'tiny' or 'default'"),
+        ({"model": {"family": "cnn", "widht": 3}}, "unknown field 'widht' for family cnn"),
+        ({"model": {"family": "cnn", "input_shape": [1, 8, 8]}}, "input_shape is set from the dataset"),
+        ({"data": {"dataset": "imagenet"}}, "data.dataset: Input should be"),
+        ({"data": {"dataset": "parquet"}}, "dataset parquet needs path"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than 0 (got 0)"),
+        ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0"),
+        ({"train": {"epochz": 3}}, "train.epochz: unknown field"),
+        ({"extra": 1}, "extra: unknown field"),
+        ({"name": "bad name!"}, "name: String should match pattern"),
+        ({"model": {"family": "vae"}, "data": {"dataset": "sunspots"}}, "family vae needs an image dataset"),
+    ],
+)
+def test_bad_config_names_the_field(patch, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, **patch})
+    assert fragment in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)

@@ -1,0 +1,108 @@
+"""Ray Train on a real local cluster: learning, the checkpoint format, the model store, fault
+tolerance, resume, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelfoundry import store
+from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
+from modelfoundry.config import DataSection, parse_config
+from modelfoundry.data import load_splits
+from modelfoundry.training import CapacityError, train
+
+
+def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
+    return {
+        "name": name,
+        "model": {"family": "mlp", "preset": "tiny"},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "num_workers": 2,
+                  "storage": str(tmp_path / "runs"), "model_store": str(tmp_path / "models"), **train_overrides},
+    }
+
+
+def history(outcome) -> list[tuple[int, int]]:
+    meta = json.loads((Path(outcome.checkpoint) / "model.json").read_text())
+    return [(h["epoch"], h["attempt"]) for h in meta["history"]]
+
+
+def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_path):
+    outcome = train(parse_config(job(tmp_path)))
+    assert outcome.metric == "test_accuracy" and outcome.metrics["test_accuracy"] > 0.85
+    meta = verify(outcome.checkpoint)
+    assert meta["family"] == "mlp" and meta["workers"] == 2 and meta["dataset"]["name"] == "digits"
+    assert {"torch", "ray", "modelfoundry"} <= set(meta["versions"])
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert losses[-1] < losses[0]
+    # the store holds the best checkpoint; it loads and reproduces the reported accuracy
+    entry = outcome.model
+    assert entry["name"] == "mlp-t" and entry["version"] == 1
+    loaded = load_checkpoint(store.resolve(str(tmp_path / "models"), "mlp-t"))
+    splits = load_splits(DataSection(dataset="digits"))
+    with torch.no_grad():
+        pred = loaded.model(torch.from_numpy(splits.x_test)).argmax(1).numpy()
+    assert np.mean(pred == splits.y_test) == pytest.approx(outcome.metrics["test_accuracy"], abs=1e-6)
+    assert all(Path(p).is_file() for p in outcome.plots)
+    # `foundry models list --json` shows it
+    out = subprocess.run([sys.executable, "-m", "modelfoundry.cli", "models", "list", "--store",
+                          str(tmp_path / "models"), "--json"], capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["name"], r["version"], r["family"]) for r in rows] == [("mlp-t", 1, "mlp")]
+
+
+def test_injected_fault_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
+    outcome = train(parse_config(job(tmp_path, "faulty", epochs=3, fail_at_epoch=2, max_failures=1)))
+    # epoch 1 ran in attempt 0; the worker raised at epoch 2; attempt 1 started at epoch 1 + 1
+    assert history(outcome) == [(1, 0), (2, 1), (3, 1)]
+    assert outcome.metrics["epoch"] in (1, 2, 3)
+
+
+def test_resume_continues_a_stopped_run_and_refuses_nothing_to_resume(ray_cluster, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(parse_config(job(tmp_path, "resumable")), resume=True)
+    train(parse_config(job(tmp_path, "resumable", epochs=2)), export=False)
+    outcome = train(parse_config(job(tmp_path, "resumable", epochs=4)), resume=True)
+    assert history(outcome)[-2:] == [(3, 1), (4, 1)] and history(outcome)[:2] == [(1, 0), (2, 0)]
+
+
+def test_more_workers_than_the_cluster_can_ever_place_fails_at_once(ray_cluster, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(CapacityError, match="needs 5 CPUs; the cluster has 2"):
+        train(parse_config(job(tmp_path, num_workers=5)))
+    with pytest.raises(CapacityError, match="needs 2 GPUs; the cluster has 0"):
+        train(parse_config(job(tmp_path, use_gpu=True)))
+    assert time.monotonic() - t0 < 60  # generous: no waiting for a placement that cannot happen
+    assert not (tmp_path / "models" / "mlp-t").exists()
+
+
+def test_unwritable_storage_is_refused_before_training(ray_cluster, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be written"):
+        train(parse_config(job(tmp_path, storage=str(blocker / "runs"))))
+
+
+def test_tampered_checkpoint_is_refused_and_never_published(ray_cluster, tmp_path):
+    outcome = train(parse_config(job(tmp_path, "tamper", epochs=1, num_workers=1)), export=False)
+    ckpt = Path(outcome.checkpoint)
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    state["head.bias"] += 1.0
+    torch.save(state, ckpt / "model.pt")
+    with pytest.raises(CheckpointError, match="failed its integrity check"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="failed its integrity check"):
+        store.export(str(ckpt), str(tmp_path / "models"), "tamper")
+    assert store.list_models(str(tmp_path / "models")) == []
+    (ckpt / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(ckpt)
