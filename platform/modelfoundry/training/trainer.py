@@ -125,7 +125,8 @@ def train(cfg: JobConfig, *, resume: bool = False, export: bool = True, callback
         train_loop_per_worker=_loop(),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
+            placement_strategy=cfg.train.placement_strategy,
         ),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets=ray_datasets(splits, cfg.data),

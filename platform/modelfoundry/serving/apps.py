@@ -1,0 +1,105 @@
+"""Typed Serve application builders. Each takes pydantic args (what `serve run` / `serve deploy`
+YAML passes as `args:`) and returns a bound Application. Split is a config choice, not code."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from ray import serve
+from ray.serve import Application
+
+from modelfoundry.artifacts import read_meta
+from modelfoundry.models import build_model
+from modelfoundry.models.stages import resolve_split
+from modelfoundry.serving.deployments import Ingress, Stage
+from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
+from modelfoundry.storage import absolute
+from modelfoundry.store import resolve
+
+
+class AppArgs(Strict):
+    kind: Literal["model", "ensemble", "vae"] = "model"
+    model: str | None = None  # a model-store name (kind model / vae)
+    models: list[str] | None = None  # ensemble members (model-store names)
+    version: int | Literal["latest"] = "latest"
+    store: str = "models"
+    name: str | None = None  # the route name: /v1/models/<name>:<verb>
+    split: None | int | str | list[list[int]] = None  # None: monolithic; "auto", "auto:K", K or groups
+    batching: BatchingOptions | None = None
+    max_instances: int = Field(default=256, gt=0)
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    ingress: DeploymentOptions = DeploymentOptions()
+    stages: DeploymentOptions = DeploymentOptions()
+
+    @model_validator(mode="after")
+    def _check(self) -> AppArgs:
+        if self.kind == "ensemble":
+            if not self.models or len(self.models) < 2:
+                raise ValueError("an ensemble needs models: a list of at least 2 model-store names")
+        elif not self.model:
+            raise ValueError(f"kind {self.kind} needs model: a model-store name")
+        return self
+
+
+def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str, Any]]:
+    path = resolve(store, name, version)
+    return path, read_meta(path)
+
+
+def _spec(args: AppArgs, kind: str, name: str, path: str, meta: dict, groups: Any = None, members: Any = None) -> dict:
+    return {
+        "name": name, "kind": kind, "model_path": path, "meta": meta, "task": meta.get("task", "classification"),
+        "version": path.rstrip("/").rsplit("/", 1)[-1], "groups": groups, "members": members,
+        "limits": {"max_instances": args.max_instances, "max_body_bytes": args.max_body_bytes},
+        "batching": args.batching.model_dump() if args.batching else None,
+    }
+
+
+def build_app(args: AppArgs | dict) -> Application:
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    store = absolute(args.store)
+    batching = args.batching.model_dump() if args.batching else None
+    ingress = Ingress.options(**args.ingress.serve_options())
+
+    if args.kind == "ensemble":
+        members, metas = [], []
+        for i, m in enumerate(args.models or []):
+            path, meta = _load_meta(store, m, args.version)
+            if meta.get("task") != "classification":
+                raise ValueError(f"ensemble member {m!r} is a {meta.get('task')} model; members must be classifiers")
+            metas.append(meta)
+            members.append(Stage.options(name=f"member-{i}-{m}", **args.stages.serve_options()).bind(path, None, batching))
+        shapes = {tuple(m["input_spec"]["shape"]) for m in metas}
+        if len(shapes) > 1:
+            raise ValueError(f"ensemble members take different input shapes {sorted(shapes)}; they must agree")
+        spec = _spec(args, "ensemble", args.name or "ensemble", "", metas[0], members=args.models)
+        spec["meta"] = {**metas[0], "family": "ensemble", "metrics": {}}
+        return ingress.bind(spec, None, members)
+
+    path, meta = _load_meta(store, args.model or "", args.version)
+    name = args.name or args.model or ""
+    if args.kind == "vae" or meta["family"] == "vae":
+        if meta["family"] != "vae":
+            raise ValueError(f"kind vae needs a VAE; model {args.model!r} is a {meta['family']}")
+        encoder = Stage.options(name="encoder", **args.stages.serve_options()).bind(path, [0], batching)
+        decoder = Stage.options(name="decoder", **args.stages.serve_options()).bind(path, [2], batching)
+        return ingress.bind(_spec(args, "vae", name, path, meta, groups=[[0], [1], [2]]), [encoder, decoder])
+
+    model = build_model(meta["family"], "default", **meta["config"])  # structure only, to cut it
+    groups = resolve_split(model, args.split)
+    if len(groups) == 1:
+        return ingress.bind(_spec(args, "model", name, path, meta, groups=groups))
+    stages = [
+        Stage.options(name=f"stage-{i}", **args.stages.serve_options()).bind(path, g, batching)
+        for i, g in enumerate(groups)
+    ]
+    return ingress.bind(_spec(args, "split", name, path, meta, groups=groups), stages)
+
+
+def run_app(args: AppArgs | dict, app_name: str = "default", route_prefix: str = "/", host: str = "127.0.0.1",
+            port: int = 8000) -> str:
+    """Deploy on the connected cluster (HTTP bound to loopback unless told); returns the base URL."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=app_name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"

@@ -1,0 +1,96 @@
+"""Request validation for the KServe v1 / TF-Serving REST convention.
+
+Everything a client can get wrong becomes a RequestError carrying an HTTP 4xx status and a
+message that names the problem; the ingress turns it into `{"error": ...}`. Nothing here lets bad
+input reach a model (no NaN, no wrong shape, no unbounded batch)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_json_body(body: bytes, max_body_bytes: int) -> dict[str, Any]:
+    if len(body) > max_body_bytes:
+        raise RequestError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes}")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"request body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "request body must be a JSON object such as {\"instances\": [...]}")
+    return data
+
+
+def instances_array(data: dict[str, Any], input_shape: tuple[int, ...], max_instances: int, key: str = "instances") -> np.ndarray:
+    """The `key` list as a float32 array of shape (n, *input_shape); a flat instance of the right
+    length is accepted too."""
+    if key not in data:
+        raise RequestError(400, f"request body needs {key!r}: a list of inputs, each of shape {list(input_shape)}")
+    items = data[key]
+    if not isinstance(items, list):
+        raise RequestError(400, f"{key!r} must be a list, got {type(items).__name__}")
+    if not items:
+        raise RequestError(400, f"{key!r} is empty; send at least one input")
+    if len(items) > max_instances:
+        raise RequestError(413, f"{len(items)} {key} in one request; the limit is {max_instances}")
+    try:
+        arr = np.asarray(items, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise RequestError(
+            400, f"{key!r} must hold numbers only, each input of shape {list(input_shape)} (got ragged or non-numeric values)"
+        ) from None
+    size = math.prod(input_shape)
+    if arr.shape[1:] != tuple(input_shape):
+        if arr.ndim >= 2 and math.prod(arr.shape[1:]) == size and arr.ndim == 2:
+            arr = arr.reshape(len(arr), *input_shape)
+        else:
+            raise RequestError(
+                400, f"each input must have shape {list(input_shape)} (or {size} flat values); got {list(arr.shape[1:])}"
+            )
+    if not np.isfinite(arr).all():
+        raise RequestError(400, f"{key!r} holds NaN or infinite values")
+    return arr
+
+
+def png_array(body: bytes, input_shape: tuple[int, ...], max_body_bytes: int) -> np.ndarray:
+    """A PNG upload as one grayscale input in [0, 1], resized to the model's (1, H, W)."""
+    if len(body) > max_body_bytes:
+        raise RequestError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes}")
+    if len(input_shape) != 3 or input_shape[0] != 1:
+        raise RequestError(415, f"this model takes inputs of shape {list(input_shape)}, not images")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(body))
+        img.load()
+    except (UnidentifiedImageError, OSError):
+        raise RequestError(400, "the body is not a readable PNG image") from None
+    img = img.convert("L").resize((input_shape[2], input_shape[1]), Image.Resampling.BILINEAR)
+    return (np.asarray(img, dtype=np.float32) / 255.0)[None, None]
+
+
+def png_grid(images: np.ndarray) -> bytes:
+    """(n, 1, H, W) values in [0, 1] -> one PNG with the images side by side in a grid."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = np.clip(img[0] * 255, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grid, mode="L").save(buf, format="PNG")
+    return buf.getvalue()

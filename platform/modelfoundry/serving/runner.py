@@ -1,0 +1,50 @@
+"""A loaded model (or one group of its stages) ready to run on numpy inputs. Serve-agnostic, so
+the same code runs in a Serve replica, in the hand-written FastAPI baseline and in tests."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from modelfoundry.artifacts import load_checkpoint
+from modelfoundry.models.stages import group_module
+
+
+class ModelRunner:
+    def __init__(self, path: str, group: Sequence[int] | None = None, device: str = "auto") -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = load_checkpoint(path, device=device)  # sha256-checked, weights_only=True
+        self.meta: dict[str, Any] = loaded.meta
+        self.model = loaded.model
+        self.device = torch.device(device)
+        n = len(self.model.stages())
+        self.group = list(group) if group is not None else list(range(n))
+        self.module = self.model if self.group == list(range(n)) else group_module(self.model, self.group).eval()
+
+    @torch.inference_mode()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+        return out.float().cpu().numpy()
+
+    def run_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Many requests in one forward pass (what @serve.batch hands over); results split back."""
+        sizes = [len(x) for x in xs]
+        out = self.run(np.concatenate(xs))
+        return np.split(out, np.cumsum(sizes)[:-1])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predictions(task: str, output: np.ndarray) -> list[dict[str, Any]] | list[float]:
+    """Classifier logits -> class ids with probabilities; regressor outputs -> values."""
+    if task == "classification":
+        probs = softmax(output)
+        return [{"class": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]} for p in probs]
+    return [float(v) for v in output.reshape(len(output), -1)[:, 0]]

@@ -1,0 +1,24 @@
+"""Multi-node fault tolerance on one machine (its own cluster, in a subprocess)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
+    script = Path(__file__).with_name("multinode_scenario.py")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    history = out["history"]
+    # every epoch ran once, in order; a restart happened after the node loss, and the first epoch
+    # of the new attempt is the last checkpoint's epoch + 1
+    assert [e for e, _ in history] == list(range(1, 13))
+    attempts = [a for _, a in history]
+    assert attempts[0] == 0 and attempts[-1] >= 1 and attempts == sorted(attempts)
+    assert out["accuracy"] > 0.8
+    # no capacity left: a clear error, not an endless wait
+    assert out["no_capacity_error"] and "failed" in out["no_capacity_error"]
+    assert out["failed_after_s"] < 240
