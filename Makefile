@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/foundry train --config jobs/configs/cnn_digits.yaml --workers 2
+	$(BIN)/foundry run --config jobs/configs/cnn_digits.yaml --workers 2
 
 test: $(STAMP)
 	$(BIN)/pytest tests

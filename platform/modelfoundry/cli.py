@@ -22,6 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with Ray Train (data-parallel)")
     add_train_args(t)
 
+    r = sub.add_parser("run", help="the main job: train, export, serve, query the held-out split over HTTP")
+    add_train_args(r)
+    r.add_argument("--port", type=int, default=8000)
+
+    s = sub.add_parser("serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
+    s.add_argument("target", help="a model-store name, or a serve_apps/*.yaml file")
+    s.add_argument("--split", help="cut the model into stage services: auto, auto:K, or JSON groups like [[0],[1,2]]")
+    s.add_argument("--version", default="latest")
+    s.add_argument("--store", default="models", help="model store directory or URI (default: models)")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+
     m = sub.add_parser("models", help="the model store")
     msub = m.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="list exported models")
@@ -73,6 +87,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from modelfoundry.cluster import connect
+    from modelfoundry.quickstart import train_serve_query
+
+    cfg = load_config(args.config, train_overrides(args))
+    print(connect(args.address), flush=True)
+    s = train_serve_query(cfg, port=args.port)
+    shown = {k: round(v, 4) for k, v in s.items() if k.startswith("served_") and isinstance(v, float)}
+    print(f"\n== {cfg.name}: trained to {s['metric']} = {s['best']:.4f}; served {s['served_examples']} held-out "
+          f"inputs over HTTP at {s['url']}: {shown}; model store {s['model_store']['name']} v{s['model_store']['version']}")
+    if args.json:
+        print(json.dumps(s, default=str))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from ray import serve
+
+    from modelfoundry.cluster import connect
+
+    split = json.loads(args.split) if args.split and args.split.startswith("[") else args.split
+    if args.target.endswith((".yaml", ".yml")):
+        from modelfoundry.serving.config_file import load_serve_config, run_serve_config
+
+        load_serve_config(args.target)  # a bad file fails before Ray starts
+        print(connect(args.address), flush=True)
+        urls = run_serve_config(args.target, host=args.host, port=args.port)
+    else:
+        from modelfoundry.serving.apps import AppArgs, run_app
+        from modelfoundry.store import resolve
+
+        app_args = AppArgs(model=args.target, version=args.version, store=args.store, split=split)
+        resolve(args.store, args.target, args.version)  # an unknown model fails before Ray starts
+        print(connect(args.address), flush=True)
+        urls = [run_app(app_args, host=args.host, port=args.port)]
+    for url in urls:
+        print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:predict, docs at {url}/docs)")
+    try:
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from modelfoundry.store import list_models
 
@@ -90,7 +153,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "run": cmd_run, "serve": cmd_serve, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@
 """
 
 
+import asyncio
 import logging
 from typing import Any
 
@@ -18,12 +19,16 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelfoundry.serving.requests import RequestError, instances_array, parse_json_body, png_array, png_grid
-from modelfoundry.serving.runner import ModelRunner, predictions, softmax
+from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
 
 log = logging.getLogger("ray.serve")
 
 VERBS = {"classification": ["predict"], "regression": ["predict"], "generative": ["encode", "decode", "reconstruct", "sample"]}
 MAX_SAMPLES = 64
+
+
+async def _call(handle, x: np.ndarray) -> np.ndarray:
+    return await handle.remote(x)
 
 
 @serve.deployment
@@ -115,7 +120,7 @@ class Ingress:
     # ---- verbs
     async def verb_predict(self, x: np.ndarray) -> dict:
         if self.members:
-            outs = [await m.remote(x) for m in self.members]
+            outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
             probs = np.mean([softmax(o) for o in outs], axis=0)
             return {"predictions": predictions("classification", np.log(probs + 1e-12))}
         return {"predictions": predictions(self.task, await self.forward(x))}
@@ -126,11 +131,11 @@ class Ingress:
         return {"predictions": [{"mu": m.tolist(), "logvar": lv.tolist()} for m, lv in zip(mu, logvar)]}
 
     async def verb_decode(self, z: np.ndarray) -> dict:
-        return {"predictions": _sigmoid(await self.stages[1].remote(z)).tolist()}
+        return {"predictions": sigmoid(await self.stages[1].remote(z)).tolist()}
 
     async def verb_reconstruct(self, x: np.ndarray) -> dict:
         mu = np.split(await self.stages[0].remote(x), 2, axis=1)[0]  # the latent's mean (eval mode)
-        return {"predictions": _sigmoid(await self.stages[1].remote(mu)).tolist()}
+        return {"predictions": sigmoid(await self.stages[1].remote(mu)).tolist()}
 
     async def sample(self, data: dict, request: Request) -> Response:
         n = data.get("n", 8)
@@ -140,7 +145,7 @@ class Ingress:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError(400, f"seed must be a non-negative integer, got {seed!r}")
         z = np.random.default_rng(seed).standard_normal((n, self.meta["config"]["latent_dim"])).astype(np.float32)
-        images = _sigmoid(await self.stages[1].remote(z))
+        images = sigmoid(await self.stages[1].remote(z))
         if data.get("format") == "png" or "image/png" in request.headers.get("accept", ""):
             return Response(png_grid(images), media_type="image/png")
         return JSONResponse({"predictions": images.tolist()})
@@ -176,7 +181,3 @@ class Ingress:
             "members": self.spec.get("members"),
             "verbs": VERBS[self.task],
         }
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))

@@ -26,7 +26,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not x.flags.writeable:  # arrays arriving through Ray's object store are read-only
+            x = x.copy()
+        out = self.module(torch.from_numpy(x).to(self.device))
         return out.float().cpu().numpy()
 
     def run_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -34,6 +37,10 @@ class ModelRunner:
         sizes = [len(x) for x in xs]
         out = self.run(np.concatenate(xs))
         return np.split(out, np.cumsum(sizes)[:-1])
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

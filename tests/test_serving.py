@@ -1,0 +1,223 @@
+"""Ray Serve apps over real HTTP on 127.0.0.1: split == monolithic, every bad input a 4xx,
+VAE verbs, ensemble, forecaster, PNG upload, autoscaling up and back down."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from modelfoundry.artifacts import write_checkpoint
+from modelfoundry.config import DataSection
+from modelfoundry.data import load_splits
+from modelfoundry.models import build_model, set_normalization
+from modelfoundry.serving.runner import softmax
+from modelfoundry.store import export
+
+PORT = 18123
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def _publish(tmp, store, name, family, splits, task):
+    torch.manual_seed(0)
+    extra = {} if family == "vae" else {"output_dim": splits.spec.output_dim}
+    model = build_model(family, "tiny", input_shape=splits.spec.input_shape, **extra)
+    set_normalization(model, splits.stats())
+    write_checkpoint(tmp / name, model, dataset=splits.spec.to_dict(), metrics={"test_x": 1.0}, extra={"task": task})
+    export(str(tmp / name), store, name)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("serve")
+    store = str(tmp / "store")
+    digits = load_splits(DataSection(dataset="digits"))
+    sun = load_splits(DataSection(dataset="sunspots"))
+    models = {f: _publish(tmp, store, f"{f}-d", f, digits, "classification") for f in ("mlp", "cnn", "rnn")}
+    models["vae"] = _publish(tmp, store, "vae-d", "vae", digits, "generative")
+    models["sun"] = _publish(tmp, store, "sun", "rnn", sun, "regression")
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    yield {"store": store, "digits": digits, "sun": sun, "models": models}
+    serve.shutdown()
+
+
+def deploy(served, **args):
+    from modelfoundry.serving.apps import build_app
+    from ray import serve
+
+    serve.run(build_app({"store": served["store"], **args}), name="t", route_prefix="/")
+    return httpx.Client(base_url=URL, timeout=60)
+
+
+def local_probs(model, x):
+    with torch.no_grad():
+        return softmax(model(torch.from_numpy(x)).numpy())
+
+
+def probs(resp):
+    assert resp.status_code == 200, resp.text
+    return np.array([p["probabilities"] for p in resp.json()["predictions"]])
+
+
+def test_split_output_equals_monolithic_on_real_digits(served):
+    x = served["digits"].x_test[:64]
+    expected = local_probs(served["models"]["cnn"], x)
+    results = {}
+    for split in (None, "auto", [[0], [1], [2]]):
+        c = deploy(served, model="cnn-d", split=split, batching={"max_batch_size": 8} if split else None)
+        results[str(split)] = probs(c.post("/v1/models/cnn-d:predict", json={"instances": x.tolist()}))
+        meta = c.get("/v1/models/cnn-d").json()
+        assert meta["family"] == "cnn" and meta["input_spec"]["shape"] == [1, 8, 8]
+        assert meta["split"] == {"None": [[0, 1, 2]], "auto": meta["split"], "[[0], [1], [2]]": [[0], [1], [2]]}[str(split)]
+        assert c.get("/healthz").json()["status"] == "ok" and c.get("/docs").status_code == 200
+    for got in results.values():
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+BAD = [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"instances": []}), 400, "is empty"),
+    (json.dumps({"inputs": [[0.0] * 64]}), 400, "needs 'instances'"),
+    (json.dumps({"instances": [[0.0] * 63]}), 400, "must have shape [1, 8, 8]"),
+    (json.dumps({"instances": [["a"] * 64]}), 400, "numbers only"),
+    (json.dumps({"instances": [[0.0] * 64, [0.0] * 3]}), 400, "numbers only"),
+    ('{"instances": [[NaN' + ", 0.0" * 63 + "]]}", 400, "NaN or infinite"),
+    ('{"instances": [[Infinity' + ", 0.0" * 63 + "]]}", 400, "NaN or infinite"),
+    (json.dumps({"instances": [[0.0] * 64] * 11}), 413, "the limit is 10"),
+    (json.dumps({"instances": "x" * 5000}), 413, "the limit is 4000"),
+    (json.dumps([1, 2]), 400, "must be a JSON object"),
+]
+
+
+def test_bad_input_gets_a_4xx_json_error_and_the_replica_survives(served):
+    c = deploy(served, model="mlp-d", max_instances=10, max_body_bytes=4000)
+    for body, status, fragment in BAD:
+        r = c.post("/v1/models/mlp-d:predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status, (body[:40], r.text)
+        assert fragment in r.json()["error"]
+    for path, status, fragment in [
+        ("/v1/models/nope:predict", 404, "unknown model 'nope'"),
+        ("/v1/models/mlp-d:explain", 404, "unknown verb 'explain'"),
+        ("/v1/models/mlp-d", 405, "Method Not Allowed"),
+    ]:
+        r = c.post(path, json={"instances": [[0.0] * 64]}) if status != 405 else c.put(path)
+        assert r.status_code == status and fragment in r.json()["error"]
+    assert c.get("/v1/models/nope").status_code == 404
+    r = c.post("/v1/models/mlp-d:predict", content=b"\x89PNG garbage", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "not a readable PNG" in r.json()["error"]
+    # still healthy, still right
+    x = served["digits"].x_test[:3]
+    np.testing.assert_allclose(probs(c.post("/v1/models/mlp-d:predict", json={"instances": x.tolist()})),
+                               local_probs(served["models"]["mlp"], x), atol=1e-5)
+
+
+def test_png_upload(served):
+    from PIL import Image
+
+    c = deploy(served, model="cnn-d")
+    img = served["digits"].x_test[0, 0]
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
+    r = c.post("/v1/models/cnn-d:predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+    expected = local_probs(served["models"]["cnn"], (np.round(img * 255) / 255).astype(np.float32)[None, None])
+    np.testing.assert_allclose(probs(r), expected, atol=1e-5)
+
+
+def test_vae_encoder_and_decoder_services(served):
+    c = deploy(served, model="vae-d")
+    vae = served["models"]["vae"]
+    x = served["digits"].x_test[:4]
+    enc = c.post("/v1/models/vae-d:encode", json={"instances": x.tolist()}).json()["predictions"]
+    assert len(enc) == 4 and len(enc[0]["mu"]) == vae.config.latent_dim
+    rec = np.array(c.post("/v1/models/vae-d:reconstruct", json={"instances": x.tolist()}).json()["predictions"])
+    with torch.no_grad():
+        np.testing.assert_allclose(rec, torch.sigmoid(vae(torch.from_numpy(x))).numpy(), atol=1e-5)
+    z = np.zeros((2, vae.config.latent_dim)).tolist()
+    dec = np.array(c.post("/v1/models/vae-d:decode", json={"instances": z}).json()["predictions"])
+    assert dec.shape == (2, 1, 8, 8) and (dec >= 0).all() and (dec <= 1).all()
+    s = c.post("/v1/models/vae-d:sample", json={"n": 5, "seed": 1}).json()["predictions"]
+    assert np.array(s).shape == (5, 1, 8, 8)
+    png = c.post("/v1/models/vae-d:sample", json={"n": 3, "format": "png"})
+    assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    assert c.post("/v1/models/vae-d:sample", json={"n": 1000}).status_code == 400
+    assert c.post("/v1/models/vae-d:decode", json={"instances": [[0.0]]}).status_code == 400
+    assert c.post("/v1/models/vae-d:predict", json={"instances": x.tolist()}).status_code == 404
+
+
+def test_ensemble_averages_member_probabilities(served):
+    c = deploy(served, kind="ensemble", models=["mlp-d", "cnn-d", "rnn-d"], name="ens")
+    x = served["digits"].x_test[:16]
+    expected = np.mean([local_probs(served["models"][f], x) for f in ("mlp", "cnn", "rnn")], axis=0)
+    np.testing.assert_allclose(probs(c.post("/v1/models/ens:predict", json={"instances": x.tolist()})), expected, atol=1e-5)
+    assert c.get("/v1/models/ens").json()["members"] == ["mlp-d", "cnn-d", "rnn-d"]
+
+
+def test_forecaster_returns_values_in_series_units(served):
+    c = deploy(served, model="sun")
+    x = served["sun"].x_test[:5]
+    got = c.post("/v1/models/sun:predict", json={"instances": x[:, :, 0].tolist()}).json()["predictions"]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, served["models"]["sun"](torch.from_numpy(x)).numpy()[:, 0], rtol=1e-5)
+
+
+def test_bad_app_args_fail_before_deploying(served):
+    from modelfoundry.serving.apps import build_app
+
+    with pytest.raises(ValueError, match="model 'missing' is not in the store"):
+        build_app({"store": served["store"], "model": "missing"})
+    with pytest.raises(ValueError, match="must list every stage index"):
+        build_app({"store": served["store"], "model": "cnn-d", "split": [[1], [0, 2]]})
+    with pytest.raises(ValueError, match="at least 2 model-store names"):
+        build_app({"store": served["store"], "kind": "ensemble", "models": ["cnn-d"]})
+    with pytest.raises(ValueError, match="unknown autoscaling_config keys"):
+        build_app({"store": served["store"], "model": "cnn-d", "stages": {"autoscaling_config": {"max_replica": 3}}})
+
+
+def _running_replicas(deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications["t"].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_autoscaling_rises_under_load_and_falls_back(served):
+    c = deploy(served, model="cnn-d", ingress={
+        "num_cpus": 0.1, "max_ongoing_requests": 8,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                               "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1},
+    })
+    body = {"instances": served["digits"].x_test[:4].tolist()}
+
+    async def load(seconds: float) -> int:
+        sent = 0
+        deadline = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=URL, timeout=60) as client:
+            async def worker():
+                nonlocal sent
+                while time.monotonic() < deadline and _running_replicas("Ingress") < 2 and sent < 3000:
+                    r = await client.post("/v1/models/cnn-d:predict", json=body)
+                    assert r.status_code == 200
+                    sent += 1
+            await asyncio.gather(*(worker() for _ in range(16)))
+        return sent
+
+    assert _running_replicas("Ingress") == 1
+    sent = asyncio.run(load(150))  # stops as soon as a second replica is RUNNING
+    peak = _running_replicas("Ingress")
+    from ray import serve
+
+    assert peak >= 2, f"no scale-up after {sent} requests: {serve.status().applications['t'].deployments['Ingress']}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and _running_replicas("Ingress") > 1:
+        time.sleep(1)
+    assert _running_replicas("Ingress") == 1
+    assert c.get("/healthz").status_code == 200
