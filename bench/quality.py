@@ -34,12 +34,20 @@ def main(paths: list[str]) -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     connect()
     for path in paths:
-        cfg = load_config(path, {"train.storage": "/tmp/mf-quality/runs", "train.model_store": "/tmp/mf-quality/models"})
+        cfg = load_config(
+            path, {"train.storage": "/tmp/mf-quality/runs", "train.model_store": "/tmp/mf-quality/models"}
+        )
         t0 = time.time()
         outcome = train(cfg)
         m = outcome.metrics
-        row = {"config": path, "metric": outcome.metric, "value": m[outcome.metric], "epoch": m["epoch"],
-               "wall_s": round(time.time() - t0, 1), "metrics": m}
+        row = {
+            "config": path,
+            "metric": outcome.metric,
+            "value": m[outcome.metric],
+            "epoch": m["epoch"],
+            "wall_s": round(time.time() - t0, 1),
+            "metrics": m,
+        }
         if cfg.name in BARS:
             metric, bar, direction = BARS[cfg.name]
             value = m[metric] / m["persistence_mae"] if cfg.name == "rnn-sunspots" else m[metric]
@@ -48,8 +56,11 @@ def main(paths: list[str]) -> None:
             row["compared"] = value
         results[cfg.name] = row
         out.write_text(json.dumps(results, indent=2))
-        print(f"QUALITY {cfg.name}: {outcome.metric}={m[outcome.metric]:.4f} row={row.get('compared')} "
-              f"bar={row.get('bar')} passes={row.get('passes')} ({row['wall_s']}s)", flush=True)
+        print(
+            f"QUALITY {cfg.name}: {outcome.metric}={m[outcome.metric]:.4f} row={row.get('compared')} "
+            f"bar={row.get('bar')} passes={row.get('passes')} ({row['wall_s']}s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

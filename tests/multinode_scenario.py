@@ -22,10 +22,20 @@ from modelfoundry.training import train
 
 def job(tmp: str, name: str, epochs: int, timeout: float, strategy: str = "PACK") -> dict:
     return {
-        "name": name, "model": {"family": "mlp", "preset": "tiny"}, "data": {"dataset": "digits"},
-        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.01, "num_workers": 2, "max_failures": 2,
-                  "storage": f"{tmp}/runs", "model_store": f"{tmp}/models", "placement_timeout_s": timeout,
-                  "placement_strategy": strategy},
+        "name": name,
+        "model": {"family": "mlp", "preset": "tiny"},
+        "data": {"dataset": "digits"},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 16,
+            "lr": 0.01,
+            "num_workers": 2,
+            "max_failures": 2,
+            "storage": f"{tmp}/runs",
+            "model_store": f"{tmp}/models",
+            "placement_timeout_s": timeout,
+            "placement_strategy": strategy,
+        },
     }
 
 
@@ -43,7 +53,9 @@ def main(tmp: str) -> None:
     lc = LocalCluster(head_cpus=0, worker_cpus=[2, 2]).start()
     ray.init(address=lc.address)
     out: dict = {}
-    t = threading.Thread(target=remove_after_checkpoints, args=(lc, 1, Path(tmp, "runs", "node-loss"), 3, out, "killed"))
+    t = threading.Thread(
+        target=remove_after_checkpoints, args=(lc, 1, Path(tmp, "runs", "node-loss"), 3, out, "killed")
+    )
     t.start()
     outcome = train(parse_config(job(tmp, "node-loss", 12, 60, "SPREAD")))
     t.join()
@@ -51,7 +63,9 @@ def main(tmp: str) -> None:
     out["history"] = [(h["epoch"], h["attempt"]) for h in meta["history"]]
     out["accuracy"] = outcome.metrics["test_accuracy"]
 
-    t = threading.Thread(target=remove_after_checkpoints, args=(lc, 0, Path(tmp, "runs", "no-capacity"), 2, out, "killed2"))
+    t = threading.Thread(
+        target=remove_after_checkpoints, args=(lc, 0, Path(tmp, "runs", "no-capacity"), 2, out, "killed2")
+    )
     t.start()
     try:
         train(parse_config(job(tmp, "no-capacity", 200, 10)))

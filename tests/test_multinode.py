@@ -11,7 +11,7 @@ def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     history = out["history"]
     # every epoch ran once, in order; a restart happened after the node loss, and the first epoch
     # of the new attempt is the last checkpoint's epoch + 1

@@ -51,8 +51,9 @@ def served(ray_cluster, tmp_path_factory):
 
 
 def deploy(served, **args):
-    from modelfoundry.serving.apps import build_app
     from ray import serve
+
+    from modelfoundry.serving.apps import build_app
 
     serve.run(build_app({"store": served["store"], **args}), name="t", route_prefix="/")
     return httpx.Client(base_url=URL, timeout=60)
@@ -77,7 +78,10 @@ def test_split_output_equals_monolithic_on_real_digits(served):
         results[str(split)] = probs(c.post("/v1/models/cnn-d:predict", json={"instances": x.tolist()}))
         meta = c.get("/v1/models/cnn-d").json()
         assert meta["family"] == "cnn" and meta["input_spec"]["shape"] == [1, 8, 8]
-        assert meta["split"] == {"None": [[0, 1, 2]], "auto": meta["split"], "[[0], [1], [2]]": [[0], [1], [2]]}[str(split)]
+        assert (
+            meta["split"]
+            == {"None": [[0, 1, 2]], "auto": meta["split"], "[[0], [1], [2]]": [[0], [1], [2]]}[str(split)]
+        )
         assert c.get("/healthz").json()["status"] == "ok" and c.get("/docs").status_code == 200
     for got in results.values():
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -116,8 +120,11 @@ def test_bad_input_gets_a_4xx_json_error_and_the_replica_survives(served):
     assert r.status_code == 400 and "not a readable PNG" in r.json()["error"]
     # still healthy, still right
     x = served["digits"].x_test[:3]
-    np.testing.assert_allclose(probs(c.post("/v1/models/mlp-d:predict", json={"instances": x.tolist()})),
-                               local_probs(served["models"]["mlp"], x), atol=1e-5)
+    np.testing.assert_allclose(
+        probs(c.post("/v1/models/mlp-d:predict", json={"instances": x.tolist()})),
+        local_probs(served["models"]["mlp"], x),
+        atol=1e-5,
+    )
 
 
 def test_png_upload(served):
@@ -157,7 +164,9 @@ def test_ensemble_averages_member_probabilities(served):
     c = deploy(served, kind="ensemble", models=["mlp-d", "cnn-d", "rnn-d"], name="ens")
     x = served["digits"].x_test[:16]
     expected = np.mean([local_probs(served["models"][f], x) for f in ("mlp", "cnn", "rnn")], axis=0)
-    np.testing.assert_allclose(probs(c.post("/v1/models/ens:predict", json={"instances": x.tolist()})), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        probs(c.post("/v1/models/ens:predict", json={"instances": x.tolist()})), expected, atol=1e-5
+    )
     assert c.get("/v1/models/ens").json()["members"] == ["mlp-d", "cnn-d", "rnn-d"]
 
 
@@ -190,23 +199,36 @@ def _running_replicas(deployment: str) -> int:
 
 
 def test_autoscaling_rises_under_load_and_falls_back(served):
-    c = deploy(served, model="cnn-d", ingress={
-        "num_cpus": 0.1, "max_ongoing_requests": 8,
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                               "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1},
-    })
+    c = deploy(
+        served,
+        model="cnn-d",
+        ingress={
+            "num_cpus": 0.1,
+            "max_ongoing_requests": 8,
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 0.5,
+                "downscale_delay_s": 2,
+                "look_back_period_s": 1,
+            },
+        },
+    )
     body = {"instances": served["digits"].x_test[:4].tolist()}
 
     async def load(seconds: float) -> int:
         sent = 0
         deadline = time.monotonic() + seconds
         async with httpx.AsyncClient(base_url=URL, timeout=60) as client:
+
             async def worker():
                 nonlocal sent
                 while time.monotonic() < deadline and _running_replicas("Ingress") < 2 and sent < 3000:
                     r = await client.post("/v1/models/cnn-d:predict", json=body)
                     assert r.status_code == 200
                     sent += 1
+
             await asyncio.gather(*(worker() for _ in range(16)))
         return sent
 

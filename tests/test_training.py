@@ -25,8 +25,15 @@ def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
         "name": name,
         "model": {"family": "mlp", "preset": "tiny"},
         "data": {"dataset": "digits"},
-        "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "num_workers": 2,
-                  "storage": str(tmp_path / "runs"), "model_store": str(tmp_path / "models"), **train_overrides},
+        "train": {
+            "epochs": 4,
+            "batch_size": 32,
+            "lr": 0.01,
+            "num_workers": 2,
+            "storage": str(tmp_path / "runs"),
+            "model_store": str(tmp_path / "models"),
+            **train_overrides,
+        },
     }
 
 
@@ -54,8 +61,12 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
     assert np.mean(pred == splits.y_test) == pytest.approx(outcome.metrics["test_accuracy"], abs=1e-6)
     assert all(Path(p).is_file() for p in outcome.plots)
     # `foundry models list --json` shows it
-    out = subprocess.run([sys.executable, "-m", "modelfoundry.cli", "models", "list", "--store",
-                          str(tmp_path / "models"), "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "modelfoundry.cli", "models", "list", "--store", str(tmp_path / "models"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert [(r["name"], r["version"], r["family"]) for r in rows] == [("mlp-t", 1, "mlp")]
 

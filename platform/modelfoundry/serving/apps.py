@@ -49,8 +49,14 @@ def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str
 
 def _spec(args: AppArgs, kind: str, name: str, path: str, meta: dict, groups: Any = None, members: Any = None) -> dict:
     return {
-        "name": name, "kind": kind, "model_path": path, "meta": meta, "task": meta.get("task", "classification"),
-        "version": path.rstrip("/").rsplit("/", 1)[-1], "groups": groups, "members": members,
+        "name": name,
+        "kind": kind,
+        "model_path": path,
+        "meta": meta,
+        "task": meta.get("task", "classification"),
+        "version": path.rstrip("/").rsplit("/", 1)[-1],
+        "groups": groups,
+        "members": members,
         "limits": {"max_instances": args.max_instances, "max_body_bytes": args.max_body_bytes},
         "batching": args.batching.model_dump() if args.batching else None,
     }
@@ -69,7 +75,9 @@ def build_app(args: AppArgs | dict) -> Application:
             if meta.get("task") != "classification":
                 raise ValueError(f"ensemble member {m!r} is a {meta.get('task')} model; members must be classifiers")
             metas.append(meta)
-            members.append(Stage.options(name=f"member-{i}-{m}", **args.stages.serve_options()).bind(path, None, batching))
+            members.append(
+                Stage.options(name=f"member-{i}-{m}", **args.stages.serve_options()).bind(path, None, batching)
+            )
         shapes = {tuple(m["input_spec"]["shape"]) for m in metas}
         if len(shapes) > 1:
             raise ValueError(f"ensemble members take different input shapes {sorted(shapes)}; they must agree")
@@ -97,8 +105,9 @@ def build_app(args: AppArgs | dict) -> Application:
     return ingress.bind(_spec(args, "split", name, path, meta, groups=groups), stages)
 
 
-def run_app(args: AppArgs | dict, app_name: str = "default", route_prefix: str = "/", host: str = "127.0.0.1",
-            port: int = 8000) -> str:
+def run_app(
+    args: AppArgs | dict, app_name: str = "default", route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
+) -> str:
     """Deploy on the connected cluster (HTTP bound to loopback unless told); returns the base URL."""
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args), name=app_name, route_prefix=route_prefix)

@@ -7,7 +7,6 @@
   (ensemble), or routes the VAE verbs to its encoder and decoder services.
 """
 
-
 import asyncio
 import logging
 from typing import Any
@@ -23,7 +22,11 @@ from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softm
 
 log = logging.getLogger("ray.serve")
 
-VERBS = {"classification": ["predict"], "regression": ["predict"], "generative": ["encode", "decode", "reconstruct", "sample"]}
+VERBS = {
+    "classification": ["predict"],
+    "regression": ["predict"],
+    "generative": ["encode", "decode", "reconstruct", "sample"],
+}
 MAX_SAMPLES = 64
 
 

@@ -7,9 +7,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 AUTOSCALING_KEYS = {
-    "min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests", "look_back_period_s",
-    "upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s", "upscaling_factor",
-    "downscaling_factor", "upscale_smoothing_factor", "downscale_smoothing_factor", "aggregation_function",
+    "min_replicas",
+    "initial_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "look_back_period_s",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "downscale_to_zero_delay_s",
+    "upscaling_factor",
+    "downscaling_factor",
+    "upscale_smoothing_factor",
+    "downscale_smoothing_factor",
+    "aggregation_function",
 }
 
 
@@ -35,7 +45,9 @@ class DeploymentOptions(Strict):
         if self.autoscaling_config:
             unknown = set(self.autoscaling_config) - AUTOSCALING_KEYS
             if unknown:
-                raise ValueError(f"unknown autoscaling_config keys {sorted(unknown)}; allowed: {sorted(AUTOSCALING_KEYS)}")
+                raise ValueError(
+                    f"unknown autoscaling_config keys {sorted(unknown)}; allowed: {sorted(AUTOSCALING_KEYS)}"
+                )
 
     def serve_options(self) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}

@@ -28,11 +28,13 @@ def parse_json_body(body: bytes, max_body_bytes: int) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(400, f"request body is not valid JSON: {err}") from None
     if not isinstance(data, dict):
-        raise RequestError(400, "request body must be a JSON object such as {\"instances\": [...]}")
+        raise RequestError(400, 'request body must be a JSON object such as {"instances": [...]}')
     return data
 
 
-def instances_array(data: dict[str, Any], input_shape: tuple[int, ...], max_instances: int, key: str = "instances") -> np.ndarray:
+def instances_array(
+    data: dict[str, Any], input_shape: tuple[int, ...], max_instances: int, key: str = "instances"
+) -> np.ndarray:
     """The `key` list as a float32 array of shape (n, *input_shape); a flat instance of the right
     length is accepted too."""
     if key not in data:
@@ -48,7 +50,8 @@ def instances_array(data: dict[str, Any], input_shape: tuple[int, ...], max_inst
         arr = np.asarray(items, dtype=np.float32)
     except (ValueError, TypeError):
         raise RequestError(
-            400, f"{key!r} must hold numbers only, each input of shape {list(input_shape)} (got ragged or non-numeric values)"
+            400,
+            f"{key!r} must hold numbers only, each input of shape {list(input_shape)} (got ragged or non-numeric values)",
         ) from None
     size = math.prod(input_shape)
     if arr.shape[1:] != tuple(input_shape):
@@ -56,7 +59,8 @@ def instances_array(data: dict[str, Any], input_shape: tuple[int, ...], max_inst
             arr = arr.reshape(len(arr), *input_shape)
         else:
             raise RequestError(
-                400, f"each input must have shape {list(input_shape)} (or {size} flat values); got {list(arr.shape[1:])}"
+                400,
+                f"each input must have shape {list(input_shape)} (or {size} flat values); got {list(arr.shape[1:])}",
             )
     if not np.isfinite(arr).all():
         raise RequestError(400, f"{key!r} holds NaN or infinite values")

@@ -3,7 +3,8 @@ the same code runs in a Serve replica, in the hand-written FastAPI baseline and 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -39,12 +39,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # ---- model, optimiser (the same init on every rank; DDP also broadcasts rank 0's weights)
     model = build_model(
-        cfg.model.family, cfg.model.preset, input_shape=tuple(spec["input_shape"]),
-        **({} if task == "generative" else {"output_dim": spec["output_dim"]}), **cfg.model.params,
+        cfg.model.family,
+        cfg.model.preset,
+        input_shape=tuple(spec["input_shape"]),
+        **({} if task == "generative" else {"output_dim": spec["output_dim"]}),
+        **cfg.model.params,
     )
     set_normalization(model, stats)
     optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs) if cfg.train.lr_schedule == "cosine" else None
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs)
+        if cfg.train.lr_schedule == "cosine"
+        else None
+    )
 
     # ---- resume from the latest checkpoint, if there is one (after a failure or with --resume)
     start_epoch, attempt, history = 1, 0, []
@@ -73,12 +80,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         maybe_inject_fault(cfg, loop_config["run_path"], epoch, rank)
+        started_at = time.time()
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
         for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, device=device,
-            local_shuffle_buffer_size=4 * cfg.train.batch_size, local_shuffle_seed=cfg.train.seed + epoch,
+            batch_size=cfg.train.batch_size,
+            device=device,
+            local_shuffle_buffer_size=4 * cfg.train.batch_size,
+            local_shuffle_seed=cfg.train.seed + epoch,
         ):
             with autocast():
                 loss, batch_sums = batch_loss(task, model, batch["x"], batch["y"], y_std)
@@ -104,6 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **summarize(task, test_sums, "test"),
             "samples_per_s": train_sums["n"] / max(train_time, 1e-9),
             "epoch_time_s": time.perf_counter() - t0,
+            "train_time_s": train_time,
+            "started_at": started_at,
             "lr": optimizer.param_groups[0]["lr"],
         }
         if "persistence_mae" in loop_config["extras"]:
@@ -122,9 +134,15 @@ def report(
         return
     with tempfile.TemporaryDirectory(prefix="mf-report-") as tmp:
         write_checkpoint(
-            tmp, unwrap(model), dataset=loop_config["dataset"], metrics=metrics,
+            tmp,
+            unwrap(model),
+            dataset=loop_config["dataset"],
+            metrics=metrics,
             extra={
-                "task": loop_config["task"], "run": cfg.name, "epoch": metrics["epoch"], "workers": world,
+                "task": loop_config["task"],
+                "run": cfg.name,
+                "epoch": metrics["epoch"],
+                "workers": world,
                 "history": history,
             },
             train_state={

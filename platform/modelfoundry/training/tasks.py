@@ -23,7 +23,9 @@ def task_of(family: str, dataset_task: str) -> Task:
     return "generative" if family == "vae" else dataset_task  # type: ignore[return-value]
 
 
-def batch_loss(task: Task, model, x: torch.Tensor, y: torch.Tensor, y_std: float) -> tuple[torch.Tensor, dict[str, float]]:
+def batch_loss(
+    task: Task, model, x: torch.Tensor, y: torch.Tensor, y_std: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """(mean loss to backpropagate, metric sums for this batch)."""
     n = x.shape[0]
     if task == "classification":

@@ -47,7 +47,8 @@ class TrainOutcome:
             "checkpoint": self.checkpoint,
             "run_path": self.run_path,
             "model_store": {"name": self.model["name"], "version": self.model["version"], "path": self.model["path"]}
-            if self.model else None,
+            if self.model
+            else None,
             "plots": self.plots,
             "wall_s": round(self.wall_s, 1),
         }
@@ -78,11 +79,66 @@ def run_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("run-"))
 
 
-def train(cfg: JobConfig, *, resume: bool = False, export: bool = True, callbacks: list | None = None) -> TrainOutcome:
+def loop_config(cfg: JobConfig, splits, run_path: str) -> dict[str, Any]:
+    """Everything a worker needs, as plain data (the job config travels as a dict)."""
+    task = task_of(cfg.model.family, splits.spec.task)
+    stats = splits.stats()
+    return {
+        "job": cfg.to_dict(),
+        "spec": {**splits.spec.to_dict(), "output_dim": splits.spec.output_dim},
+        "stats": stats,
+        "extras": splits.extras,
+        "task": task,
+        "dataset": {
+            **splits.spec.to_dict(),
+            "config": cfg.data.model_dump(mode="json"),
+            "stats": stats,
+            "train_size": len(splits.x_train),
+            "test_size": len(splits.x_test),
+        },
+        "run_path": run_path,
+    }
+
+
+def make_trainer(cfg: JobConfig, splits, storage_path: str, run_name: str, callbacks: list | None = None):
+    """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    metric, mode = TASK_METRIC[task_of(cfg.model.family, splits.spec.task)]
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
+    os.environ.setdefault(START_TIMEOUT_ENV, str(cfg.train.placement_timeout_s))
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker=_loop(),
+        train_loop_config=loop_config(cfg, splits, join(storage_path, run_name)),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        datasets=ray_datasets(splits, cfg.data),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=1),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def train(cfg: JobConfig, *, resume: bool = False, export: bool = True) -> TrainOutcome:
     """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model."""
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from modelfoundry import store
     from modelfoundry.training.plots import plot_run
@@ -103,52 +159,21 @@ def train(cfg: JobConfig, *, resume: bool = False, export: bool = True, callback
         run_id = existing[-1]
     else:
         run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
-
-    task = task_of(cfg.model.family, splits.spec.task)
-    metric, mode = TASK_METRIC[task]
-    loop_config = {
-        "job": cfg.to_dict(),
-        "spec": {**splits.spec.to_dict(), "output_dim": splits.spec.output_dim},
-        "stats": splits.stats(),
-        "extras": splits.extras,
-        "task": task,
-        "dataset": {**splits.spec.to_dict(), "config": cfg.data.model_dump(mode="json"), "stats": splits.stats(),
-                    "train_size": len(splits.x_train), "test_size": len(splits.x_test)},
-        "run_path": join(storage, cfg.name, run_id),
-    }
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
-    os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
-    os.environ.setdefault(START_TIMEOUT_ENV, str(cfg.train.placement_timeout_s))
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker=_loop(),
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources,
-            placement_strategy=cfg.train.placement_strategy,
-        ),
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        datasets=ray_datasets(splits, cfg.data),
-        run_config=ray.train.RunConfig(
-            name=run_id,
-            storage_path=join(storage, cfg.name),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=1),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-            ),
-            callbacks=callbacks or [],
-        ),
+    metric, mode = TASK_METRIC[task_of(cfg.model.family, splits.spec.task)]
+    run_path = join(storage, cfg.name, run_id)
+    trainer = make_trainer(cfg, splits, join(storage, cfg.name), run_id)
+    print(
+        f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
+        f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
+        f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {run_path}",
+        flush=True,
     )
-    print(f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
-          f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
-          f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {join(storage, cfg.name, run_id)}", flush=True)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
     best_ckpt, best_metrics = _best(result, metric, mode)
-    outcome = TrainOutcome(cfg.name, join(storage, cfg.name, run_id), metric, mode, best_metrics, best_ckpt.path)
+    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_ckpt.path)
     if export:
         outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name)
     outcome.plots = plot_run(best_ckpt.path, outcome.run_path)

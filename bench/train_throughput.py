@@ -1,0 +1,144 @@
+"""Training throughput of the MNIST CNN, side by side in one run:
+
+  plain      one process, in-memory tensors, a plain PyTorch loop
+  ddp-2      native torch DDP (gloo), 2 processes spawned like torchrun, DistributedSampler
+  ray-1/2    Ray Train TorchTrainer (this platform) with 1 and 2 workers
+
+Steady-state samples/s = training samples / training time, over the epochs after the first.
+Per-epoch overhead (Ray Train) = (time between epoch starts - the epoch's own train+eval time)
+/ time between epoch starts: the cost of report + checkpoint + the controller's poll.
+
+    python bench/train_throughput.py [--limit 12000] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn import functional as F
+
+from modelfoundry.config import DataSection, load_config
+from modelfoundry.data import load_splits
+from modelfoundry.models import build_model, set_normalization
+
+BATCH = 128
+
+
+def _model(splits):
+    torch.manual_seed(0)
+    m = build_model("cnn", "default", input_shape=splits.spec.input_shape, output_dim=10)
+    set_normalization(m, splits.stats())
+    return m
+
+
+def _epochs(model, x, y, epochs, rank=0, world=1) -> list[float]:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rates = []
+    for epoch in range(epochs):
+        g = torch.Generator().manual_seed(epoch)
+        order = torch.randperm(len(x), generator=g)[rank::world]  # what DistributedSampler does
+        t0 = time.perf_counter()
+        for i in range(0, len(order), BATCH):
+            idx = order[i : i + BATCH]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rates.append(len(order) * world / (time.perf_counter() - t0))
+    return rates
+
+
+def plain(splits, epochs) -> list[float]:
+    torch.set_num_threads(2)
+    return _epochs(_model(splits), torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train), epochs)
+
+
+def _ddp_worker(rank, world, port, limit, epochs, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    splits = load_splits(DataSection(dataset="mnist", limit=limit))
+    model = torch.nn.parallel.DistributedDataParallel(_model(splits))
+    rates = _epochs(model, torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train), epochs, rank, world)
+    if rank == 0:
+        Path(out).write_text(json.dumps(rates))
+    dist.destroy_process_group()
+
+
+def ddp(limit, epochs, world=2) -> list[float]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        mp.spawn(_ddp_worker, args=(world, 29517, limit, epochs, f.name), nprocs=world)
+        return json.loads(Path(f.name).read_text())
+
+
+def ray_train(workers, limit, epochs, tmp) -> tuple[list[float], list[float]]:
+    from modelfoundry.training import train
+
+    cfg = load_config(
+        "jobs/configs/cnn_mnist.yaml",
+        {
+            "data.limit": limit,
+            "train.epochs": epochs,
+            "train.num_workers": workers,
+            "train.lr_schedule": "none",
+            "train.storage": f"{tmp}/runs",
+            "train.model_store": f"{tmp}/models",
+            "name": f"bench-{workers}",
+        },
+    )
+    outcome = train(cfg, export=False)
+    meta = json.loads(Path(outcome.checkpoint, "model.json").read_text())
+    h = meta["history"]
+    rates = [e["samples_per_s"] for e in h]
+    overhead = [
+        max(0.0, (b["started_at"] - a["started_at"] - a["epoch_time_s"]) / (b["started_at"] - a["started_at"]))
+        for a, b in zip(h, h[1:])
+    ]
+    return rates, overhead
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=12000, help="MNIST training examples per epoch")
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args()
+    splits = load_splits(DataSection(dataset="mnist", limit=args.limit))
+    rows = {"plain": plain(splits, args.epochs), "ddp-2": ddp(args.limit, args.epochs)}
+    from modelfoundry.cluster import connect
+
+    connect()
+    overheads = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in (1, 2):
+            rows[f"ray-{w}"], overheads[f"ray-{w}"] = ray_train(w, args.limit, args.epochs, tmp)
+    steady = {k: statistics.mean(v[1:]) for k, v in rows.items()}
+    print(
+        f"\nMNIST CNN, {args.limit} examples/epoch, batch {BATCH}/worker, {args.epochs} epochs (steady = after the first)"
+    )
+    print(f"{'setup':8} {'samples/s':>10} {'vs ddp-2':>9} {'per-epoch overhead':>19}")
+    for k, v in steady.items():
+        ov = f"{100 * statistics.mean(overheads[k]):.1f}%" if k in overheads else ""
+        print(f"{k:8} {v:10.0f} {v / steady['ddp-2']:9.2f} {ov:>19}")
+    result = {
+        "limit": args.limit,
+        "epochs": args.epochs,
+        "samples_per_s": rows,
+        "steady": steady,
+        "overhead": overheads,
+        "ray2_vs_ddp2": steady["ray-2"] / steady["ddp-2"],
+    }
+    Path("bench/results").mkdir(parents=True, exist_ok=True)
+    Path("bench/results/train_throughput.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

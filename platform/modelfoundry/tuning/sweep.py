@@ -1,0 +1,277 @@
+"""Run a sweep with Ray Tune. Each trial is a Tune function that builds and fits a TorchTrainer
+for its sampled config (the Ray 2.60 way: Tuner(TorchTrainer) is gone) with TuneReportCallback
+relaying every epoch's metrics, so ASHA can stop it early. One training loop serves training and
+tuning alike; trials of any worker count run the same code."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from modelfoundry.config import ConfigError, dump_config, with_overrides
+from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.training.tasks import TASK_METRIC, task_of
+from modelfoundry.tuning.sweep_config import SweepConfig
+
+TASK_METRICS = {
+    "classification": ["test_accuracy", "test_loss", "train_accuracy", "train_loss"],
+    "regression": ["test_mae", "test_loss", "train_mae", "train_loss"],
+    "generative": ["test_neg_elbo", "test_recon", "test_kl", "test_loss", "train_loss"],
+}
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    path: str
+    metric: str
+    mode: str
+    best_config: dict[str, Any]
+    best_metric: float
+    trials: list[dict[str, Any]]
+    total_epochs: int
+    model: dict[str, Any] | None = None
+    files: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "metric": self.metric,
+            "mode": self.mode,
+            "best_config": self.best_config,
+            "best_metric": self.best_metric,
+            "trials": len(self.trials),
+            "stopped_early": sum(t["stopped_early"] for t in self.trials),
+            "epochs_total": self.total_epochs,
+            "model_store": {k: self.model[k] for k in ("name", "version", "path")} if self.model else None,
+            "files": self.files,
+            "wall_s": round(self.wall_s, 1),
+        }
+
+
+def metric_and_mode(sweep: SweepConfig, task: str) -> tuple[str, str]:
+    default_metric, mode = TASK_METRIC[task]
+    metric = sweep.tune.metric or default_metric
+    if metric not in TASK_METRICS[task]:
+        raise ConfigError(f"tune.metric {metric!r} is not reported by a {task} run; choose one of {TASK_METRICS[task]}")
+    if metric.endswith(("loss", "mae", "elbo", "recon", "kl")):
+        mode = "min"
+    elif metric.endswith("accuracy"):
+        mode = "max"
+    return metric, mode
+
+
+def search_space(sweep: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for path, spec in sweep.search.items():
+        kind, v = next(iter(spec.items()))
+        space[path] = {
+            "choice": lambda v: tune.choice(v),
+            "grid": lambda v: tune.grid_search(v),
+            "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v),
+            "randint": lambda v: tune.randint(*v),
+        }[kind](v)
+    return space
+
+
+def check_trial_resources(sweep: SweepConfig) -> int:
+    """How many trials fit at once; a clear error when not even one fits the cluster."""
+    import ray
+
+    t = sweep.tune
+    total = ray.cluster_resources()
+    cpu_need = t.workers_per_trial * t.cpus_per_worker + 0.1
+    gpu_need = t.workers_per_trial * t.gpus_per_worker
+    if cpu_need > total.get("CPU", 0) or gpu_need > total.get("GPU", 0):
+        raise ConfigError(
+            f"one trial needs {cpu_need:g} CPUs and {gpu_need:g} GPUs (tune.workers_per_trial={t.workers_per_trial}, "
+            f"cpus_per_worker={t.cpus_per_worker}, gpus_per_worker={t.gpus_per_worker}); the cluster has "
+            f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
+        )
+    fit = int(total.get("CPU", 0) // cpu_need)
+    if gpu_need:
+        fit = min(fit, int(total.get("GPU", 0) // gpu_need))
+    return max(1, min(fit, t.max_concurrent_trials or fit))
+
+
+def make_trial(sweep: SweepConfig, trials_storage: str):
+    """The Tune function trainable: sampled config -> job config -> TorchTrainer.fit()."""
+    base = sweep.job
+    paths = list(sweep.search)
+    t = sweep.tune
+
+    def trial(config: dict[str, Any]) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from modelfoundry.data import load_splits
+        from modelfoundry.training.trainer import make_trainer
+
+        cfg = with_overrides(
+            base,
+            {
+                **{p: config[p] for p in paths},
+                "train.num_workers": t.workers_per_trial,
+                "train.cpus_per_worker": t.cpus_per_worker,
+                "train.use_gpu": t.gpus_per_worker > 0,
+                "train.max_failures": 0,
+            },
+        )
+        trial_id = tune.get_context().get_trial_id()
+        make_trainer(cfg, load_splits(cfg.data), trials_storage, trial_id, callbacks=[TuneReportCallback()]).fit()
+
+    return trial
+
+
+def sweep_dirs(storage: str, name: str) -> list[str]:
+    fs, root = filesystem(join(absolute(storage), name))
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep-"))
+
+
+def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) -> SweepOutcome:
+    import ray
+    from ray import tune
+
+    from modelfoundry import store
+    from modelfoundry.data import load_splits
+    from modelfoundry.tuning.report import write_reports
+
+    t_start = time.perf_counter()
+    splits = load_splits(sweep.job.data)
+    task = task_of(sweep.job.model.family, splits.spec.task)
+    metric, mode = metric_and_mode(sweep, task)
+    storage = absolute(sweep.job.train.storage)
+    check_writable(storage)
+    if not ray.is_initialized():
+        raise RuntimeError("connect to Ray first (modelfoundry.cluster.connect)")
+    concurrent = check_trial_resources(sweep)
+
+    existing = sweep_dirs(storage, sweep.name)
+    if resume and not existing:
+        raise ValueError(f"--resume: no earlier sweep {sweep.name!r} under {storage}; nothing to resume")
+    exp_name = existing[-1] if resume else time.strftime("sweep-%Y%m%d-%H%M%S", time.gmtime())
+    exp_path = join(storage, sweep.name, exp_name)
+    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), {"cpu": 0.1})
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+    if resume:
+        if not tune.Tuner.can_restore(exp_path):
+            raise ValueError(f"--resume: {exp_path} holds no restorable sweep state")
+        print(f"[{sweep.name}] resuming sweep {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        t = sweep.tune
+        max_t = sweep.job.train.epochs
+        scheduler = (
+            tune.schedulers.ASHAScheduler(
+                time_attr="epoch",
+                max_t=max_t,
+                grace_period=min(t.grace_period, max_t),
+                reduction_factor=t.reduction_factor,
+            )
+            if t.scheduler == "asha"
+            else tune.schedulers.FIFOScheduler()
+        )
+        search_alg = None
+        if t.searcher == "optuna":
+            try:
+                from ray.tune.search.optuna import OptunaSearch
+            except ImportError:
+                raise ConfigError(
+                    "tune.searcher optuna needs the tune extra: pip install 'modelfoundry[tune]'"
+                ) from None
+            if any("grid" in s for s in sweep.search.values()):
+                raise ConfigError("tune.searcher optuna cannot take grid distributions; use choice")
+            import optuna
+
+            search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
+        print(
+            f"[{sweep.name}] {t.num_samples} sample(s) over {list(sweep.search)}; {t.scheduler} + {t.searcher}; "
+            f"{concurrent} trial(s) at once; optimising {metric} ({mode}); {exp_path}",
+            flush=True,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(sweep),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                search_alg=search_alg,
+                num_samples=t.num_samples,
+                max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(name=exp_name, storage_path=join(storage, sweep.name), verbose=1),
+        )
+    results = tuner.fit()
+    outcome = summarize(sweep, results, metric, mode, exp_path)
+    best_ckpt = outcome.best_config.pop("_checkpoint_path")
+    if export and best_ckpt:
+        outcome.model = store.export(best_ckpt, absolute(sweep.job.train.model_store), sweep.name)
+    outcome.files = write_reports(outcome, dump_config(with_overrides(sweep.job, outcome.best_config)))
+    outcome.wall_s = time.perf_counter() - t_start
+    return outcome
+
+
+def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str) -> SweepOutcome:
+    max_epochs = sweep.job.train.epochs
+    trials = []
+    for r in results:
+        df = r.metrics_dataframe
+        history = [] if df is None or metric not in df else df[["epoch", metric]].dropna().values.tolist()
+        last = r.metrics or {}
+        epochs = int(last.get("epoch", 0) or 0)
+        trials.append(
+            {
+                "trial_id": os.path.basename(r.path),
+                **{k: r.config[k] for k in sweep.search},
+                metric: last.get(metric),
+                "best_" + metric: (max if mode == "max" else min)(v for _, v in history) if history else None,
+                "epochs": epochs,
+                "stopped_early": r.error is None and 0 < epochs < max_epochs,
+                "error": str(r.error).splitlines()[0] if r.error else None,
+                "history": history,
+                "checkpoint_path": last.get("checkpoint_path"),
+            }
+        )
+    ok = [t for t in trials if t["best_" + metric] is not None]
+    if not ok:
+        raise RuntimeError(f"no trial of {sweep.name} reported {metric}; see {exp_path}")
+    best = (max if mode == "max" else min)(ok, key=lambda t: t["best_" + metric])
+    best_cfg = {k: best[k] for k in sweep.search}
+    best_cfg["_checkpoint_path"] = _best_checkpoint(best, metric, mode)
+    return SweepOutcome(
+        sweep.name, exp_path, metric, mode, best_cfg, best["best_" + metric], trials, sum(t["epochs"] for t in trials)
+    )
+
+
+def _best_checkpoint(trial: dict[str, Any], metric: str, mode: str) -> str | None:
+    """The best-scoring kept checkpoint of a trial (each holds its metrics in model.json)."""
+    import json
+
+    last = trial["checkpoint_path"]
+    if not last:
+        return None
+    fs, run_dir = filesystem(last.rsplit("/", 1)[0])
+    best, best_value = last, None
+    for info in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/model.json") as f:
+                value = json.loads(f.read())["metrics"].get(metric)
+        except (OSError, ValueError, KeyError):
+            continue
+        if value is not None and (best_value is None or (value > best_value if mode == "max" else value < best_value)):
+            best, best_value = (last.rsplit("/", 1)[0] + "/" + info.base_name), value
+    return best

@@ -1,0 +1,124 @@
+"""Sweep configs: a base job config plus a search space over dotted field paths, validated
+before any trial starts.
+
+    name: tune-cnn-digits
+    base: cnn_digits.yaml            # a job config, relative to this file (or `job:` inline)
+    overrides: {train.epochs: 12}    # fixed changes to the base
+    search:
+      train.lr: {loguniform: [0.0003, 0.01]}
+      model.dropout: {uniform: [0.0, 0.5]}
+      model.hidden: {choice: [32, 64, 128]}
+      train.batch_size: {grid: [16, 32]}
+      model.hidden_size: {randint: [16, 129]}     # high is exclusive
+    tune: {num_samples: 8, scheduler: asha, searcher: random, workers_per_trial: 1}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelfoundry.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class TuneSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_samples: int = Field(default=8, gt=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    searcher: Literal["random", "optuna"] = "random"
+    metric: str | None = None  # default: the task's metric (test_accuracy / test_mae / test_neg_elbo)
+    grace_period: int = Field(default=2, gt=0)  # ASHA: epochs before a trial can be stopped
+    reduction_factor: float = Field(default=3.0, gt=1.0)
+    workers_per_trial: int = Field(default=1, gt=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+
+
+class SweepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    job: JobConfig
+    search: dict[str, dict[str, list[Any]]]
+    tune: TuneSection = TuneSection()
+
+
+def _check_distribution(path: str, spec: Any) -> list[Any]:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"search.{path}: give exactly one of {list(DISTRIBUTIONS)}, e.g. {{uniform: [0.0, 0.5]}}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"search.{path}.{kind}: needs a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"search.{path}.{kind}: needs [low, high] numbers, got {values}")
+        low, high = values
+        if low >= high:
+            raise ConfigError(f"search.{path}.{kind}: low must be < high, got [{low}, {high}]")
+        if kind == "loguniform" and low <= 0:
+            raise ConfigError(f"search.{path}.loguniform: low must be > 0, got {low}")
+        if kind == "randint" and not all(isinstance(v, int) for v in values):
+            raise ConfigError(f"search.{path}.randint: needs integer bounds, got {values}")
+    return values
+
+
+def representatives(kind: str, values: list[Any]) -> list[Any]:
+    """Values a distribution can produce, to validate each against the job config."""
+    if kind in ("choice", "grid"):
+        return values
+    if kind == "randint":
+        return [values[0], values[1] - 1]
+    return [float(values[0]), float(values[1]) * (1 - 1e-9)]
+
+
+def parse_sweep(data: dict[str, Any], source: str, base_dir: Path) -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep config {source}: expected a mapping")
+    unknown = set(data) - {"name", "base", "job", "overrides", "search", "tune"}
+    if unknown:
+        raise ConfigError(
+            f"sweep config {source}: unknown field(s) {sorted(unknown)}; allowed: name, base, job, overrides, search, tune"
+        )
+    if ("base" in data) == ("job" in data):
+        raise ConfigError(
+            f"sweep config {source}: give either base (a job YAML path) or job (inline), not both/neither"
+        )
+    if "base" in data:
+        base_path = base_dir / data["base"]
+        job = load_config(base_path if base_path.exists() else Path(data["base"])).to_dict()
+    else:
+        job = data["job"]
+    job = apply_overrides(job, data.get("overrides") or {})
+    base = parse_config(job, f"{source} (job)")
+    search = data.get("search")
+    if not isinstance(search, dict) or not search:
+        raise ConfigError(f"sweep config {source}: search needs at least one field path, e.g. train.lr")
+    for path, spec in search.items():
+        values = _check_distribution(path, spec)
+        kind = next(iter(spec))
+        for value in representatives(kind, values):
+            try:
+                parse_config(apply_overrides(base.to_dict(), {path: value}), f"{source} search.{path}={value!r}")
+            except ConfigError as err:
+                raise ConfigError(f"search.{path}: {err}") from None
+    try:
+        return SweepConfig(name=data.get("name", base.name), job=base, search=search, tune=data.get("tune") or {})
+    except ValidationError as err:
+        raise ConfigError(f"sweep config {source}: {err}") from None
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep config {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep config {str(path)!r} is not valid YAML: {err}") from None
+    return parse_sweep(data, str(path), p.parent)

@@ -1,0 +1,132 @@
+"""Ray Tune sweeps on a real local cluster: ASHA stops trials early, the best model is exported,
+a sweep whose driver is killed resumes without re-running finished trials, bad sweeps fail early."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelfoundry.artifacts import load_checkpoint
+from modelfoundry.config import ConfigError
+from modelfoundry.tuning import load_sweep, parse_sweep, run_sweep
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+def sweep_dict(tmp_path: Path, name: str = "tiny-sweep", samples: int = 4, epochs: int = 4) -> dict:
+    return {
+        "name": name,
+        "job": {
+            "name": name,
+            "model": {"family": "mlp", "preset": "tiny"},
+            "data": {"dataset": "digits"},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 32,
+                "storage": str(tmp_path / "runs"),
+                "model_store": str(tmp_path / "models"),
+            },
+        },
+        "search": {"train.lr": {"loguniform": [0.0002, 0.05]}, "model.hidden_sizes": {"choice": [[4], [32]]}},
+        "tune": {"num_samples": samples, "grace_period": 1, "reduction_factor": 2, "cpus_per_worker": 0.9},
+    }
+
+
+def test_shipped_sweeps_load():
+    for path in sorted(CONFIGS.glob("tune_*.yaml")):
+        sweep = load_sweep(path)
+        assert sweep.tune.num_samples >= 8 and sweep.search
+
+
+def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, tmp_path):
+    outcome = run_sweep(parse_sweep(sweep_dict(tmp_path), "test", tmp_path))
+    s = outcome.summary()
+    assert s["trials"] == 4 and s["epochs_total"] < 4 * 4 and s["stopped_early"] >= 1
+    assert s["metric"] == "test_accuracy" and s["best_metric"] > 0.5
+    assert set(s["best_config"]) == {"train.lr", "model.hidden_sizes"}
+    loaded = load_checkpoint(s["model_store"]["path"])
+    assert loaded.meta["family"] == "mlp" and loaded.meta["metrics"]["test_accuracy"] == pytest.approx(s["best_metric"])
+    files = [Path(f) for f in s["files"]]
+    assert all(f.is_file() for f in files)
+    rows = files[0].read_text().splitlines()
+    assert len(rows) == 5 and "stopped_early" in rows[0]
+    best_yaml = yaml.safe_load(files[1].read_text())
+    assert best_yaml["train"]["lr"] == pytest.approx(s["best_config"]["train.lr"])
+
+
+def _finished_trials(exp_root: Path) -> dict[str, int]:
+    """trial dir -> number of reported results, for trials Tune has marked done."""
+    out = {}
+    for result in exp_root.glob("sweep-*/trial_*/result.json"):
+        lines = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        if lines and lines[-1].get("done"):
+            out[result.parent.name] = len(lines)
+    return out
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    cfg = sweep_dict(tmp_path, "resumable-sweep", samples=4, epochs=3)
+    cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path / "ray")}
+    cmd = [sys.executable, "-m", "modelfoundry.cli", "tune", "--config", str(path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp_root = tmp_path / "runs" / "resumable-sweep"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and len(_finished_trials(exp_root)) < 1 and proc.poll() is None:
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+        proc.wait()
+    before = _finished_trials(exp_root)
+    assert 1 <= len(before) < 4, "the driver must die mid-sweep, after at least one trial finished"
+    time.sleep(2)
+    out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    after = _finished_trials(exp_root)
+    assert summary["trials"] == 4 and len(after) == 4  # the searcher did not sample new trials
+    for trial, results in before.items():
+        assert after[trial] == results  # finished trials were not run again
+
+
+@pytest.mark.parametrize(
+    "patch, fragment",
+    [
+        ({"search": {"train.lrr": {"uniform": [0.1, 0.2]}}}, "train.lrr: unknown field"),
+        ({"search": {"model.widht": {"choice": [1, 2]}}}, "unknown field 'widht'"),
+        ({"search": {"train.lr": {"uniform": [0.2, 0.1]}}}, "low must be < high"),
+        ({"search": {"train.lr": {"loguniform": [0.0, 0.1]}}}, "low must be > 0"),
+        ({"search": {"model.hidden_sizes": {"choice": []}}}, "needs a non-empty list"),
+        ({"search": {"train.lr": {"normal": [0, 1]}}}, "give exactly one of"),
+        ({"search": {"train.epochs": {"choice": [0, 2]}}}, "Input should be greater than 0"),
+        ({"search": {}}, "needs at least one field path"),
+        ({"tune": {"scheduler": "hyperband"}}, "scheduler"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_trial(tmp_path, patch, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_sweep({**sweep_dict(tmp_path), **patch}, "test", tmp_path)
+    assert fragment in str(err.value)
+
+
+def test_unreported_metric_and_oversized_trials_fail_before_any_trial(ray_cluster, tmp_path):
+    bad_metric = sweep_dict(tmp_path)
+    bad_metric["tune"]["metric"] = "test_mae"
+    with pytest.raises(ConfigError, match="'test_mae' is not reported by a classification run"):
+        run_sweep(parse_sweep(bad_metric, "test", tmp_path))
+    too_big = sweep_dict(tmp_path)
+    too_big["tune"].update({"workers_per_trial": 3, "cpus_per_worker": 1})
+    with pytest.raises(ConfigError, match="one trial needs 3.1 CPUs"):
+        run_sweep(parse_sweep(too_big, "test", tmp_path))
+    assert not (tmp_path / "runs" / "tiny-sweep").exists()
