@@ -1,5 +1,6 @@
-"""Run by test_multinode.py in its own process (it owns a multi-node cluster): a head with no
-CPUs plus 2 worker nodes with 2 CPUs each; 2 training workers spread across the nodes.
+"""Run by test_multinode.py in its own process (it owns a multi-node cluster): a head (1 CPU, for
+Ray Data's coordinators) plus 2 worker nodes with 2 CPUs and 2 "trainer" slots each; the 2
+training workers need a trainer slot each and are spread across the worker nodes.
 
 Phase 1: one worker node is removed mid-run -> the run restarts on the surviving node from the
 last checkpoint and finishes.  Phase 2: with the last node removed mid-run there is no capacity
@@ -35,6 +36,7 @@ def job(tmp: str, name: str, epochs: int, timeout: float, strategy: str = "PACK"
             "model_store": f"{tmp}/models",
             "placement_timeout_s": timeout,
             "placement_strategy": strategy,
+            "worker_resources": {"trainer": 1},
         },
     }
 
@@ -50,7 +52,7 @@ def remove_after_checkpoints(lc: LocalCluster, index: int, run_root: Path, n: in
 
 
 def main(tmp: str) -> None:
-    lc = LocalCluster(head_cpus=0, worker_cpus=[2, 2]).start()
+    lc = LocalCluster(head_cpus=1, worker_cpus=[2, 2], worker_resources=[{"trainer": 2}] * 2).start()
     ray.init(address=lc.address)
     out: dict = {}
     t = threading.Thread(
@@ -59,7 +61,7 @@ def main(tmp: str) -> None:
     t.start()
     outcome = train(parse_config(job(tmp, "node-loss", 12, 60, "SPREAD")))
     t.join()
-    meta = json.loads(Path(outcome.checkpoint, "model.json").read_text())
+    meta = json.loads(Path(outcome.last_checkpoint, "model.json").read_text())
     out["history"] = [(h["epoch"], h["attempt"]) for h in meta["history"]]
     out["accuracy"] = outcome.metrics["test_accuracy"]
 

@@ -243,3 +243,25 @@ def test_autoscaling_rises_under_load_and_falls_back(served):
         time.sleep(1)
     assert _running_replicas("Ingress") == 1
     assert c.get("/healthz").status_code == 200
+
+
+def test_api_keys_401_without_403_wrong_200_right(served, tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("s3cret-key-1\ns3cret-key-2\n")
+    c = deploy(served, model="mlp-d", api_keys_file=str(keyfile))
+    body = {"instances": served["digits"].x_test[:1].tolist()}
+    r = c.post("/v1/models/mlp-d:predict", json=body)
+    assert r.status_code == 401 and "missing API key" in r.json()["error"]
+    r = c.post("/v1/models/mlp-d:predict", json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and r.json() == {"error": "API key not accepted"}
+    assert c.get("/v1/models/mlp-d").status_code == 401
+    assert (
+        c.post("/v1/models/mlp-d:predict", json=body, headers={"Authorization": "Bearer s3cret-key-2"}).status_code
+        == 200
+    )
+    assert c.post("/v1/models/mlp-d:predict", json=body, headers={"X-API-Key": "s3cret-key-1"}).status_code == 200
+    assert c.get("/healthz").status_code == 200  # probes need no key
+    from modelfoundry.serving.apps import build_app
+
+    with pytest.raises(ValueError, match="not set in the replica's environment"):
+        build_app({"store": served["store"], "model": "mlp-d", "api_keys_env": "MF_NO_SUCH_VAR"})

@@ -38,7 +38,7 @@ def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
 
 
 def history(outcome) -> list[tuple[int, int]]:
-    meta = json.loads((Path(outcome.checkpoint) / "model.json").read_text())
+    meta = json.loads((Path(outcome.last_checkpoint) / "model.json").read_text())
     return [(h["epoch"], h["attempt"]) for h in meta["history"]]
 
 
@@ -48,8 +48,10 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
     meta = verify(outcome.checkpoint)
     assert meta["family"] == "mlp" and meta["workers"] == 2 and meta["dataset"]["name"] == "digits"
     assert {"torch", "ray", "modelfoundry"} <= set(meta["versions"])
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
-    losses = [h["train_loss"] for h in meta["history"]]
+    assert [h["epoch"] for h in meta["history"]] == list(range(1, meta["epoch"] + 1))
+    assert history(outcome) == [(e, 0) for e in (1, 2, 3, 4)]
+    last = json.loads((Path(outcome.last_checkpoint) / "model.json").read_text())
+    losses = [h["train_loss"] for h in last["history"]]
     assert losses[-1] < losses[0]
     # the store holds the best checkpoint; it loads and reproduces the reported accuracy
     entry = outcome.model

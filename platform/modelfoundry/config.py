@@ -115,6 +115,7 @@ class TrainSection(_Frozen):
     model_store: str = "models"  # local directory or URI; shared storage on a cluster
     keep_checkpoints: int = Field(default=2, gt=0)
     max_failures: int = Field(default=1, ge=0)
+    worker_resources: dict[str, float] = Field(default_factory=dict)  # custom resources per worker
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     placement_timeout_s: float = Field(default=120.0, gt=0.0)
     fail_at_epoch: int | None = Field(default=None, ge=1)  # fault injection: raise once at this epoch

@@ -12,6 +12,7 @@ from ray.serve import Application
 from modelfoundry.artifacts import read_meta
 from modelfoundry.models import build_model
 from modelfoundry.models.stages import resolve_split
+from modelfoundry.serving.auth import load_keys
 from modelfoundry.serving.deployments import Ingress, Stage
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
 from modelfoundry.storage import absolute
@@ -29,6 +30,9 @@ class AppArgs(Strict):
     batching: BatchingOptions | None = None
     max_instances: int = Field(default=256, gt=0)
     max_body_bytes: int = Field(default=1_000_000, gt=0)
+    # API keys: the NAME of an env var (comma-separated keys) and/or a key file path; never keys
+    api_keys_env: str | None = None
+    api_keys_file: str | None = None
     ingress: DeploymentOptions = DeploymentOptions()
     stages: DeploymentOptions = DeploymentOptions()
 
@@ -59,11 +63,15 @@ def _spec(args: AppArgs, kind: str, name: str, path: str, meta: dict, groups: An
         "members": members,
         "limits": {"max_instances": args.max_instances, "max_body_bytes": args.max_body_bytes},
         "batching": args.batching.model_dump() if args.batching else None,
+        "api_keys_env": args.api_keys_env,
+        "api_keys_file": args.api_keys_file,
     }
 
 
 def build_app(args: AppArgs | dict) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    if args.api_keys_env or args.api_keys_file:  # fail here, not in a replica that never starts
+        load_keys(args.api_keys_env, args.api_keys_file)
     store = absolute(args.store)
     batching = args.batching.model_dump() if args.batching else None
     ingress = Ingress.options(**args.ingress.serve_options())

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelfoundry.serving import auth
 from modelfoundry.serving.requests import RequestError, instances_array, parse_json_body, png_array, png_grid
 from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
 
@@ -76,6 +77,7 @@ class Ingress:
         self.meta: dict[str, Any] = spec["meta"]
         self.task: str = spec["task"]
         self.input_shape = tuple(self.meta["input_spec"]["shape"])
+        self.keys = auth.load_keys(spec.get("api_keys_env"), spec.get("api_keys_file"))
         self.stages = stages or []
         self.members = members or []
         self.local = ModelRunner(spec["model_path"]) if spec["kind"] == "model" and not self.stages else None
@@ -89,16 +91,19 @@ class Ingress:
         return {"status": "ok", "model": self.name}
 
     @app.get("/v1/models")
-    async def list_models(self) -> dict:
+    async def list_models(self, request: Request) -> dict:
+        auth.check(self.keys, request.headers)
         return {"models": [self.metadata()]}
 
     @app.get("/v1/models/{target}")
-    async def get_model(self, target: str) -> dict:
+    async def get_model(self, target: str, request: Request) -> dict:
+        auth.check(self.keys, request.headers)
         self._check_name(target)
         return self.metadata()
 
     @app.post("/v1/models/{target}")
     async def post(self, target: str, request: Request) -> Response:
+        auth.check(self.keys, request.headers)
         name, _, verb = target.rpartition(":")
         if not name:
             raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {VERBS[self.task]}")

@@ -33,7 +33,8 @@ class TrainOutcome:
     metric: str
     mode: str
     metrics: dict[str, Any]
-    checkpoint: str
+    checkpoint: str  # the best by the task's metric
+    last_checkpoint: str = ""  # the latest (its model.json holds the full per-epoch history)
     model: dict[str, Any] | None = None  # model store entry
     plots: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -70,6 +71,12 @@ def check_capacity(cfg: JobConfig) -> None:
             f"train.use_gpu with num_workers={cfg.train.num_workers} needs {cfg.train.num_workers} GPUs; "
             f"the cluster has {total.get('GPU', 0):g} (drop --gpu or add GPU nodes)"
         )
+    for name, amount in cfg.train.worker_resources.items():
+        if cfg.train.num_workers * amount > total.get(name, 0):
+            raise CapacityError(
+                f"train.worker_resources asks {amount:g} {name!r} per worker for {cfg.train.num_workers} workers; "
+                f"the cluster has {total.get(name, 0):g}"
+            )
 
 
 def run_dirs(storage: str, name: str) -> list[str]:
@@ -110,8 +117,12 @@ def make_trainer(cfg: JobConfig, splits, storage_path: str, run_name: str, callb
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
-    os.environ.setdefault(START_TIMEOUT_ENV, str(cfg.train.placement_timeout_s))
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
+    resources = {
+        "CPU": cfg.train.cpus_per_worker,
+        **({"GPU": 1} if cfg.train.use_gpu else {}),
+        **cfg.train.worker_resources,
+    }
     return TorchTrainer(
         train_loop_per_worker=_loop(),
         train_loop_config=loop_config(cfg, splits, join(storage_path, run_name)),
@@ -173,10 +184,10 @@ def train(cfg: JobConfig, *, resume: bool = False, export: bool = True) -> Train
     except ray.train.TrainingFailedError as err:
         raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
     best_ckpt, best_metrics = _best(result, metric, mode)
-    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_ckpt.path)
+    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_ckpt.path, result.checkpoint.path)
     if export:
         outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name)
-    outcome.plots = plot_run(best_ckpt.path, outcome.run_path)
+    outcome.plots = plot_run(outcome.last_checkpoint, outcome.run_path)
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
 
