@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 
 PORT_SERVE, PORT_BASE = 18400, 18401
 CONCURRENCY = (1, 16, 32)
@@ -68,7 +67,7 @@ def publish(store: str, tmp: str) -> None:
     from modelfoundry.config import load_config
     from modelfoundry.training import train
 
-    for cfg_path, name, extra in [
+    for cfg_path, _name, extra in [
         ("jobs/configs/cnn_digits.yaml", "cnn-digits", {}),
         ("jobs/configs/mlp_digits.yaml", "mlp-digits", {}),
         ("jobs/configs/rnn_digits.yaml", "rnn-digits", {}),
