@@ -175,15 +175,20 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> JobConfig:
         raise _format(err, source) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Read a YAML job config, apply dotted-path overrides (e.g. {"train.epochs": 3}), validate."""
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content; ConfigError naming the file when it is missing or not YAML."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML job config, apply dotted-path overrides (e.g. {"train.epochs": 3}), validate."""
+    data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
     return parse_config(data, str(path))

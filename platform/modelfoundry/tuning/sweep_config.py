@@ -18,10 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelfoundry.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config
+from modelfoundry.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config, read_yaml
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -114,11 +113,4 @@ def parse_sweep(data: dict[str, Any], source: str, base_dir: Path) -> SweepConfi
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep config {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep config {str(path)!r} is not valid YAML: {err}") from None
-    return parse_sweep(data, str(path), p.parent)
+    return parse_sweep(read_yaml(path, "sweep config"), str(path), Path(path).parent)
