@@ -41,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
 
+    sb = sub.add_parser("submit", help="submit train/tune as a Ray job to a running cluster and follow it")
+    sb.add_argument("kind", choices=["train", "tune"])
+    sb.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
+    sb.add_argument("--working-dir", help="the project root to upload (default: this installation's)")
+    sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
+
+    j = sub.add_parser("jobs", help="list, show logs of, or stop Ray jobs")
+    j.add_argument("action", choices=["list", "logs", "stop"])
+    j.add_argument("job_id", nargs="?")
+    j.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
+
     m = sub.add_parser("models", help="the model store")
     msub = m.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="list exported models")
@@ -169,6 +180,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
+    from modelfoundry.submit import follow, submit
+
+    job_id = submit(args.address, args.kind, rest, args.working_dir)
+    print(f"submitted job {job_id} to {args.address}", flush=True)
+    if args.no_follow:
+        return 0
+    status = follow(args.address, job_id)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from modelfoundry.submit import client
+
+    c = client(args.address)
+    if args.action == "list":
+        for job in c.list_jobs():
+            print(f"{job.submission_id or job.job_id}  {job.status.value:9}  {job.entrypoint}")
+        return 0
+    if not args.job_id:
+        raise ValueError(f"foundry jobs {args.action} needs a job id (see foundry jobs list)")
+    if args.action == "logs":
+        print(c.get_job_logs(args.job_id))
+    else:
+        print(f"stop requested: {c.stop_job(args.job_id)}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from modelfoundry.store import list_models
 
@@ -186,12 +226,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "tune": cmd_tune, "run": cmd_run, "serve": cmd_serve, "models": cmd_models}
+COMMANDS = {
+    "train": cmd_train,
+    "tune": cmd_tune,
+    "run": cmd_run,
+    "serve": cmd_serve,
+    "jobs": cmd_jobs,
+    "models": cmd_models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "submit":
+            return cmd_submit(args, rest)  # the rest are the train/tune job's own options
         return COMMANDS[args.command](args)
     except (ConfigError, ValueError) as err:
         print(f"foundry {args.command}: error: {err}", file=sys.stderr)

@@ -1,0 +1,54 @@
+"""Job submission to a running Ray cluster (JobSubmissionClient): the project's working tree
+travels as the job's working_dir, so `modelfoundry` and the configs are importable there."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from pathlib import Path
+
+EXCLUDES = [".venv", ".git", "runs", "models", "bench/results", "**/__pycache__", "*.egg-info"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # connection refused, 401/403 from token auth, bad URL
+        raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+
+
+def submit(address: str, kind: str, args: list[str], working_dir: str | None = None) -> str:
+    root = Path(working_dir or Path(__file__).resolve().parents[2])
+    if not (root / "jobs" / f"{kind}.py").is_file():
+        raise ValueError(f"{root} has no jobs/{kind}.py; run from the project root or pass --working-dir")
+    entrypoint = " ".join(shlex.quote(a) for a in ["python", f"jobs/{kind}.py", *args])
+    runtime_env = {
+        "working_dir": str(root),
+        "excludes": EXCLUDES,
+        "py_modules": [str(root / "platform" / "modelfoundry")],
+    }
+    return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+
+
+def follow(address: str, job_id: str, out=print, timeout_s: float | None = None) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    c = client(address)
+
+    async def tail() -> None:
+        async for lines in c.tail_job_logs(job_id):
+            out(lines.rstrip("\n"))
+
+    try:
+        asyncio.run(asyncio.wait_for(tail(), timeout_s))
+    except TimeoutError:
+        pass
+    deadline = time.monotonic() + 30
+    status = str(c.get_job_status(job_id).value)
+    while status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = str(c.get_job_status(job_id).value)
+    return status

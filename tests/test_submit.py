@@ -1,0 +1,112 @@
+"""Job submission against a real Ray head started by this test (`ray start --head` on 127.0.0.1,
+its own temp dir), stopped by killing exactly the processes it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("head")
+    temp_dir = Path("/tmp") / f"mfh{os.getpid()}"  # short: Ray's socket paths have a length limit
+    venv_bin = str(Path(sys.executable).parent)  # the job runs `python`: this environment's
+    env = {**os.environ, "HOME": str(tmp), "RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    try:
+        yield {"address": f"http://127.0.0.1:{dash}", "env": env, "tmp": tmp}
+    finally:
+        mine = [
+            p for p in psutil.process_iter(["pid", "cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])
+        ]
+        for p in mine:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(mine, timeout=30)
+
+
+def foundry(head, *args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "modelfoundry.cli", *args],
+        env=head["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_submitted_training_job_succeeds(head):
+    out = foundry(
+        head,
+        "submit",
+        "train",
+        "--address",
+        head["address"],
+        "--config",
+        "jobs/configs/mlp_digits.yaml",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        "--storage",
+        str(head["tmp"] / "runs"),
+        "--model-store",
+        str(head["tmp"] / "models"),
+        "--json",
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "SUCCEEDED" in out.stdout and "best test_accuracy" in out.stdout
+    assert (head["tmp"] / "models" / "mlp-digits" / "1" / "model.json").is_file()
+    listed = foundry(head, "jobs", "list", "--address", head["address"])
+    assert "SUCCEEDED" in listed.stdout
+
+
+def test_broken_job_ends_failed_with_its_error_in_the_logs(head):
+    out = foundry(head, "submit", "train", "--address", head["address"], "--config", "jobs/configs/missing.yaml")
+    assert out.returncode == 1
+    assert "FAILED" in out.stdout and "does not exist" in out.stdout
+
+
+def test_unreachable_address_is_a_clear_error(head):
+    out = foundry(head, "jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", timeout=120)
+    assert out.returncode == 1 and "cannot reach the Ray Jobs API" in out.stderr
