@@ -8,14 +8,6 @@ import os
 from pathlib import Path
 
 
-class _DropNoise(logging.Filter):
-    """Ray Train 2.60 logs 20+ 'PlacementGroupCleaner: Failed to query' lines per run when the
-    dashboard is off; they are harmless (see RAY260.md)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "PlacementGroupCleaner" not in record.getMessage()
-
-
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
     """ray.init on `address` (or RAY_ADDRESS), else start a local cluster. Returns a description."""
     import ray
@@ -23,17 +15,20 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     if ray.is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
-    logging.getLogger("ray").addFilter(_DropNoise())
     if address:
         # ship the library to the cluster's workers (they may not have it installed)
         package = str(Path(__file__).resolve().parent)
         ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=True)
         return f"connected to Ray at {address}"
-    # address="local": always a fresh cluster, never silently joining another one on this machine
+    # address="local": always a fresh cluster, never silently joining another one on this machine.
+    # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API
+    # (served by the dashboard) whether a run's controller is gone; without it the placement groups
+    # of runs stopped from outside (trials that ASHA stops) are never freed and later work starves.
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         logging_level=logging.WARNING if quiet else logging.INFO,
     )
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
