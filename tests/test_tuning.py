@@ -47,10 +47,15 @@ def test_shipped_sweeps_load():
 
 
 def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, tmp_path):
-    outcome = run_sweep(parse_sweep(sweep_dict(tmp_path), "test", tmp_path))
+    cfg = sweep_dict(tmp_path)
+    # one trial at a time, a good learning rate first: ASHA then has a rung to compare the
+    # hopeless ones (lr 1e-5) against and must stop them at their first rung
+    cfg["search"] = {"train.lr": {"grid": [0.05, 0.00001, 0.00002, 0.00003]}, "model.hidden_sizes": {"choice": [[32]]}}
+    cfg["tune"].update({"num_samples": 1, "max_concurrent_trials": 1})
+    outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
     s = outcome.summary()
     assert s["trials"] == 4 and s["epochs_total"] < 4 * 4 and s["stopped_early"] >= 1
-    assert s["metric"] == "test_accuracy" and s["best_metric"] > 0.5
+    assert s["metric"] == "test_accuracy" and s["best_metric"] > 0.5 and s["best_config"]["train.lr"] == 0.05
     assert set(s["best_config"]) == {"train.lr", "model.hidden_sizes"}
     loaded = load_checkpoint(s["model_store"]["path"])
     assert loaded.meta["family"] == "mlp" and loaded.meta["metrics"]["test_accuracy"] == pytest.approx(s["best_metric"])
@@ -78,18 +83,23 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path / "ray")}
+    env.pop("RAY_ADDRESS", None)  # the session's cluster: this driver starts its own
     cmd = [sys.executable, "-m", "modelfoundry.cli", "tune", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     exp_root = tmp_path / "runs" / "resumable-sweep"
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and len(_finished_trials(exp_root)) < 1 and proc.poll() is None:
             time.sleep(1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
         proc.wait()
+        log.close()
     before = _finished_trials(exp_root)
-    assert 1 <= len(before) < 4, "the driver must die mid-sweep, after at least one trial finished"
+    driver_log = (tmp_path / "driver.log").read_text()[-3000:]
+    assert 1 <= len(before) < 4, f"the driver must die mid-sweep, after a trial finished:\n{driver_log}"
     time.sleep(2)
     out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
@@ -16,9 +15,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        # ship the library to the cluster's workers (they may not have it installed)
-        package = str(Path(__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=True)
+        # the cluster's nodes must import modelfoundry: installed there (cluster.yaml does), or
+        # through the job's runtime_env (`foundry submit` uploads the tree with PYTHONPATH set)
+        ray.init(address=address, log_to_driver=True)
         return f"connected to Ray at {address}"
     # address="local": always a fresh cluster, never silently joining another one on this machine.
     # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API

@@ -8,7 +8,8 @@ import shlex
 import time
 from pathlib import Path
 
-EXCLUDES = [".venv", ".git", "runs", "models", "bench/results", "**/__pycache__", "*.egg-info"]
+# gitignore-style, anchored at the project root (a bare "models" would drop modelfoundry/models)
+EXCLUDES = ["/.venv/", "/.git/", "/runs/", "/models/", "/bench/results/", "__pycache__/", "*.egg-info/"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -26,12 +27,18 @@ def submit(address: str, kind: str, args: list[str], working_dir: str | None = N
     if not (root / "jobs" / f"{kind}.py").is_file():
         raise ValueError(f"{root} has no jobs/{kind}.py; run from the project root or pass --working-dir")
     entrypoint = " ".join(shlex.quote(a) for a in ["python", f"jobs/{kind}.py", *args])
-    runtime_env = {
-        "working_dir": str(root),
-        "excludes": EXCLUDES,
-        "py_modules": [str(root / "platform" / "modelfoundry")],
-    }
-    return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    # the job and its Ray Train workers run in the uploaded tree; PYTHONPATH=platform (relative to
+    # it) makes the uploaded `modelfoundry` importable on nodes that do not have it installed
+    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": {"PYTHONPATH": "platform"}}
+    c = client(address)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as err:  # a head that just started has no job agent for a few seconds
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise RuntimeError(f"job submission to {address} failed: {err}") from None
+            time.sleep(2)
 
 
 def follow(address: str, job_id: str, out=print, timeout_s: float | None = None) -> str:
