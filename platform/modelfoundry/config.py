@@ -198,7 +198,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     """A copy of `data` with each dotted path set, e.g. "model.dropout" or "train.lr"."""
     out = copy.deepcopy(data) if isinstance(data, dict) else data
     for dotted, value in overrides.items():
-        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", dotted):
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted):
             raise ConfigError(f"override path {dotted!r} must be dotted, like train.lr or model.dropout")
         node = out
         *parents, leaf = dotted.split(".")
