@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelfoundry.models import FAMILIES, PRESETS, config_fields, model_config
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "sunspots", "parquet")
 DATA_FIELDS_SET_BY_DATASET = ("input_shape", "output_dim")
 
 
@@ -219,7 +218,6 @@ def dump_config(config: JobConfig) -> str:
 
 
 __all__ = [
-    "DATASETS",
     "FAMILIES",
     "PRESETS",
     "ConfigError",

@@ -8,7 +8,6 @@
 """
 
 import asyncio
-import logging
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelfoundry.serving import auth
 from modelfoundry.serving.requests import RequestError, instances_array, parse_json_body, png_array, png_grid
 from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
-
-log = logging.getLogger("ray.serve")
 
 VERBS = {
     "classification": ["predict"],
