@@ -55,6 +55,8 @@ def load_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
             timeout=seconds + 30,
         ).stdout
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    if not lat:  # nothing answered in time
+        raise RuntimeError(f"wrk got no answers from {url}:\n{out}")
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
@@ -102,7 +104,11 @@ async def load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float) 
 def measure(url: str, body: bytes, seconds: float, client: str) -> dict:
     if client == "wrk":
         load_wrk(url, body, 4, 1)  # warm-up
-        return {c: load_wrk(url, body, c, seconds) for c in CONCURRENCY}
+        out = {}
+        for c in CONCURRENCY:
+            out[c] = load_wrk(url, body, c, seconds)
+            print(f"  c{c}: {out[c]}", flush=True)
+        return out
     asyncio.run(load_aiohttp(url, body, 4, 1.0))
     return {c: asyncio.run(load_aiohttp(url, body, c, seconds)) for c in CONCURRENCY}
 

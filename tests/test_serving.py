@@ -265,3 +265,45 @@ def test_api_keys_401_without_403_wrong_200_right(served, tmp_path):
 
     with pytest.raises(ValueError, match="not set in the replica's environment"):
         build_app({"store": served["store"], "model": "mlp-d", "api_keys_env": "MF_NO_SUCH_VAR"})
+
+
+def _http_answer(host: str, port: int) -> bytes:
+    """The first bytes a listener answers to an HTTP/1.0 request (b"" when it does not)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.settimeout(2)
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
+            return sock.recv(64)
+    except OSError:
+        return b""
+
+
+def test_no_http_listener_outside_loopback_during_a_served_run(served):
+    """Every listener of this cluster's processes, probed while an app serves: HAProxy's
+    frontend, stats and metrics, the dashboard, the Serve proxy and replicas' HTTP all sit on
+    127.0.0.1. What listens beyond loopback is Ray core's gRPC / object transfer (all interfaces in
+    Ray 2.60, guarded by token auth: docs/security.md); none of it answers HTTP, except the
+    dashboard agent's, which refuses a request without the cluster token."""
+    import ipaddress
+
+    import psutil
+    import ray
+
+    client = deploy(served, model="cnn-d")
+    assert client.get("/healthz").status_code == 200
+    me = psutil.Process()
+    tree = {p.pid: p for p in [me, *me.children(recursive=True)]}
+    listeners = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in tree]
+    names = {c.pid: " ".join(tree[c.pid].cmdline())[:60] for c in listeners}
+    haproxy = [c.laddr for c in listeners if tree[c.pid].name() == "haproxy"]
+    assert len(haproxy) >= 3 and all(a.ip == "127.0.0.1" for a in haproxy), haproxy  # frontend, stats, metrics
+    assert any(a.port == PORT for a in haproxy)
+    node_ip = ray.util.get_node_ip_address()
+    exposed = [c for c in listeners if not ipaddress.ip_address(c.laddr.ip).is_loopback]
+    assert exposed  # the probe sees Ray core's listeners, so it would see a leaked HTTP one too
+    for c in exposed:
+        answer = _http_answer(node_ip if c.laddr.ip in ("0.0.0.0", "::") else c.laddr.ip, c.laddr.port)
+        if answer.startswith(b"HTTP/"):
+            assert "dashboard/agent.py" in names[c.pid] and answer.split()[1] == b"401", (c.laddr, names[c.pid], answer)

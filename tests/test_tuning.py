@@ -125,6 +125,12 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
         ({"search": {"train.epochs": {"choice": [0, 2]}}}, "Input should be greater than 0"),
         ({"search": {}}, "needs at least one field path"),
         ({"tune": {"scheduler": "hyperband"}}, "scheduler"),
+        (
+            {"search": {"model.hidden_sizes": {"choice": [[4], [32]]}}, "tune": {"scheduler": "pbt"}},
+            "pbt mutates running trials and needs at least one of",
+        ),
+        ({"search": {"train.lr": {"grid": [0.1, 0.2]}}, "tune": {"scheduler": "pbt"}}, "PBT cannot mutate a grid"),
+        ({"tune": {"scheduler": "pbt", "perturbation_interval": 4}}, "or PBT never acts"),
     ],
 )
 def test_bad_sweeps_fail_before_any_trial(tmp_path, patch, fragment):
@@ -143,3 +149,31 @@ def test_unreported_metric_and_oversized_trials_fail_before_any_trial(ray_cluste
     with pytest.raises(ConfigError, match="one trial needs 3.1 CPUs"):
         run_sweep(parse_sweep(too_big, "test", tmp_path))
     assert not (tmp_path / "runs" / "tiny-sweep").exists()
+
+
+def test_pbt_cosine_schedule_conflict_is_refused(tmp_path):
+    cfg = sweep_dict(tmp_path)
+    cfg["job"]["train"]["lr_schedule"] = "cosine"
+    cfg["tune"]["scheduler"] = "pbt"
+    with pytest.raises(ConfigError, match="Set train.lr_schedule: none"):
+        parse_sweep(cfg, "test", tmp_path)
+
+
+def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_path):
+    cfg = sweep_dict(tmp_path, name="pbt-sweep", samples=4, epochs=4)
+    # one lr that learns, three that barely move: the weak trials must continue from the good
+    # one's checkpoint (its weights and epoch) with a mutated learning rate
+    cfg["search"] = {"train.lr": {"choice": [0.05, 0.00001, 0.00002, 0.00003]}}
+    cfg["tune"].update({"scheduler": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "seed": 3})
+    cfg["job"]["model"]["hidden_sizes"] = [32]
+    outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
+    s = outcome.summary()
+    assert s["trials"] == 4 and s["best_metric"] > 0.5
+    lineage = [t["history"] for t in outcome.trials]
+    assert all([e for e, _ in h] == sorted({e for e, _ in h}) for h in lineage)  # epochs never restart
+    csv = Path(s["files"][0]).read_text()
+    assert "pbt-sweep" in s["path"] and csv.count("\n") == 5
+    results = list(Path(s["path"]).glob("trial_*/result.json"))
+    lrs = [{round(json.loads(ln)["lr"], 8) for ln in r.read_text().splitlines() if ln.strip()} for r in results]
+    assert any(len(values) > 1 for values in lrs), lrs  # a trial's lr changed mid-run: an exploit
+    assert load_checkpoint(s["model_store"]["path"]).meta["family"] == "mlp"

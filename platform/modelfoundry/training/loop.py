@@ -53,9 +53,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else None
     )
 
-    # ---- resume from the latest checkpoint, if there is one (after a failure or with --resume)
+    # ---- resume from the latest checkpoint, if there is one (after a failure or with --resume);
+    # else, when given, start from another run's checkpoint (a PBT exploit: the donor's weights and
+    # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, seeded = ray.train.get_checkpoint(), False
+    if checkpoint is None and loop_config.get("start_from"):
+        checkpoint, seeded = ray.train.Checkpoint(loop_config["start_from"]), True
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
@@ -66,8 +70,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 scheduler.load_state_dict(state["scheduler"])
             start_epoch = state["epoch"] + 1
             attempt, history = state["attempt"] + 1, state["history"]
+        if seeded:
+            set_hyperparameters(cfg, optimizer)
         if rank == 0:
-            print(f"[{cfg.name}] resuming from the checkpoint of epoch {start_epoch - 1}", flush=True)
+            source = f"{loop_config['start_from']} with this config's hyperparameters" if seeded else "the checkpoint"
+            print(f"[{cfg.name}] resuming from {source} (epoch {start_epoch - 1})", flush=True)
 
     model = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
     device = ray.train.torch.get_device()
@@ -168,6 +175,14 @@ def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimi
         return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer) -> None:
+    """The config's lr / weight decay / momentum over those loaded with an optimizer state."""
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.train.momentum
 
 
 def add_into(total: dict[str, float], part: dict[str, float]) -> None:

@@ -86,7 +86,7 @@ def run_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("run-"))
 
 
-def loop_config(cfg: JobConfig, splits, run_path: str) -> dict[str, Any]:
+def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = None) -> dict[str, Any]:
     """Everything a worker needs, as plain data (the job config travels as a dict)."""
     task = task_of(cfg.model.family, splits.spec.task)
     stats = splits.stats()
@@ -104,11 +104,20 @@ def loop_config(cfg: JobConfig, splits, run_path: str) -> dict[str, Any]:
             "test_size": len(splits.x_test),
         },
         "run_path": run_path,
+        "start_from": start_from,  # a checkpoint to start from when the run has none of its own
     }
 
 
-def make_trainer(cfg: JobConfig, splits, storage_path: str, run_name: str, callbacks: list | None = None):
-    """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial."""
+def make_trainer(
+    cfg: JobConfig,
+    splits,
+    storage_path: str,
+    run_name: str,
+    callbacks: list | None = None,
+    start_from: str | None = None,
+):
+    """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial. `start_from`: a
+    checkpoint (directory or URI) to start from, with `cfg`'s hyperparameters (PBT's exploit)."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -125,7 +134,7 @@ def make_trainer(cfg: JobConfig, splits, storage_path: str, run_name: str, callb
     }
     return TorchTrainer(
         train_loop_per_worker=_loop(),
-        train_loop_config=loop_config(cfg, splits, join(storage_path, run_name)),
+        train_loop_config=loop_config(cfg, splits, join(storage_path, run_name), start_from),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,

@@ -1,7 +1,8 @@
 """Run a sweep with Ray Tune. Each trial is a Tune function that builds and fits a TorchTrainer
-for its sampled config (the Ray 2.60 way: Tuner(TorchTrainer) is gone) with TuneReportCallback
-relaying every epoch's metrics, so ASHA can stop it early. One training loop serves training and
-tuning alike; trials of any worker count run the same code."""
+for its sampled config (the Ray 2.60 way: Tuner(TorchTrainer) is gone); every epoch's report
+reaches Tune with its checkpoint (tuning/relay.py), so ASHA stops trials early, PBT exploits
+checkpoints, and --resume restarts unfinished trials from their last one. One training loop serves
+training and tuning alike; trials of any worker count run the same code."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow.fs as pafs
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.storage import absolute, check_writable, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, task_of
-from modelfoundry.tuning.sweep_config import SweepConfig
+from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable
 
 TASK_METRICS = {
     "classification": ["test_accuracy", "test_loss", "train_accuracy", "train_loss"],
@@ -83,6 +84,25 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
     return space
 
 
+def make_scheduler(sweep: SweepConfig):
+    from ray import tune
+
+    t, max_t = sweep.tune, sweep.job.train.epochs
+    if t.scheduler == "asha":
+        return tune.schedulers.ASHAScheduler(
+            time_attr="epoch", max_t=max_t, grace_period=min(t.grace_period, max_t), reduction_factor=t.reduction_factor
+        )
+    if t.scheduler == "pbt":
+        space = search_space(sweep)
+        return tune.schedulers.PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=t.perturbation_interval,
+            hyperparam_mutations={p: space[p] for p in pbt_mutable(sweep.search)},
+            quantile_fraction=t.quantile_fraction,
+        )
+    return tune.schedulers.FIFOScheduler()
+
+
 def check_trial_resources(sweep: SweepConfig) -> int:
     """How many trials fit at once; a clear error when not even one fits the cluster."""
     import ray
@@ -111,10 +131,10 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
 
         from modelfoundry.data import load_splits
         from modelfoundry.training.trainer import make_trainer
+        from modelfoundry.tuning.relay import ReportRelay, fit_and_relay
 
         cfg = with_overrides(
             base,
@@ -126,8 +146,14 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
                 "train.max_failures": 0,
             },
         )
-        trial_id = tune.get_context().get_trial_id()
-        make_trainer(cfg, load_splits(cfg.data), trials_storage, trial_id, callbacks=[TuneReportCallback()]).fit()
+        # a checkpoint from Tune: this trial's own (a resumed sweep) or another's (a PBT exploit)
+        start = tune.get_checkpoint()
+        run_name = f"{tune.get_context().get_trial_id()}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}"
+        relay = ReportRelay()
+        trainer = make_trainer(
+            cfg, load_splits(cfg.data), trials_storage, run_name, callbacks=[relay], start_from=start and start.path
+        )
+        fit_and_relay(trainer, relay)
 
     return trial
 
@@ -171,17 +197,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         t = sweep.tune
-        max_t = sweep.job.train.epochs
-        scheduler = (
-            tune.schedulers.ASHAScheduler(
-                time_attr="epoch",
-                max_t=max_t,
-                grace_period=min(t.grace_period, max_t),
-                reduction_factor=t.reduction_factor,
-            )
-            if t.scheduler == "asha"
-            else tune.schedulers.FIFOScheduler()
-        )
+        scheduler = make_scheduler(sweep)
         search_alg = None
         if t.searcher == "optuna":
             try:
@@ -211,7 +227,13 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 num_samples=t.num_samples,
                 max_concurrent_trials=concurrent,
             ),
-            run_config=tune.RunConfig(name=exp_name, storage_path=join(storage, sweep.name), verbose=1),
+            run_config=tune.RunConfig(
+                name=exp_name,
+                storage_path=join(storage, sweep.name),
+                verbose=1,
+                # the latest is what resume and PBT use; PBT may exploit a donor's a little later
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler == "pbt" else 2),
+            ),
         )
     results = tuner.fit()
     outcome = summarize(sweep, results, metric, mode, exp_path)

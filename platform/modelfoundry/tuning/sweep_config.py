@@ -11,6 +11,11 @@ before any trial starts.
       train.batch_size: {grid: [16, 32]}
       model.hidden_size: {randint: [16, 129]}     # high is exclusive
     tune: {num_samples: 8, scheduler: asha, searcher: random, workers_per_trial: 1}
+
+tune.scheduler: asha (default; stops weak trials early), fifo (every trial to the end) or pbt
+(population based training: every perturbation_interval epochs the bottom quantile_fraction of
+trials continue from a top trial's checkpoint with mutated train.lr / weight_decay / momentum /
+batch_size).
 """
 
 from __future__ import annotations
@@ -23,17 +28,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from modelfoundry.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config, read_yaml
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+# what PBT may change in a running trial: hyperparameters that carry over a checkpoint. Other search
+# paths (widths, dropout...) are sampled once; an exploit copies them with the donor's weights.
+PBT_MUTABLE = ("train.lr", "train.weight_decay", "train.momentum", "train.batch_size")
+
+
+def pbt_mutable(search: dict[str, Any]) -> list[str]:
+    return [p for p in search if p in PBT_MUTABLE]
 
 
 class TuneSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_samples: int = Field(default=8, gt=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
-    scheduler: Literal["asha", "fifo"] = "asha"
+    scheduler: Literal["asha", "fifo", "pbt"] = "asha"
     searcher: Literal["random", "optuna"] = "random"
     metric: str | None = None  # default: the task's metric (test_accuracy / test_mae / test_neg_elbo)
     grace_period: int = Field(default=2, gt=0)  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = Field(default=3.0, gt=1.0)
+    perturbation_interval: int = Field(default=2, gt=0)  # PBT: epochs between exploit/explore steps
+    quantile_fraction: float = Field(default=0.25, gt=0.0, le=0.5)  # PBT: bottom share copies the top
     workers_per_trial: int = Field(default=1, gt=0)
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
@@ -107,9 +121,38 @@ def parse_sweep(data: dict[str, Any], source: str, base_dir: Path) -> SweepConfi
             except ConfigError as err:
                 raise ConfigError(f"search.{path}: {err}") from None
     try:
-        return SweepConfig(name=data.get("name", base.name), job=base, search=search, tune=data.get("tune") or {})
+        sweep = SweepConfig(name=data.get("name", base.name), job=base, search=search, tune=data.get("tune") or {})
     except ValidationError as err:
         raise ConfigError(f"sweep config {source}: {err}") from None
+    if sweep.tune.scheduler == "pbt":
+        check_pbt(sweep, source)
+    return sweep
+
+
+def check_pbt(sweep: SweepConfig, source: str) -> None:
+    if not pbt_mutable(sweep.search):
+        raise ConfigError(
+            f"sweep config {source}: tune.scheduler pbt mutates running trials and needs at least one of "
+            f"{list(PBT_MUTABLE)} in search (got {list(sweep.search)})"
+        )
+    if sweep.tune.searcher != "random":
+        raise ConfigError(
+            f"sweep config {source}: tune.scheduler pbt samples its own configs; use tune.searcher random"
+        )
+    if any("grid" in sweep.search[p] for p in pbt_mutable(sweep.search)):
+        raise ConfigError(
+            f"sweep config {source}: PBT cannot mutate a grid; use choice for {pbt_mutable(sweep.search)}"
+        )
+    if sweep.job.train.lr_schedule != "none" and "train.lr" in sweep.search:
+        raise ConfigError(
+            f"sweep config {source}: PBT sets train.lr itself; with train.lr_schedule "
+            f"{sweep.job.train.lr_schedule!r} the two would fight. Set train.lr_schedule: none"
+        )
+    if sweep.tune.perturbation_interval >= sweep.job.train.epochs:
+        raise ConfigError(
+            f"sweep config {source}: tune.perturbation_interval ({sweep.tune.perturbation_interval}) must be below "
+            f"train.epochs ({sweep.job.train.epochs}) or PBT never acts"
+        )
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
