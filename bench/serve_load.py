@@ -48,15 +48,26 @@ def load_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
         Path(tmp, "body.json").write_bytes(body)
         Path(tmp, "post.lua").write_text(WRK_SCRIPT)
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", f"{tmp}/post.lua", url],
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                f"{tmp}/post.lua",
+                url,
+            ],
             env={**os.environ, "BODY_FILE": f"{tmp}/body.json"},
             capture_output=True,
             text=True,
             timeout=seconds + 30,
         ).stdout
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    if not lat:  # nothing answered in time
-        raise RuntimeError(f"wrk got no answers from {url}:\n{out}")
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if "50" not in lat or "99" not in lat:  # nothing (or too little) answered in time
+        raise RuntimeError(f"wrk got no latency distribution from {url}:\n{out}")
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)

@@ -2,7 +2,9 @@
 
   plain      one process, in-memory tensors, a plain PyTorch loop
   ddp-2      native torch DDP (gloo), 2 processes spawned like torchrun, DistributedSampler
-  ray-1/2    Ray Train TorchTrainer (this platform) with 1 and 2 workers
+  ray-1/2    Ray Train TorchTrainer (this platform) with 1 and 2 workers, each worker's shard
+             held in memory (data.in_memory: auto)
+  ray-2-str  the same with 2 workers, the shard streamed from Ray Data every epoch
 
 Steady-state samples/s = training samples / training time, over the epochs after the first.
 Per-epoch overhead (Ray Train) = (time between epoch starts - the epoch's own train+eval time)
@@ -80,7 +82,7 @@ def ddp(limit, epochs, world=2) -> list[float]:
         return json.loads(Path(f.name).read_text())
 
 
-def ray_train(workers, limit, epochs, tmp) -> tuple[list[float], list[float]]:
+def ray_train(workers, limit, epochs, tmp, in_memory="auto") -> tuple[list[float], list[float]]:
     from modelfoundry.training import train
 
     cfg = load_config(
@@ -93,6 +95,7 @@ def ray_train(workers, limit, epochs, tmp) -> tuple[list[float], list[float]]:
             "train.storage": f"{tmp}/runs",
             "train.model_store": f"{tmp}/models",
             "name": f"bench-{workers}",
+            "data.in_memory": in_memory,
         },
     )
     outcome = train(cfg, export=False)
@@ -120,14 +123,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for w in (1, 2):
             rows[f"ray-{w}"], overheads[f"ray-{w}"] = ray_train(w, args.limit, args.epochs, tmp)
+        # the same with the shard streamed from Ray Data every epoch (data.in_memory: false)
+        rows["ray-2-str"], overheads["ray-2-str"] = ray_train(2, args.limit, args.epochs, tmp, in_memory=False)
     steady = {k: statistics.mean(v[1:]) for k, v in rows.items()}
     print(
         f"\nMNIST CNN, {args.limit} examples/epoch, batch {BATCH}/worker, {args.epochs} epochs (steady = after the first)"
     )
-    print(f"{'setup':8} {'samples/s':>10} {'vs ddp-2':>9} {'per-epoch overhead':>19}")
+    print(f"{'setup':9} {'samples/s':>10} {'vs ddp-2':>9} {'per-epoch overhead':>19}")
     for k, v in steady.items():
         ov = f"{100 * statistics.mean(overheads[k]):.1f}%" if k in overheads else ""
-        print(f"{k:8} {v:10.0f} {v / steady['ddp-2']:9.2f} {ov:>19}")
+        print(f"{k:9} {v:10.0f} {v / steady['ddp-2']:9.2f} {ov:>19}")
     result = {
         "limit": args.limit,
         "epochs": args.epochs,

@@ -22,3 +22,15 @@ def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
     # no capacity left: a clear error, not an endless wait
     assert out["no_capacity_error"] and "failed" in out["no_capacity_error"]
     assert out["failed_after_s"] < 240
+
+
+def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
+    script = Path(__file__).with_name("multinode_serve_scenario.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "18133"], capture_output=True, text=True, timeout=600
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["status"] == 200 and out["got"] == out["expected"]
+    assert out["stages"] == {"stage-0": "zone_a", "stage-1": "zone_b"}

@@ -1,5 +1,5 @@
 """Job submission against a real Ray head started by this test (`ray start --head` on 127.0.0.1,
-its own temp dir), stopped by killing exactly the processes it started."""
+its own temp dir, token auth on), stopped by killing exactly the processes it started."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def head(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("head")
     temp_dir = Path("/tmp") / f"mfh{os.getpid()}"  # short: Ray's socket paths have a length limit
     venv_bin = str(Path(sys.executable).parent)  # the job runs `python`: this environment's
-    env = {**os.environ, "HOME": str(tmp), "RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "HOME": str(tmp), "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
     gcs, dash = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    # token auth, as cluster.yaml starts heads: the token in this test's own HOME
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     subprocess.run(
         [
             ray_bin,
@@ -114,3 +117,12 @@ def test_broken_job_ends_failed_with_its_error_in_the_logs(head):
 def test_unreachable_address_is_a_clear_error(head):
     out = foundry(head, "jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", timeout=120)
     assert out.returncode == 1 and "cannot reach the Ray Jobs API" in out.stderr
+
+
+def test_jobs_api_refuses_a_client_without_the_token(head):
+    no_token = {**head, "env": {**head["env"], "HOME": str(head["tmp"] / "elsewhere")}}
+    out = foundry(no_token, "jobs", "list", "--address", head["address"], timeout=120)
+    assert out.returncode == 1 and "refused this client's token" in out.stderr, out.stderr[-2000:]
+    wrong = {**head, "env": {**head["env"], "RAY_AUTH_TOKEN": "0" * 64}}
+    out = foundry(wrong, "jobs", "list", "--address", head["address"], timeout=120)
+    assert out.returncode == 1 and "refused this client's token" in out.stderr, out.stderr[-2000:]

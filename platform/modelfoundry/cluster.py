@@ -4,8 +4,8 @@ RAY_ADDRESS. The same YAML config runs on both.
 A local cluster gets the platform's Serve fast path (HAProxy ingress, throughput-optimized
 replicas) with every HAProxy listener on loopback and its admin socket in an owner-only
 directory. Serve reads these settings from the environment of the processes `ray start` (or
-`ray.init`) spawns, so on an existing cluster they belong on its nodes: `serve_env()` prints them
-for cluster.yaml / KubeRay (both shipped manifests set them).
+`ray.init`) spawns, so on an existing cluster they belong on its nodes:
+`eval "$(python -m modelfoundry.cluster env)"` before `ray start` (cluster.yaml does).
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ def serve_env() -> dict[str, str]:
     }
 
 
+def token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def secure_token_file() -> None:
+    """Ray writes ~/.ray/auth_token world-readable (0644); narrow it to its owner (0600)."""
+    path = token_path()
+    if path.is_file() and path.stat().st_uid == os.getuid() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o600)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
     """ray.init on `address` (or RAY_ADDRESS), else start a local cluster. Returns a description."""
     import ray
@@ -59,6 +70,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        # Ray sends the cluster token when it finds one (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+        # ~/.ray/auth_token) and RAY_AUTH_MODE is unset. RAY_AUTH_MODE is not set from here: Ray
+        # reads it at import, and a value set later leaves this process and its children apart.
+        secure_token_file()
         # the cluster's nodes must import modelfoundry: installed there (cluster.yaml does), or
         # through the job's runtime_env (`foundry submit` uploads the tree with PYTHONPATH set)
         ray.init(address=address, log_to_driver=True)
@@ -76,4 +91,15 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         dashboard_host="127.0.0.1",
         logging_level=logging.WARNING if quiet else logging.INFO,
     )
+    secure_token_file()  # a fresh local cluster turns token auth on by itself and writes the token
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+if __name__ == "__main__":  # `eval "$(python -m modelfoundry.cluster env)"` before `ray start` on a node
+    import shlex
+    import sys
+
+    if sys.argv[1:] != ["env"]:
+        sys.exit("usage: python -m modelfoundry.cluster env   (prints the node's Serve settings as exports)")
+    for key, value in {"RAY_AUTH_MODE": "token", **serve_env()}.items():
+        print(f"export {key}={shlex.quote(value)}")

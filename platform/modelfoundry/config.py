@@ -82,9 +82,15 @@ class DataSection(_Frozen):
     # CPUs each augmentation task reserves. 0 shares the training workers' CPUs (needed when the
     # workers take every CPU, as on a laptop); on a cluster with spare CPUs set 1 or more.
     augment_cpus: float = Field(default=0.0, ge=0.0)
+    # Each worker holds its shard as tensors (read once from Ray Data, reshuffled every epoch with a
+    # seeded permutation) instead of streaming it every epoch. auto: yes unless augmentation is on
+    # (it draws new samples each epoch, so it streams) or a worker's shard exceeds 2 GiB.
+    in_memory: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _check_source(self) -> DataSection:
+        if self.in_memory is True and self.augment:
+            raise ValueError("in_memory: true cannot hold augmented data (new samples every epoch); use auto or false")
         if self.dataset == "parquet":
             if not self.path:
                 raise ValueError("dataset parquet needs path (a local file or a URI such as s3://...)")

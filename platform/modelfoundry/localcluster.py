@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the head and the workers (from the main thread: Ray requires it for add_node)."""
         from ray.cluster_utils import Cluster
+
+        from modelfoundry.cluster import serve_env
+
+        for key, value in serve_env().items():  # as connect() does for the single-node cluster
+            os.environ.setdefault(key, value)
 
         self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": self.head_cpus})
         for i, cpus in enumerate(self.worker_cpus):

@@ -16,9 +16,18 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
+    from modelfoundry.cluster import secure_token_file
+
+    secure_token_file()  # Ray sends the token it finds: RAY_AUTH_TOKEN[_PATH] or ~/.ray/auth_token
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # connection refused, 401/403 from token auth, bad URL
+        text = str(err)
+        if any(s in text for s in ("401", "403", "nauthorized", "orbidden", "oken")):
+            raise RuntimeError(
+                f"the Ray Jobs API at {address} refused this client's token ({text.splitlines()[0][:200]}); "
+                "give the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+            ) from None
         raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
 
 

@@ -39,6 +39,9 @@ class AppArgs(Strict):
     api_keys_file: str | None = None
     ingress: DeploymentOptions = DeploymentOptions()
     stages: DeploymentOptions = DeploymentOptions()
+    # split apps: custom resources per stage, in order, to place each stage on its own nodes
+    # (e.g. [{zone_a: 0.01}, {zone_b: 0.01}] with nodes started with --resources)
+    stage_placement: list[dict[str, float]] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AppArgs:
@@ -110,8 +113,13 @@ def build_app(args: AppArgs | dict) -> Application:
     groups = resolve_split(model, args.split)
     if len(groups) == 1:
         return ingress.bind(_spec(args, "model", name, path, meta, groups=groups))
+    placement = args.stage_placement or [{}] * len(groups)
+    if len(placement) != len(groups):
+        raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
     stages = [
-        Stage.options(name=f"stage-{i}", **args.stages.serve_options()).bind(path, g, batching)
+        Stage.options(name=f"stage-{i}", **args.stages.serve_options(extra_resources=placement[i])).bind(
+            path, g, batching
+        )
         for i, g in enumerate(groups)
     ]
     return ingress.bind(_spec(args, "split", name, path, meta, groups=groups), stages)

@@ -49,12 +49,13 @@ class DeploymentOptions(Strict):
                     f"unknown autoscaling_config keys {sorted(unknown)}; allowed: {sorted(AUTOSCALING_KEYS)}"
                 )
 
-    def serve_options(self) -> dict[str, Any]:
+    def serve_options(self, extra_resources: dict[str, float] | None = None) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             actor["num_gpus"] = self.num_gpus
-        if self.resources:
-            actor["resources"] = dict(self.resources)
+        resources = {**self.resources, **(extra_resources or {})}
+        if resources:
+            actor["resources"] = resources
         opts: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests, "ray_actor_options": actor}
         if self.autoscaling_config:
             opts["autoscaling_config"] = dict(self.autoscaling_config)

@@ -83,6 +83,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
+    if loop_config.get("in_memory"):  # read once; every epoch then reshuffles tensors in memory
+        train_shard, test_shard = InMemoryShard(train_shard, device), InMemoryShard(test_shard, device)
     y_std = float(stats["y_std"])
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -175,6 +177,31 @@ def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimi
         return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+class InMemoryShard:
+    """A worker's dataset shard read once into tensors on its device, iterated like Ray Data's
+    iter_torch_batches: a seeded permutation per epoch (what DistributedSampler does in a native
+    DDP loop) instead of streaming and a local shuffle buffer every epoch."""
+
+    def __init__(self, shard, device: torch.device) -> None:
+        parts = list(shard.iter_torch_batches(batch_size=4096))
+        self.x = torch.cat([p["x"] for p in parts]).to(device)
+        self.y = torch.cat([p["y"] for p in parts]).to(device)
+
+    def iter_torch_batches(self, batch_size: int, local_shuffle_seed: int | None = None, **_: Any):
+        n = len(self.x)
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(local_shuffle_seed)).to(self.x.device)
+            if local_shuffle_seed is not None
+            else None
+        )
+        for i in range(0, n, batch_size):
+            if order is None:
+                yield {"x": self.x[i : i + batch_size], "y": self.y[i : i + batch_size]}
+            else:
+                idx = order[i : i + batch_size]
+                yield {"x": self.x[idx], "y": self.y[idx]}
 
 
 def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer) -> None:

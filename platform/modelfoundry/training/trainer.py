@@ -86,6 +86,17 @@ def run_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("run-"))
 
 
+IN_MEMORY_LIMIT_BYTES = 2 << 30
+
+
+def holds_in_memory(cfg: JobConfig, splits) -> bool:
+    """Whether workers hold their shard as tensors (see DataSection.in_memory)."""
+    if cfg.data.in_memory != "auto":
+        return cfg.data.in_memory
+    shard = (splits.x_train.nbytes + splits.x_test.nbytes) / cfg.train.num_workers
+    return not cfg.data.augment and shard <= IN_MEMORY_LIMIT_BYTES
+
+
 def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = None) -> dict[str, Any]:
     """Everything a worker needs, as plain data (the job config travels as a dict)."""
     task = task_of(cfg.model.family, splits.spec.task)
@@ -104,6 +115,7 @@ def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = 
             "test_size": len(splits.x_test),
         },
         "run_path": run_path,
+        "in_memory": holds_in_memory(cfg, splits),
         "start_from": start_from,  # a checkpoint to start from when the run has none of its own
     }
 

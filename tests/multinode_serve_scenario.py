@@ -1,0 +1,72 @@
+"""Run by test_multinode.py in its own process (it owns a multi-node cluster): a head plus 2
+worker nodes labelled zone_a / zone_b by custom resources. A digits CNN split into 2 stage
+services, stage-0 placed on zone_a and stage-1 on zone_b, answers real held-out digits over HTTP
+through the head's ingress. Prints one JSON line: where each stage ran and the answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import ray
+import torch
+
+from modelfoundry.artifacts import write_checkpoint
+from modelfoundry.config import DataSection
+from modelfoundry.data import load_splits
+from modelfoundry.localcluster import LocalCluster
+from modelfoundry.models import build_model, set_normalization
+from modelfoundry.store import export
+
+
+def main(tmp: Path, port: int) -> None:
+    splits = load_splits(DataSection(dataset="digits"))
+    torch.manual_seed(0)
+    model = build_model("cnn", "tiny", input_shape=splits.spec.input_shape, output_dim=10)
+    set_normalization(model, splits.stats())
+    write_checkpoint(tmp / "ckpt", model, dataset=splits.spec.to_dict(), metrics={}, extra={"task": "classification"})
+    export(str(tmp / "ckpt"), str(tmp / "store"), "cnn-zones")
+    x = splits.x_test[:16]
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).argmax(1).tolist()
+
+    cluster = LocalCluster(head_cpus=1, worker_cpus=[1, 1], worker_resources=[{"zone_a": 1}, {"zone_b": 1}]).start()
+    try:
+        ray.init(address=cluster.address)
+        from ray import serve
+        from ray.util.state import list_actors
+
+        from modelfoundry.serving.apps import run_app
+
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        url = run_app(
+            {
+                "model": "cnn-zones",
+                "store": str(tmp / "store"),
+                "split": [[0], [1, 2]],
+                "stages": {"num_cpus": 0.1},
+                "stage_placement": [{"zone_a": 0.1}, {"zone_b": 0.1}],
+            },
+            port=port,
+        )
+        r = httpx.post(f"{url}/v1/models/cnn-zones:predict", json={"instances": x.tolist()}, timeout=60)
+        got = [p["class"] for p in r.json()["predictions"]]
+        zone_of = {
+            n["NodeID"]: next((z for z in ("zone_a", "zone_b") if z in n["Resources"]), "head") for n in ray.nodes()
+        }
+        stages = {
+            a.class_name.rsplit(":", 1)[-1]: zone_of.get(a.node_id)
+            for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if a.class_name.startswith("ServeReplica:") and "stage-" in a.class_name
+        }
+        print("RESULT " + json.dumps({"status": r.status_code, "got": got, "expected": expected, "stages": stages}))
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
