@@ -62,6 +62,23 @@ def secure_token_file() -> None:
         path.chmod(0o600)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_on_loopback() -> None:
+    """The embedded local cluster lives on 127.0.0.1. Ray resolves even an explicit
+    _node_ip_address="127.0.0.1" to the machine's reachable IP and then binds its GCS, raylet,
+    agents and Prometheus exporters (HTTP, no auth) on every interface. Its single-machine mode
+    (what Ray uses on macOS and Windows) keeps the node IP on loopback instead, and Ray's servers
+    follow it. Ray reads the switch at import: the environment carries it to the processes
+    ray.init starts, and this process's copy is set to match. Export
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 to let other machines reach a local cluster."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOOPBACK_ENV] not in ("0", "false", "False")
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
     """ray.init on `address` (or RAY_ADDRESS), else start a local cluster. Returns a description."""
     import ray
@@ -80,6 +97,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return f"connected to Ray at {address}"
     for key, value in serve_env().items():  # before ray.init: Serve's actors inherit them
         os.environ.setdefault(key, value)
+    keep_on_loopback()
     # address="local": always a fresh cluster, never silently joining another one on this machine.
     # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API
     # (served by the dashboard) whether a run's controller is gone; without it the placement groups
