@@ -119,3 +119,20 @@ def test_tampered_checkpoint_is_refused_and_never_published(ray_cluster, tmp_pat
     (ckpt / "model.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(ckpt)
+
+
+def test_a_run_started_from_another_runs_checkpoint_takes_its_own_hyperparameters(ray_cluster, tmp_path):
+    """What a PBT exploit does to a TorchTrainer trial: the donor's weights, optimizer state and
+    epoch, the new config's learning rate."""
+    from modelfoundry.data import load_splits
+    from modelfoundry.training.trainer import make_trainer
+
+    donor = train(parse_config(job(tmp_path, "donor", epochs=2, num_workers=1)), export=False)
+    cfg = parse_config(job(tmp_path, "seeded", epochs=4, num_workers=1, lr=0.003))
+    result = make_trainer(
+        cfg, load_splits(cfg.data), str(tmp_path / "runs"), "seeded-run", start_from=donor.last_checkpoint
+    ).fit()
+    meta = json.loads((Path(result.checkpoint.path) / "model.json").read_text())
+    epochs = [(h["epoch"], h["lr"]) for h in meta["history"]]
+    assert [e for e, _ in epochs] == [1, 2, 3, 4]  # the donor's two epochs, then this run's
+    assert [lr for _, lr in epochs] == [pytest.approx(0.01)] * 2 + [pytest.approx(0.003)] * 2

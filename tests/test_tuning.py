@@ -53,6 +53,9 @@ def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, 
     # hopeless ones (lr 1e-5) against and must stop them at their first rung
     cfg["search"] = {"train.lr": {"grid": [0.05, 0.00001, 0.00002, 0.00003]}, "model.hidden_sizes": {"choice": [[32]]}}
     cfg["tune"].update({"num_samples": 1, "max_concurrent_trials": 1})
+    # augmented data streams through Ray Data: these trials fit a TorchTrainer and relay its
+    # reports to Tune (the other tuning tests run one-worker trials in process)
+    cfg["job"]["data"] = {"dataset": "digits", "augment": True, "max_shift": 0, "max_rotation": 3.0}
     outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
     s = outcome.summary()
     assert s["trials"] == 4 and s["epochs_total"] < 4 * 4 and s["stopped_early"] >= 1
@@ -66,6 +69,13 @@ def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, 
     assert len(rows) == 5 and "stopped_early" in rows[0]
     best_yaml = yaml.safe_load(files[1].read_text())
     assert best_yaml["train"]["lr"] == pytest.approx(s["best_config"]["train.lr"])
+    # max_concurrent_trials: 1 held: no trial trained while another did
+    spans = []
+    for result in Path(s["path"]).glob("trial_*/result.json"):
+        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        spans.append((rows[0]["started_at"], rows[-1]["started_at"] + rows[-1]["epoch_time_s"]))
+    spans.sort()
+    assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
 
 
 def _finished_trials(exp_root: Path, epochs: int = 3) -> dict[str, int]:

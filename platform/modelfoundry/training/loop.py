@@ -29,11 +29,76 @@ class InjectedFault(RuntimeError):
     """Raised once by the fault-injection switch (train.fail_at_epoch) to test recovery."""
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+class TrainSession:
+    """What the loop needs from its runner, here a Ray Train worker of a TorchTrainer."""
+
+    def rank_world(self) -> tuple[int, int]:
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+
+    def checkpoint(self):
+        return ray.train.get_checkpoint()
+
+    def checkpoint_at(self, path: str):
+        return ray.train.Checkpoint(path)
+
+    def shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
+
+
+class TuneSession(TrainSession):
+    """The same loop as a one-process Tune trial (no TorchTrainer start-up): the splits in memory,
+    Tune's checkpoints (its own after a resume, another trial's after a PBT exploit: either way the
+    config's hyperparameters apply)."""
+
+    def __init__(self, splits, use_gpu: bool) -> None:
+        self.splits = splits
+        self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def rank_world(self) -> tuple[int, int]:
+        return 0, 1
+
+    def checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def checkpoint_at(self, path: str):
+        from ray import tune
+
+        return tune.Checkpoint(path)
+
+    def shard(self, name: str) -> InMemoryShard:
+        s = self.splits
+        x, y = (s.x_train, s.y_train) if name == "train" else (s.x_test, s.y_test)
+        return InMemoryShard(torch.from_numpy(x), torch.from_numpy(y), self._device)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self._device)
+
+    def device(self) -> torch.device:
+        return self._device
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | None = None) -> None:
+    session = session or TrainSession()
     cfg: JobConfig = parse_config(loop_config["job"])
     spec, stats = loop_config["spec"], loop_config["stats"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank_world()
     task = task_of(cfg.model.family, spec["task"])
     torch.manual_seed(cfg.train.seed)
 
@@ -57,9 +122,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # else, when given, start from another run's checkpoint (a PBT exploit: the donor's weights and
     # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
-    checkpoint, seeded = ray.train.get_checkpoint(), False
+    checkpoint, seeded = session.checkpoint(), isinstance(session, TuneSession)
     if checkpoint is None and loop_config.get("start_from"):
-        checkpoint, seeded = ray.train.Checkpoint(loop_config["start_from"]), True
+        checkpoint, seeded = session.checkpoint_at(loop_config["start_from"]), True
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
@@ -71,20 +136,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             start_epoch = state["epoch"] + 1
             attempt, history = state["attempt"] + 1, state["history"]
         if seeded:
-            set_hyperparameters(cfg, optimizer)
+            set_hyperparameters(cfg, optimizer, keep_lr=scheduler is not None)
         if rank == 0:
-            source = f"{loop_config['start_from']} with this config's hyperparameters" if seeded else "the checkpoint"
+            source = "the checkpoint, with this config's hyperparameters" if seeded else "the checkpoint"
             print(f"[{cfg.name}] resuming from {source} (epoch {start_epoch - 1})", flush=True)
 
-    model = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
-    device = ray.train.torch.get_device()
+    model = session.prepare(model)
+    device = session.device()
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    train_shard = ray.train.get_dataset_shard("train")
-    test_shard = ray.train.get_dataset_shard("test")
-    if loop_config.get("in_memory"):  # read once; every epoch then reshuffles tensors in memory
-        train_shard, test_shard = InMemoryShard(train_shard, device), InMemoryShard(test_shard, device)
+    train_shard, test_shard = session.shard("train"), session.shard("test")
+    if loop_config.get("in_memory") and not isinstance(train_shard, InMemoryShard):
+        # read once from Ray Data; every epoch then reshuffles tensors in memory
+        train_shard, test_shard = InMemoryShard.read(train_shard, device), InMemoryShard.read(test_shard, device)
     y_std = float(stats["y_std"])
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -130,16 +195,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if "persistence_mae" in loop_config["extras"]:
             metrics["persistence_mae"] = loop_config["extras"]["persistence_mae"]
         history.append({**metrics, "attempt": attempt})
-        report(cfg, model, optimizer, scheduler, metrics, history, loop_config, rank, world)
+        report(session, cfg, model, optimizer, scheduler, metrics, history, loop_config, rank, world)
 
 
 def report(
-    cfg: JobConfig, model, optimizer, scheduler, metrics: dict, history: list, loop_config: dict, rank: int, world: int
+    session: TrainSession,
+    cfg: JobConfig,
+    model,
+    optimizer,
+    scheduler,
+    metrics: dict,
+    history: list,
+    loop_config: dict,
+    rank: int,
+    world: int,
 ) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (model.pt + model.json + state.pt)."""
     t0 = time.perf_counter()
     if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="mf-report-") as tmp:
         write_checkpoint(
@@ -162,7 +236,7 @@ def report(
                 "history": history,
             },
         )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, tmp)
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") or k == "train_loss"}
     print(
         f"[{cfg.name}] epoch {metrics['epoch']}/{cfg.train.epochs} {shown} "
@@ -184,10 +258,14 @@ class InMemoryShard:
     iter_torch_batches: a seeded permutation per epoch (what DistributedSampler does in a native
     DDP loop) instead of streaming and a local shuffle buffer every epoch."""
 
-    def __init__(self, shard, device: torch.device) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+        self.x, self.y = x.to(device), y.to(device)
+
+    @classmethod
+    def read(cls, shard, device: torch.device) -> InMemoryShard:
+        """A Ray Data shard, read once."""
         parts = list(shard.iter_torch_batches(batch_size=4096))
-        self.x = torch.cat([p["x"] for p in parts]).to(device)
-        self.y = torch.cat([p["y"] for p in parts]).to(device)
+        return cls(torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts]), device)
 
     def iter_torch_batches(self, batch_size: int, local_shuffle_seed: int | None = None, **_: Any):
         n = len(self.x)
@@ -204,10 +282,13 @@ class InMemoryShard:
                 yield {"x": self.x[idx], "y": self.y[idx]}
 
 
-def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer) -> None:
-    """The config's lr / weight decay / momentum over those loaded with an optimizer state."""
+def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer, keep_lr: bool = False) -> None:
+    """The config's lr / weight decay / momentum over those loaded with an optimizer state (the
+    lr stays when a schedule owns it)."""
     for group in optimizer.param_groups:
-        group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
+        if not keep_lr:
+            group["lr"] = cfg.train.lr
+        group["weight_decay"] = cfg.train.weight_decay
         if "momentum" in group:
             group["momentum"] = cfg.train.momentum
 

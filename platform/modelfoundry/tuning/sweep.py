@@ -1,8 +1,9 @@
-"""Run a sweep with Ray Tune. Each trial is a Tune function that builds and fits a TorchTrainer
-for its sampled config (the Ray 2.60 way: Tuner(TorchTrainer) is gone); every epoch's report
-reaches Tune with its checkpoint (tuning/relay.py), so ASHA stops trials early, PBT exploits
-checkpoints, and --resume restarts unfinished trials from their last one. One training loop serves
-training and tuning alike; trials of any worker count run the same code."""
+"""Run a sweep with Ray Tune. Every trial is a Tune function running the platform's one
+training loop: one-worker trials run it in the trial's own process (TuneSession: no TorchTrainer
+start-up), larger trials fit a TorchTrainer whose every report reaches Tune with its checkpoint
+(tuning/relay.py). Either way ASHA sees each epoch, PBT exploits checkpoints, and --resume
+restarts unfinished trials from their last one.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pyarrow.fs as pafs
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.storage import absolute, check_writable, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, task_of
-from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable
+from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
+TRIAL_DRIVER_CPUS = 0.1
 TASK_METRICS = {
     "classification": ["test_accuracy", "test_loss", "train_accuracy", "train_loss"],
     "regression": ["test_mae", "test_loss", "train_mae", "train_loss"],
@@ -109,7 +111,7 @@ def check_trial_resources(sweep: SweepConfig) -> int:
 
     t = sweep.tune
     total = ray.cluster_resources()
-    cpu_need = t.workers_per_trial * t.cpus_per_worker + 0.1
+    cpu_need = t.workers_per_trial * t.cpus_per_worker + (0 if runs_in_process(sweep) else TRIAL_DRIVER_CPUS)
     gpu_need = t.workers_per_trial * t.gpus_per_worker
     if cpu_need > total.get("CPU", 0) or gpu_need > total.get("GPU", 0):
         raise ConfigError(
@@ -128,12 +130,14 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
     base = sweep.job
     paths = list(sweep.search)
     t = sweep.tune
+    in_process = runs_in_process(sweep)
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
 
         from modelfoundry.data import load_splits
-        from modelfoundry.training.trainer import make_trainer
+        from modelfoundry.training.loop import TuneSession, train_loop_per_worker
+        from modelfoundry.training.trainer import loop_config, make_trainer
         from modelfoundry.tuning.relay import ReportRelay, fit_and_relay
 
         cfg = with_overrides(
@@ -146,12 +150,17 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
                 "train.max_failures": 0,
             },
         )
+        run_name = f"{tune.get_context().get_trial_id()}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}"
+        splits = load_splits(cfg.data)
+        if in_process:
+            run_path = join(trials_storage, run_name)
+            train_loop_per_worker(loop_config(cfg, splits, run_path), TuneSession(splits, cfg.train.use_gpu))
+            return
         # a checkpoint from Tune: this trial's own (a resumed sweep) or another's (a PBT exploit)
         start = tune.get_checkpoint()
-        run_name = f"{tune.get_context().get_trial_id()}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}"
         relay = ReportRelay()
         trainer = make_trainer(
-            cfg, load_splits(cfg.data), trials_storage, run_name, callbacks=[relay], start_from=start and start.path
+            cfg, splits, trials_storage, run_name, callbacks=[relay], start_from=start and start.path
         )
         fit_and_relay(trainer, relay)
 
@@ -187,8 +196,15 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
         raise ValueError(f"--resume: no earlier sweep {sweep.name!r} under {storage}; nothing to resume")
     exp_name = existing[-1] if resume else time.strftime("sweep-%Y%m%d-%H%M%S", time.gmtime())
     exp_path = join(storage, sweep.name, exp_name)
-    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), {"cpu": 0.1})
+    t = sweep.tune
+    # an in-process trial holds its worker's resources; a TorchTrainer trial's driver holds a sliver
+    # (Tune rejects 0) and its Train workers take their own
+    resources = (
+        {"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker} if runs_in_process(sweep) else {"cpu": TRIAL_DRIVER_CPUS}
+    )
+    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), resources)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     if resume:
         if not tune.Tuner.can_restore(exp_path):
@@ -196,9 +212,10 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
         print(f"[{sweep.name}] resuming sweep {exp_path}", flush=True)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        t = sweep.tune
         scheduler = make_scheduler(sweep)
-        search_alg = None
+        # seeded: the same sweep samples the same configs (ASHA vs FIFO compare like for like).
+        # It takes the concurrency limit itself: Tune ignores max_concurrent_trials for it.
+        search_alg = tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent)
         if t.searcher == "optuna":
             try:
                 from ray.tune.search.optuna import OptunaSearch
@@ -231,8 +248,12 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 name=exp_name,
                 storage_path=join(storage, sweep.name),
                 verbose=1,
-                # the latest is what resume and PBT use; PBT may exploit a donor's a little later
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler == "pbt" else 2),
+                # Tune keeps a trial's best 4 checkpoints and always its latest (what resume and
+                # PBT use). Keeping K forces a sweep-state snapshot every K checkpoints of a
+                # trial, which Tune warns about on every fast epoch: silenced above
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=4, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                ),
             ),
         )
     results = tuner.fit()
@@ -263,7 +284,8 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
                 "stopped_early": r.error is None and 0 < epochs < max_epochs,
                 "error": str(r.error).splitlines()[0] if r.error else None,
                 "history": history,
-                "checkpoint_path": last.get("checkpoint_path"),
+                # a TorchTrainer trial's own checkpoint (relayed), else Tune's copy
+                "checkpoint_path": last.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None),
             }
         )
     ok = [t for t in trials if t["best_" + metric] is not None]
