@@ -15,10 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Opt-in: a head fresh from `ray start --head` sometimes answers "No available agent to submit
-# job" for longer than submit()'s 60 s retry on this 2-core machine (seen 2 runs in 4).
-pytestmark = pytest.mark.slow
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -34,7 +30,7 @@ def head(tmp_path_factory):
     env = {**os.environ, "HOME": str(tmp), "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # token auth, as cluster.yaml starts heads: the token in this test's own HOME
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
@@ -47,6 +43,9 @@ def head(tmp_path_factory):
             f"--port={gcs}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # not the default 52365: another cluster on this machine (the test session's) holds it,
+            # and a head whose agent cannot bind never accepts jobs ("No available agent")
+            f"--dashboard-agent-listen-port={agent}",
             "--num-cpus=2",
             "--include-dashboard=true",
             "--disable-usage-stats",

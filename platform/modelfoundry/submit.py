@@ -11,6 +11,7 @@ from pathlib import Path
 # gitignore-style, anchored at the project root (a bare "models" would drop modelfoundry/models)
 EXCLUDES = ["/.venv/", "/.git/", "/runs/", "/models/", "/bench/results/", "__pycache__/", "*.egg-info/"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60  # a fresh head needs a few seconds before its job agent accepts jobs
 
 
 def client(address: str):
@@ -40,14 +41,23 @@ def submit(address: str, kind: str, args: list[str], working_dir: str | None = N
     # it) makes the uploaded `modelfoundry` importable on nodes that do not have it installed
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": {"PYTHONPATH": "platform"}}
     c = client(address)
-    deadline = time.monotonic() + 60
+    deadline, waited = time.monotonic() + AGENT_WAIT_S, False
     while True:
         try:
             return c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-        except RuntimeError as err:  # a head that just started has no job agent for a few seconds
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
+        except RuntimeError as err:  # a head that just started has no job agent for a while
+            if "No available agent" not in str(err):
                 raise RuntimeError(f"job submission to {address} failed: {err}") from None
-            time.sleep(2)
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"job submission to {address} failed: the head's job agent did not come up in {AGENT_WAIT_S} s "
+                    "(see dashboard_agent.log on the head; a common cause is its HTTP port, 52365 by default, "
+                    "taken by another Ray cluster on that machine: `ray start --dashboard-agent-listen-port`)"
+                ) from None
+            if not waited:
+                print(f"waiting up to {AGENT_WAIT_S} s for the cluster's job agent to start", flush=True)
+                waited = True
+            time.sleep(3)
 
 
 def follow(address: str, job_id: str, out=print, timeout_s: float | None = None) -> str:
