@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup run test test-slow bench lint clean
+.PHONY: setup run test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,9 +21,6 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest tests
-
-test-slow: $(STAMP)
-	$(BIN)/pytest tests -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
