@@ -30,7 +30,7 @@ def main(tmp: Path, port: int) -> None:
     export(str(tmp / "ckpt"), str(tmp / "store"), "cnn-zones")
     x = splits.x_test[:16]
     with torch.no_grad():
-        expected = model.eval()(torch.from_numpy(x)).argmax(1).tolist()
+        expected = torch.softmax(model.eval()(torch.from_numpy(x)), 1).tolist()
 
     cluster = LocalCluster(head_cpus=1, worker_cpus=[1, 1], worker_resources=[{"zone_a": 1}, {"zone_b": 1}]).start()
     try:
@@ -52,13 +52,13 @@ def main(tmp: Path, port: int) -> None:
             port=port,
         )
         r = httpx.post(f"{url}/v1/models/cnn-zones:predict", json={"instances": x.tolist()}, timeout=60)
-        got = [p["class"] for p in r.json()["predictions"]]
+        got = [p["probabilities"] for p in r.json()["predictions"]]
         zone_of = {
             n["NodeID"]: next((z for z in ("zone_a", "zone_b") if z in n["Resources"]), "head") for n in ray.nodes()
         }
         stages = {
             a.class_name.rsplit(":", 1)[-1]: zone_of.get(a.node_id)
-            for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
             if a.class_name.startswith("ServeReplica:") and "stage-" in a.class_name
         }
         print("RESULT " + json.dumps({"status": r.status_code, "got": got, "expected": expected, "stages": stages}))

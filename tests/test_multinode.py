@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
     script = Path(__file__).with_name("multinode_scenario.py")
@@ -32,5 +34,6 @@ def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
-    assert out["status"] == 200 and out["got"] == out["expected"]
+    assert out["status"] == 200 and len(out["got"]) == 16
+    assert np.allclose(out["got"], out["expected"], atol=1e-5)  # the answers round to 6 places
     assert out["stages"] == {"stage-0": "zone_a", "stage-1": "zone_b"}

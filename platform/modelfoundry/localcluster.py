@@ -4,8 +4,15 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -25,7 +32,11 @@ class LocalCluster:
         for key, value in serve_env().items():  # as connect() does for the single-node cluster
             os.environ.setdefault(key, value)
 
-        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": self.head_cpus})
+        # its own dashboard port: another cluster on this machine may hold 8265, and without a
+        # dashboard the State API (and Ray Train's placement-group cleaner) has nothing to ask
+        self.cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": self.head_cpus, "dashboard_port": free_port()}
+        )
         for i, cpus in enumerate(self.worker_cpus):
             res = (self.worker_resources or [{}] * len(self.worker_cpus))[i]
             self.workers.append(self.cluster.add_node(num_cpus=cpus, resources=res))
