@@ -179,11 +179,14 @@ def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_
     outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
     s = outcome.summary()
     assert s["trials"] == 4 and s["best_metric"] > 0.5
-    lineage = [t["history"] for t in outcome.trials]
-    assert all([e for e, _ in h] == sorted({e for e, _ in h}) for h in lineage)  # epochs never restart
     csv = Path(s["files"][0]).read_text()
     assert "pbt-sweep" in s["path"] and csv.count("\n") == 5
-    results = list(Path(s["path"]).glob("trial_*/result.json"))
-    lrs = [{round(json.loads(ln)["lr"], 8) for ln in r.read_text().splitlines() if ln.strip()} for r in results]
-    assert any(len(values) > 1 for values in lrs), lrs  # a trial's lr changed mid-run: an exploit
+    exploited = []
+    for result in Path(s["path"]).glob("trial_*/result.json"):
+        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        changed = [r for r in rows if round(r["lr"], 8) != round(rows[0]["lr"], 8)]
+        if changed:  # the lr changed mid-run: an exploit
+            exploited.append(changed[0]["epoch"])
+    # ...and the trial went on from the donor's checkpoint (a trained epoch), not from scratch
+    assert exploited and all(epoch > 1 for epoch in exploited), exploited
     assert load_checkpoint(s["model_store"]["path"]).meta["family"] == "mlp"
