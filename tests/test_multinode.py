@@ -1,6 +1,7 @@
 """Multi-node fault tolerance on one machine (its own cluster, in a subprocess)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,14 @@ def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
 
 def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
     script = Path(__file__).with_name("multinode_serve_scenario.py")
+    # its cluster picks its own HAProxy ports (not those of the session cluster, if it serves)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+    }
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "18133"], capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), str(tmp_path), "18133"], capture_output=True, text=True, timeout=600, env=env
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
