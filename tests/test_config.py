@@ -46,6 +46,7 @@ def test_overrides_and_round_trip():
         ({"extra": 1}, "extra: unknown field"),
         ({"name": "bad name!"}, "name: String should match pattern"),
         ({"model": {"family": "vae"}, "data": {"dataset": "sunspots"}}, "family vae needs an image dataset"),
+        ({"data": {"dataset": "digits", "augment": True, "in_memory": True}}, "in_memory: true cannot hold augmented"),
     ],
 )
 def test_bad_config_names_the_field(patch, fragment):

@@ -38,3 +38,21 @@ def test_kuberay_manifests_parse_and_reference_real_files():
         module = app["import_path"].split(":")[0]
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
         assert not re.search(r"api_key\b|secret", yaml.safe_dump(app["args"]))  # keys never in YAML
+
+
+def test_cluster_env_exports_token_auth_and_the_loopback_haproxy():
+    """What cluster.yaml evals before `ray start` on every node."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "modelfoundry.cluster", "env"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    exports = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines())
+    assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in exports  # nodes keep Ray's ports
+    for binary in (exports["RAY_SERVE_HAPROXY_BINARY_PATH"], exports["MODELFOUNDRY_HAPROXY_REAL_BINARY"]):
+        assert os.access(binary, os.X_OK), binary
+    bad = subprocess.run([sys.executable, "-m", "modelfoundry.cluster"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "usage: python -m modelfoundry.cluster env" in bad.stderr

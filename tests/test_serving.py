@@ -187,6 +187,10 @@ def test_bad_app_args_fail_before_deploying(served):
         build_app({"store": served["store"], "model": "cnn-d", "split": [[1], [0, 2]]})
     with pytest.raises(ValueError, match="at least 2 model-store names"):
         build_app({"store": served["store"], "kind": "ensemble", "models": ["cnn-d"]})
+    with pytest.raises(ValueError, match="stage_placement has 1 entries; the split has 3 stages"):
+        build_app(
+            {"store": served["store"], "model": "cnn-d", "split": [[0], [1], [2]], "stage_placement": [{"zone_a": 1}]}
+        )
     with pytest.raises(ValueError, match="unknown autoscaling_config keys"):
         build_app({"store": served["store"], "model": "cnn-d", "stages": {"autoscaling_config": {"max_replica": 3}}})
 

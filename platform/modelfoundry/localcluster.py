@@ -3,16 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -27,10 +19,9 @@ class LocalCluster:
         """Start the head and the workers (from the main thread: Ray requires it for add_node)."""
         from ray.cluster_utils import Cluster
 
-        from modelfoundry.cluster import serve_env
+        from modelfoundry.cluster import apply_serve_env, free_port
 
-        for key, value in serve_env().items():  # as connect() does for the single-node cluster
-            os.environ.setdefault(key, value)
+        apply_serve_env()  # as connect() does for the single-node cluster
 
         # its own dashboard port: another cluster on this machine may hold 8265, and without a
         # dashboard the State API (and Ray Train's placement-group cleaner) has nothing to ask

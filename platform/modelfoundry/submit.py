@@ -24,7 +24,7 @@ def client(address: str):
         return JobSubmissionClient(address)
     except Exception as err:  # connection refused, 401/403 from token auth, bad URL
         text = str(err)
-        if any(s in text for s in ("401", "403", "nauthorized", "orbidden", "oken")):
+        if any(s in text.lower() for s in ("401", "403", "unauthorized", "forbidden", "token")):
             raise RuntimeError(
                 f"the Ray Jobs API at {address} refused this client's token ({text.splitlines()[0][:200]}); "
                 "give the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"

@@ -32,15 +32,16 @@ class InjectedFault(RuntimeError):
 class TrainSession:
     """What the loop needs from its runner, here a Ray Train worker of a TorchTrainer."""
 
+    # whether a checkpoint from the runner may come from another run (the config's
+    # hyperparameters then apply over the loaded optimizer state)
+    checkpoints_from_elsewhere = False
+
     def rank_world(self) -> tuple[int, int]:
         ctx = ray.train.get_context()
         return ctx.get_world_rank(), ctx.get_world_size()
 
     def checkpoint(self):
         return ray.train.get_checkpoint()
-
-    def checkpoint_at(self, path: str):
-        return ray.train.Checkpoint(path)
 
     def shard(self, name: str):
         return ray.train.get_dataset_shard(name)
@@ -60,6 +61,8 @@ class TuneSession(TrainSession):
     Tune's checkpoints (its own after a resume, another trial's after a PBT exploit: either way the
     config's hyperparameters apply)."""
 
+    checkpoints_from_elsewhere = True
+
     def __init__(self, splits, use_gpu: bool) -> None:
         self.splits = splits
         self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -71,11 +74,6 @@ class TuneSession(TrainSession):
         from ray import tune
 
         return tune.get_checkpoint()
-
-    def checkpoint_at(self, path: str):
-        from ray import tune
-
-        return tune.Checkpoint(path)
 
     def shard(self, name: str) -> InMemoryShard:
         s = self.splits
@@ -122,9 +120,9 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     # else, when given, start from another run's checkpoint (a PBT exploit: the donor's weights and
     # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
-    checkpoint, seeded = session.checkpoint(), isinstance(session, TuneSession)
+    checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
     if checkpoint is None and loop_config.get("start_from"):
-        checkpoint, seeded = session.checkpoint_at(loop_config["start_from"]), True
+        checkpoint, seeded = ray.train.Checkpoint(loop_config["start_from"]), True
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))

@@ -105,13 +105,22 @@ def make_scheduler(sweep: SweepConfig):
     return tune.schedulers.FIFOScheduler()
 
 
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """What Tune reserves for one trial: an in-process trial holds its worker's resources; a
+    TorchTrainer trial's driver holds a sliver (Tune rejects 0), its Train workers their own."""
+    t = sweep.tune
+    if runs_in_process(sweep):
+        return {"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker}
+    return {"cpu": TRIAL_DRIVER_CPUS}
+
+
 def check_trial_resources(sweep: SweepConfig) -> int:
     """How many trials fit at once; a clear error when not even one fits the cluster."""
     import ray
 
     t = sweep.tune
     total = ray.cluster_resources()
-    cpu_need = t.workers_per_trial * t.cpus_per_worker + (0 if runs_in_process(sweep) else TRIAL_DRIVER_CPUS)
+    cpu_need = t.workers_per_trial * t.cpus_per_worker + (0.0 if runs_in_process(sweep) else TRIAL_DRIVER_CPUS)
     gpu_need = t.workers_per_trial * t.gpus_per_worker
     if cpu_need > total.get("CPU", 0) or gpu_need > total.get("GPU", 0):
         raise ConfigError(
@@ -197,12 +206,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
     exp_name = existing[-1] if resume else time.strftime("sweep-%Y%m%d-%H%M%S", time.gmtime())
     exp_path = join(storage, sweep.name, exp_name)
     t = sweep.tune
-    # an in-process trial holds its worker's resources; a TorchTrainer trial's driver holds a sliver
-    # (Tune rejects 0) and its Train workers take their own
-    resources = (
-        {"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker} if runs_in_process(sweep) else {"cpu": TRIAL_DRIVER_CPUS}
-    )
-    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), resources)
+    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), trial_resources(sweep))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
