@@ -1,10 +1,16 @@
 """Training throughput of the MNIST CNN, side by side in one run:
 
   plain      one process, in-memory tensors, a plain PyTorch loop
-  ddp-2      native torch DDP (gloo), 2 processes spawned like torchrun, DistributedSampler
+  ddp-2      native torch DDP (gloo), 2 processes spawned like torchrun (OMP_NUM_THREADS=1),
+             DistributedSampler
   ray-1/2    Ray Train TorchTrainer (this platform) with 1 and 2 workers, each worker's shard
              held in memory (data.in_memory: auto)
   ray-2-str  the same with 2 workers, the shard streamed from Ray Data every epoch
+  ddp-2+ray  native DDP again, run while the (idle) local Ray cluster is up: on 2 cores the
+             cluster's own processes (GCS, raylet, dashboard, agents) take CPU from any training,
+             so ray-2 vs ddp-2+ray isolates the TorchTrainer path from that fixed cost
+
+The idle cluster's CPU use (all its processes, over 10 s) is printed too.
 
 Steady-state samples/s = training samples / training time, over the epochs after the first.
 Per-epoch overhead (Ray Train) = (time between epoch starts - the epoch's own train+eval time)
@@ -77,9 +83,41 @@ def _ddp_worker(rank, world, port, limit, epochs, out):
 
 
 def ddp(limit, epochs, world=2) -> list[float]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        mp.spawn(_ddp_worker, args=(world, 29517, limit, epochs, f.name), nprocs=world)
-        return json.loads(Path(f.name).read_text())
+    # what torchrun does for more than one process per node: OMP_NUM_THREADS=1, set before the
+    # workers import torch (as Ray does for a 1-CPU worker)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            mp.spawn(_ddp_worker, args=(world, 29517, limit, epochs, f.name), nprocs=world)
+            return json.loads(Path(f.name).read_text())
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def idle_cluster_cpu(seconds: float = 10.0) -> float:
+    """CPU cores the idle local cluster's processes use (children of this driver: GCS, raylet,
+    dashboard, agents, idle workers)."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+
+    def total() -> float:
+        t = 0.0
+        for p in procs:
+            try:
+                c = p.cpu_times()
+                t += c.user + c.system
+            except psutil.NoSuchProcess:
+                pass
+        return t
+
+    before = total()
+    time.sleep(seconds)
+    return (total() - before) / seconds
 
 
 def ray_train(workers, limit, epochs, tmp, in_memory="auto") -> tuple[list[float], list[float]]:
@@ -119,6 +157,9 @@ def main() -> None:
     from modelfoundry.cluster import connect
 
     connect()
+    time.sleep(5)  # let the cluster settle before measuring it
+    idle = idle_cluster_cpu()
+    rows["ddp-2+ray"] = ddp(args.limit, args.epochs)
     overheads = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w in (1, 2):
@@ -129,10 +170,11 @@ def main() -> None:
     print(
         f"\nMNIST CNN, {args.limit} examples/epoch, batch {BATCH}/worker, {args.epochs} epochs (steady = after the first)"
     )
-    print(f"{'setup':9} {'samples/s':>10} {'vs ddp-2':>9} {'per-epoch overhead':>19}")
+    print(f"idle local Ray cluster: {idle:.2f} CPU cores of {os.cpu_count()}")
+    print(f"{'setup':9} {'samples/s':>10} {'vs ddp-2':>9} {'vs ddp-2+ray':>13} {'per-epoch overhead':>19}")
     for k, v in steady.items():
         ov = f"{100 * statistics.mean(overheads[k]):.1f}%" if k in overheads else ""
-        print(f"{k:9} {v:10.0f} {v / steady['ddp-2']:9.2f} {ov:>19}")
+        print(f"{k:9} {v:10.0f} {v / steady['ddp-2']:9.2f} {v / steady['ddp-2+ray']:13.2f} {ov:>19}")
     result = {
         "limit": args.limit,
         "epochs": args.epochs,
@@ -140,6 +182,8 @@ def main() -> None:
         "steady": steady,
         "overhead": overheads,
         "ray2_vs_ddp2": steady["ray-2"] / steady["ddp-2"],
+        "ray2_vs_ddp2_ray_up": steady["ray-2"] / steady["ddp-2+ray"],
+        "idle_cluster_cpu_cores": idle,
     }
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/train_throughput.json").write_text(json.dumps(result, indent=2))

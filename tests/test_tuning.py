@@ -78,6 +78,19 @@ def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, 
     assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
 
 
+def test_one_worker_trials_run_one_after_another_in_one_reused_process(ray_cluster, tmp_path):
+    cfg = sweep_dict(tmp_path, name="reuse-sweep", samples=3, epochs=2)
+    cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
+    s = run_sweep(parse_sweep(cfg, "test", tmp_path), export=False).summary()
+    pids = set()
+    for result in Path(s["path"]).glob("trial_*/result.json"):
+        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        assert [r["epoch"] for r in rows] == [1, 2]  # each trial trained from its own start
+        pids |= {r["pid"] for r in rows}
+    # no worker start and no torch import per trial: the first trial's process ran all three
+    assert s["trials"] == 3 and len(pids) == 1, pids
+
+
 def _finished_trials(exp_root: Path, epochs: int = 3) -> dict[str, int]:
     """trial dir -> number of reported results, for trials that reported their last epoch."""
     out = {}
@@ -89,7 +102,9 @@ def _finished_trials(exp_root: Path, epochs: int = 3) -> dict[str, int]:
 
 
 def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    cfg = sweep_dict(tmp_path, "resumable-sweep", samples=4, epochs=3)
+    # trials reuse one process and take about a second each: poll often, so the driver dies
+    # after the first trial finished and before the last did
+    cfg = sweep_dict(tmp_path, "resumable-sweep", samples=4, epochs=8)
     cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -103,21 +118,21 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
     exp_root = tmp_path / "runs" / "resumable-sweep"
     deadline = time.monotonic() + 600
     try:
-        while time.monotonic() < deadline and len(_finished_trials(exp_root)) < 1 and proc.poll() is None:
-            time.sleep(1)
+        while time.monotonic() < deadline and len(_finished_trials(exp_root, epochs=8)) < 1 and proc.poll() is None:
+            time.sleep(0.1)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
         proc.wait()
         log.close()
-    before = _finished_trials(exp_root)
+    before = _finished_trials(exp_root, epochs=8)
     driver_log = (tmp_path / "driver.log").read_text()[-3000:]
     assert 1 <= len(before) < 4, f"the driver must die mid-sweep, after a trial finished:\n{driver_log}"
     time.sleep(2)
     out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    after = _finished_trials(exp_root)
+    after = _finished_trials(exp_root, epochs=8)
     assert summary["trials"] == 4 and len(after) == 4  # the searcher did not sample new trials
     for trial, results in before.items():
         assert after[trial] == results  # finished trials were not run again

@@ -247,6 +247,10 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 search_alg=search_alg,
                 num_samples=t.num_samples,
                 max_concurrent_trials=concurrent,
+                # in-process trials: a finished trial's process runs the next one (no new worker,
+                # no torch/Ray Train imports: ~4 s a trial on this machine). Not TorchTrainer
+                # trials: a stopped one's Train run must end with its actor, or it holds workers
+                reuse_actors=runs_in_process(sweep),
             ),
             run_config=tune.RunConfig(
                 name=exp_name,
