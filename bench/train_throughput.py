@@ -7,8 +7,9 @@
              held in memory (data.in_memory: auto)
   ray-2-str  the same with 2 workers, the shard streamed from Ray Data every epoch
   ddp-2+ray  native DDP again, run while the (idle) local Ray cluster is up: on 2 cores the
-             cluster's own processes (GCS, raylet, dashboard, agents) take CPU from any training,
-             so ray-2 vs ddp-2+ray isolates the TorchTrainer path from that fixed cost
+             cluster's own processes (GCS, raylet, dashboard, agents) take CPU from any training.
+             ddp-2+ray and ray-2 alternate for --rounds rounds; the parity figure is the median
+             of the per-round ratios
 
 The idle cluster's CPU use (all its processes, over 10 s) is printed too.
 
@@ -16,7 +17,7 @@ Steady-state samples/s = training samples / training time, over the epochs after
 Per-epoch overhead (Ray Train) = (time between epoch starts - the epoch's own train+eval time)
 / time between epoch starts: the cost of report + checkpoint + the controller's poll.
 
-    python bench/train_throughput.py [--limit 12000] [--epochs 3]
+    python bench/train_throughput.py [--limit 12000] [--epochs 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=12000, help="MNIST training examples per epoch")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved ddp-2+ray / ray-2 pairs (the parity figure is their median)"
+    )
     args = ap.parse_args()
     splits = load_splits(DataSection(dataset="mnist", limit=args.limit))
     rows = {"plain": plain(splits, args.epochs), "ddp-2": ddp(args.limit, args.epochs)}
@@ -159,30 +163,39 @@ def main() -> None:
     connect()
     time.sleep(5)  # let the cluster settle before measuring it
     idle = idle_cluster_cpu()
-    rows["ddp-2+ray"] = ddp(args.limit, args.epochs)
-    overheads = {}
+    overheads, pairs = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for w in (1, 2):
-            rows[f"ray-{w}"], overheads[f"ray-{w}"] = ray_train(w, args.limit, args.epochs, tmp)
+        # native DDP and TorchTrainer alternate (ABAB...) under the same conditions: this shared
+        # machine's load drifts by tens of percent within minutes
+        for r in range(args.rounds):
+            rows[f"ddp-2+ray#{r + 1}"] = ddp(args.limit, args.epochs)
+            rows[f"ray-2#{r + 1}"], overheads[f"ray-2#{r + 1}"] = ray_train(2, args.limit, args.epochs, tmp)
+            pairs.append(statistics.mean(rows[f"ray-2#{r + 1}"][1:]) / statistics.mean(rows[f"ddp-2+ray#{r + 1}"][1:]))
+        rows["ray-1"], overheads["ray-1"] = ray_train(1, args.limit, args.epochs, tmp)
         # the same with the shard streamed from Ray Data every epoch (data.in_memory: false)
         rows["ray-2-str"], overheads["ray-2-str"] = ray_train(2, args.limit, args.epochs, tmp, in_memory=False)
     steady = {k: statistics.mean(v[1:]) for k, v in rows.items()}
+    ref = statistics.mean(steady[f"ddp-2+ray#{r + 1}"] for r in range(args.rounds))
     print(
         f"\nMNIST CNN, {args.limit} examples/epoch, batch {BATCH}/worker, {args.epochs} epochs (steady = after the first)"
     )
     print(f"idle local Ray cluster: {idle:.2f} CPU cores of {os.cpu_count()}")
-    print(f"{'setup':9} {'samples/s':>10} {'vs ddp-2':>9} {'vs ddp-2+ray':>13} {'per-epoch overhead':>19}")
+    print(f"{'setup':11} {'samples/s':>10} {'vs ddp-2+ray (mean)':>20} {'per-epoch overhead':>19}")
     for k, v in steady.items():
         ov = f"{100 * statistics.mean(overheads[k]):.1f}%" if k in overheads else ""
-        print(f"{k:9} {v:10.0f} {v / steady['ddp-2']:9.2f} {v / steady['ddp-2+ray']:13.2f} {ov:>19}")
+        print(f"{k:11} {v:10.0f} {v / ref:20.2f} {ov:>19}")
+    print(
+        f"TorchTrainer-2 / native DDP-2 per round: {', '.join(f'{p:.2f}' for p in pairs)}; "
+        f"median {statistics.median(pairs):.2f}x"
+    )
     result = {
         "limit": args.limit,
         "epochs": args.epochs,
         "samples_per_s": rows,
         "steady": steady,
         "overhead": overheads,
-        "ray2_vs_ddp2": steady["ray-2"] / steady["ddp-2"],
-        "ray2_vs_ddp2_ray_up": steady["ray-2"] / steady["ddp-2+ray"],
+        "ray2_vs_ddp2_per_round": pairs,
+        "ray2_vs_ddp2_median": statistics.median(pairs),
         "idle_cluster_cpu_cores": idle,
     }
     Path("bench/results").mkdir(parents=True, exist_ok=True)
