@@ -291,18 +291,20 @@ def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer, keep_l
             group["momentum"] = cfg.train.momentum
 
 
-def add_into(total: dict[str, float], part: dict[str, float]) -> None:
+def add_into(total: dict[str, Any], part: dict[str, Any]) -> None:
     for k, v in part.items():
-        total[k] = total.get(k, 0.0) + v
+        total[k] = total.get(k, 0) + v
 
 
-def all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum metric totals over all workers (each evaluated its own shard)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return sums
+def all_reduce(sums: dict[str, Any], device: torch.device) -> dict[str, float]:
+    """Metric totals (tensors on the device, or numbers) as floats, summed over all workers (each
+    evaluated its own shard): the epoch's one host sync."""
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    if not keys:
+        return {}
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
 
 

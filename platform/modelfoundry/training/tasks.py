@@ -25,22 +25,23 @@ def task_of(family: str, dataset_task: str) -> Task:
 
 def batch_loss(
     task: Task, model, x: torch.Tensor, y: torch.Tensor, y_std: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(mean loss to backpropagate, metric sums for this batch)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
+    """(mean loss to backpropagate, metric sums for this batch). The sums stay tensors on the
+    batch's device: reading them (`.item()`) every step would stall a GPU on a host sync; the loop
+    reads them once per epoch (`all_reduce`)."""
     n = x.shape[0]
     if task == "classification":
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
-        correct = (logits.argmax(1) == y).sum().item()
-        return loss, {"loss": loss.item() * n, "correct": correct, "n": n}
+        return loss, {"loss": loss.detach() * n, "correct": (logits.argmax(1) == y).sum(), "n": n}
     if task == "regression":
         pred = model(x).float().squeeze(-1)
         loss = F.mse_loss(pred / y_std, y / y_std)  # in units of the target's std
-        return loss, {"loss": loss.item() * n, "abs_err": (pred - y).abs().sum().item(), "n": n}
+        return loss, {"loss": loss.detach() * n, "abs_err": (pred.detach() - y).abs().sum(), "n": n}
     logits, mu, logvar = model(x, return_latent=True)
     recon, kl = vae_loss(logits, x, mu, logvar)
     loss = (recon + kl).mean()
-    return loss, {"loss": loss.item() * n, "recon": recon.sum().item(), "kl": kl.sum().item(), "n": n}
+    return loss, {"loss": loss.detach() * n, "recon": recon.detach().sum(), "kl": kl.detach().sum(), "n": n}
 
 
 def summarize(task: Task, sums: dict[str, float], prefix: str) -> dict[str, float]:
