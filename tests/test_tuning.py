@@ -41,6 +41,11 @@ def sweep_dict(tmp_path: Path, name: str = "tiny-sweep", samples: int = 4, epoch
     }
 
 
+def _reports(result_json: Path) -> list[dict]:
+    """A trial's reports, one per line of Tune's result.json."""
+    return [json.loads(ln) for ln in result_json.read_text().splitlines() if ln.strip()]
+
+
 def test_shipped_sweeps_load():
     for path in sorted(CONFIGS.glob("tune_*.yaml")):
         sweep = load_sweep(path)
@@ -72,7 +77,7 @@ def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, 
     # max_concurrent_trials: 1 held: no trial trained while another did
     spans = []
     for result in Path(s["path"]).glob("trial_*/result.json"):
-        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        rows = _reports(result)
         spans.append((rows[0]["started_at"], rows[-1]["started_at"] + rows[-1]["epoch_time_s"]))
     spans.sort()
     assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
@@ -84,7 +89,7 @@ def test_one_worker_trials_run_one_after_another_in_one_reused_process(ray_clust
     s = run_sweep(parse_sweep(cfg, "test", tmp_path), export=False).summary()
     pids = set()
     for result in Path(s["path"]).glob("trial_*/result.json"):
-        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        rows = _reports(result)
         assert [r["epoch"] for r in rows] == [1, 2]  # each trial trained from its own start
         pids |= {r["pid"] for r in rows}
     # no worker start and no torch import per trial: the first trial's process ran all three
@@ -95,7 +100,7 @@ def _finished_trials(exp_root: Path, epochs: int = 3) -> dict[str, int]:
     """trial dir -> number of reported results, for trials that reported their last epoch."""
     out = {}
     for result in exp_root.glob("sweep-*/trial_*/result.json"):
-        lines = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        lines = _reports(result)
         if lines and (lines[-1].get("done") or lines[-1].get("epoch") == epochs):
             out[result.parent.name] = len(lines)
     return out
@@ -198,7 +203,7 @@ def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_
     assert "pbt-sweep" in s["path"] and csv.count("\n") == 5
     exploited = []
     for result in Path(s["path"]).glob("trial_*/result.json"):
-        rows = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+        rows = _reports(result)
         changed = [r for r in rows if round(r["lr"], 8) != round(rows[0]["lr"], 8)]
         if changed:  # the lr changed mid-run: an exploit
             exploited.append(changed[0]["epoch"])

@@ -134,6 +134,21 @@ def check_trial_resources(sweep: SweepConfig) -> int:
     return max(1, min(fit, t.max_concurrent_trials or fit))
 
 
+_LAST_SPLITS: dict[str, Any] = {}
+
+
+def trial_splits(data) -> Any:
+    """The trial's dataset. A reused trial process keeps the last one it loaded: the next trial
+    almost always asks for the same data (only a searched data.* field changes it)."""
+    from modelfoundry.data import load_splits
+
+    key = data.model_dump_json()
+    if key not in _LAST_SPLITS:
+        _LAST_SPLITS.clear()
+        _LAST_SPLITS[key] = load_splits(data)
+    return _LAST_SPLITS[key]
+
+
 def make_trial(sweep: SweepConfig, trials_storage: str):
     """The Tune function trainable: sampled config -> job config -> TorchTrainer.fit()."""
     base = sweep.job
@@ -144,7 +159,6 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
 
-        from modelfoundry.data import load_splits
         from modelfoundry.training.loop import TuneSession, train_loop_per_worker
         from modelfoundry.training.trainer import loop_config, make_trainer
         from modelfoundry.tuning.relay import ReportRelay, fit_and_relay
@@ -160,7 +174,7 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
             },
         )
         run_name = f"{tune.get_context().get_trial_id()}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}"
-        splits = load_splits(cfg.data)
+        splits = trial_splits(cfg.data)
         if in_process:
             run_path = join(trials_storage, run_name)
             train_loop_per_worker(loop_config(cfg, splits, run_path), TuneSession(splits, cfg.train.use_gpu))
@@ -207,7 +221,6 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
     exp_path = join(storage, sweep.name, exp_name)
     t = sweep.tune
     trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), trial_resources(sweep))
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     if resume:
