@@ -85,6 +85,7 @@ def secure_token_file() -> None:
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def keep_on_loopback() -> None:
@@ -119,6 +120,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return f"connected to Ray at {address}"
     apply_serve_env()
     keep_on_loopback()
+    # Ray Train's preemption watcher (an actor per run polling for draining nodes) has nothing to
+    # watch on a one-machine cluster, and every Ray process costs CPU beside the training
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     # address="local": always a fresh cluster, never silently joining another one on this machine.
     # The dashboard (on 127.0.0.1) stays on: Ray Train's PlacementGroupCleaner asks the State API
     # (served by the dashboard) whether a run's controller is gone; without it the placement groups

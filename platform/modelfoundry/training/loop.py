@@ -13,6 +13,7 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -144,10 +145,12 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    train_shard, test_shard = session.shard("train"), session.shard("test")
-    if loop_config.get("in_memory") and not isinstance(train_shard, InMemoryShard):
-        # read once from Ray Data; every epoch then reshuffles tensors in memory
-        train_shard, test_shard = InMemoryShard.read(train_shard, device), InMemoryShard.read(test_shard, device)
+    if loop_config.get("arrays"):  # the splits in the object store: this rank's shard, held as tensors
+        arrays = loop_config["arrays"]
+        train_shard = InMemoryShard.of_rank(*arrays["train"], rank, world, device, equal=True)
+        test_shard = InMemoryShard.of_rank(*arrays["test"], rank, world, device, equal=False)
+    else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
+        train_shard, test_shard = session.shard("train"), session.shard("test")
     y_std = float(stats["y_std"])
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -252,18 +255,27 @@ def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimi
 
 
 class InMemoryShard:
-    """A worker's dataset shard read once into tensors on its device, iterated like Ray Data's
-    iter_torch_batches: a seeded permutation per epoch (what DistributedSampler does in a native
-    DDP loop) instead of streaming and a local shuffle buffer every epoch."""
+    """A worker's dataset shard held as tensors on its device, iterated like Ray Data's
+    iter_torch_batches: a seeded permutation per epoch instead of streaming and a local shuffle
+    buffer every epoch."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
         self.x, self.y = x.to(device), y.to(device)
 
     @classmethod
-    def read(cls, shard, device: torch.device) -> InMemoryShard:
-        """A Ray Data shard, read once."""
-        parts = list(shard.iter_torch_batches(batch_size=4096))
-        return cls(torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts]), device)
+    def of_rank(cls, x_ref, y_ref, rank: int, world: int, device: torch.device, equal: bool) -> InMemoryShard:
+        """Rank `rank`'s share of a split in the object store: every world-th example, as
+        DistributedSampler deals them. `equal`: pad by wrapping around so that every rank gets the
+        same number (as DistributedSampler does; else DDP's ranks would run different numbers of
+        steps and the longer one would wait forever in its all-reduce)."""
+        import ray
+
+        x, y = ray.get([x_ref, y_ref])
+        index = np.arange(len(x))
+        if equal and len(x) % world:
+            index = np.resize(index, -(-len(x) // world) * world)  # wraps around: 0, 1, ... n-1, 0, ...
+        index = index[rank::world]
+        return cls(torch.from_numpy(x[index]), torch.from_numpy(y[index]), device)  # fancy indexing copies
 
     def iter_torch_batches(self, batch_size: int, local_shuffle_seed: int | None = None, **_: Any):
         n = len(self.x)

@@ -15,11 +15,14 @@ from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 
-# Ray Train's controller polls workers every 2 s by default and each report waits for a poll:
-# 20 epochs would lose ~35 s. The platform polls every 0.1 s (override with the env var).
+# Ray Train's controller polls its workers for reports every 2 s by default, and a report waits
+# while the previous one is still unpolled: epochs shorter than the poll interval stretch to it
+# (20 short epochs lost ~35 s). Polling costs CPU beside the training, though: ~11 ms of it per
+# poll on this 2-core machine (controller, workers, GCS), so 0.1 s took ~0.09 more cores than 0.5 s
+# (docs/results.md). The platform polls every 0.5 s (override with the env var).
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-DEFAULT_HEALTH_CHECK_S = "0.1"
+DEFAULT_HEALTH_CHECK_S = "0.5"
 
 
 class CapacityError(ValueError):
@@ -139,6 +142,14 @@ def make_trainer(
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
+    config = loop_config(cfg, splits, join(storage_path, run_name), start_from)
+    if config["in_memory"]:
+        # the splits go to the object store once; each worker takes its shard from there (no Ray
+        # Data pipeline, coordinator or stats actors running beside the training)
+        config["arrays"] = {
+            "train": (ray.put(splits.x_train), ray.put(splits.y_train)),
+            "test": (ray.put(splits.x_test), ray.put(splits.y_test)),
+        }
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),
@@ -146,7 +157,7 @@ def make_trainer(
     }
     return TorchTrainer(
         train_loop_per_worker=_loop(),
-        train_loop_config=loop_config(cfg, splits, join(storage_path, run_name), start_from),
+        train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -154,7 +165,7 @@ def make_trainer(
             placement_strategy=cfg.train.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        datasets=ray_datasets(splits, cfg.data),
+        datasets=None if config["in_memory"] else ray_datasets(splits, cfg.data),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path,
