@@ -1,15 +1,17 @@
 """Training throughput of the MNIST CNN, side by side in one run:
 
-  plain      one process, in-memory tensors, a plain PyTorch loop
+  plain      one process, in-memory tensors, a plain PyTorch loop, 1 torch thread (what a 1-CPU
+             Ray worker gets)
   ddp-2      native torch DDP (gloo), 2 processes spawned like torchrun (OMP_NUM_THREADS=1),
              DistributedSampler
   ray-1/2    Ray Train TorchTrainer (this platform) with 1 and 2 workers, each worker's shard
              held in memory (data.in_memory: auto)
   ray-2-str  the same with 2 workers, the shard streamed from Ray Data every epoch
-  ddp-2+ray  native DDP again, run while the (idle) local Ray cluster is up: on 2 cores the
-             cluster's own processes (GCS, raylet, dashboard, agents) take CPU from any training.
-             ddp-2+ray and ray-2 alternate for --rounds rounds; the parity figure is the median
-             of the per-round ratios
+
+plain and ddp-2 run first before the Ray cluster starts; then, with the (idle) cluster up (on 2
+cores its own processes take CPU from any training), rounds of ddp-2, ray-2, plain, ray-1
+alternate for --rounds rounds: this shared machine's speed drifts by tens of percent within
+minutes. The parity figures are the medians of the per-round ratios.
 
 The idle cluster's CPU use (all its processes, over 10 s) is printed too.
 
@@ -67,7 +69,7 @@ def _epochs(model, x, y, epochs, rank=0, world=1) -> list[float]:
 
 
 def plain(splits, epochs) -> list[float]:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     return _epochs(_model(splits), torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train), epochs)
 
 
@@ -153,7 +155,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=12000, help="MNIST training examples per epoch")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument(
-        "--rounds", type=int, default=3, help="interleaved ddp-2+ray / ray-2 pairs (the parity figure is their median)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of ddp-2, ray-2, plain, ray-1 with the cluster up (parity figures: medians of per-round ratios)",
     )
     args = ap.parse_args()
     splits = load_splits(DataSection(dataset="mnist", limit=args.limit))
@@ -163,19 +168,23 @@ def main() -> None:
     connect()
     time.sleep(5)  # let the cluster settle before measuring it
     idle = idle_cluster_cpu()
-    overheads, pairs = {}, []
+    overheads, pairs = {}, {"2": [], "1": []}
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.mean(rows[a][1:]) / statistics.mean(rows[b][1:])
+
     with tempfile.TemporaryDirectory() as tmp:
-        # native DDP and TorchTrainer alternate (ABAB...) under the same conditions: this shared
-        # machine's load drifts by tens of percent within minutes
-        for r in range(args.rounds):
-            rows[f"ddp-2+ray#{r + 1}"] = ddp(args.limit, args.epochs)
-            rows[f"ray-2#{r + 1}"], overheads[f"ray-2#{r + 1}"] = ray_train(2, args.limit, args.epochs, tmp)
-            pairs.append(statistics.mean(rows[f"ray-2#{r + 1}"][1:]) / statistics.mean(rows[f"ddp-2+ray#{r + 1}"][1:]))
-        rows["ray-1"], overheads["ray-1"] = ray_train(1, args.limit, args.epochs, tmp)
+        for r in range(1, args.rounds + 1):
+            rows[f"ddp-2+ray#{r}"] = ddp(args.limit, args.epochs)
+            rows[f"ray-2#{r}"], overheads[f"ray-2#{r}"] = ray_train(2, args.limit, args.epochs, tmp)
+            rows[f"plain+ray#{r}"] = plain(splits, args.epochs)
+            rows[f"ray-1#{r}"], overheads[f"ray-1#{r}"] = ray_train(1, args.limit, args.epochs, tmp)
+            pairs["2"].append(ratio(f"ray-2#{r}", f"ddp-2+ray#{r}"))
+            pairs["1"].append(ratio(f"ray-1#{r}", f"plain+ray#{r}"))
         # the same with the shard streamed from Ray Data every epoch (data.in_memory: false)
         rows["ray-2-str"], overheads["ray-2-str"] = ray_train(2, args.limit, args.epochs, tmp, in_memory=False)
     steady = {k: statistics.mean(v[1:]) for k, v in rows.items()}
-    ref = statistics.mean(steady[f"ddp-2+ray#{r + 1}"] for r in range(args.rounds))
+    ref = statistics.mean(steady[f"ddp-2+ray#{r}"] for r in range(1, args.rounds + 1))
     print(
         f"\nMNIST CNN, {args.limit} examples/epoch, batch {BATCH}/worker, {args.epochs} epochs (steady = after the first)"
     )
@@ -184,18 +193,21 @@ def main() -> None:
     for k, v in steady.items():
         ov = f"{100 * statistics.mean(overheads[k]):.1f}%" if k in overheads else ""
         print(f"{k:11} {v:10.0f} {v / ref:20.2f} {ov:>19}")
-    print(
-        f"TorchTrainer-2 / native DDP-2 per round: {', '.join(f'{p:.2f}' for p in pairs)}; "
-        f"median {statistics.median(pairs):.2f}x"
-    )
+    for n, baseline in (("2", "native DDP-2"), ("1", "plain loop (1 thread)")):
+        print(
+            f"TorchTrainer-{n} / {baseline} per round: {', '.join(f'{p:.2f}' for p in pairs[n])}; "
+            f"median {statistics.median(pairs[n]):.2f}x"
+        )
     result = {
         "limit": args.limit,
         "epochs": args.epochs,
         "samples_per_s": rows,
         "steady": steady,
         "overhead": overheads,
-        "ray2_vs_ddp2_per_round": pairs,
-        "ray2_vs_ddp2_median": statistics.median(pairs),
+        "ray2_vs_ddp2_per_round": pairs["2"],
+        "ray2_vs_ddp2_median": statistics.median(pairs["2"]),
+        "ray1_vs_plain_per_round": pairs["1"],
+        "ray1_vs_plain_median": statistics.median(pairs["1"]),
         "idle_cluster_cpu_cores": idle,
     }
     Path("bench/results").mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """The per-worker training loop: one readable function with Ray Train's touchpoints in plain view.
 
-get_dataset_shard -> iter_torch_batches -> prepare_model (DDP) -> optimiser steps -> evaluation on
-the held-out shard -> ray.train.report(metrics, checkpoint). Resume is the normal path: the loop
-always asks get_checkpoint() first and continues from the epoch after it.
+the worker's shard (held in memory from the object store, or Ray Data's get_dataset_shard when it
+streams) -> batches -> prepare_model (DDP) -> optimiser steps -> evaluation on the held-out shard
+-> ray.train.report(metrics, checkpoint). Resume is the normal path: the loop always asks
+get_checkpoint() first and continues from the epoch after it.
 """
 
 from __future__ import annotations
