@@ -19,6 +19,7 @@ from modelfoundry.config import DataSection, parse_config
 from modelfoundry.data import load_splits
 from modelfoundry.training import CapacityError, train
 from modelfoundry.training.loop import InMemoryShard
+from modelfoundry.training.trainer import rank_shares
 
 
 def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
@@ -77,11 +78,15 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
 def test_rank_shards_from_the_object_store_deal_each_example_to_one_rank(ray_cluster):
     x = np.arange(11, dtype=np.float32).reshape(11, 1) * 10
     y = np.arange(11)
-    refs = ray_cluster.put(x), ray_cluster.put(y)
     cpu = torch.device("cpu")
-    test = [InMemoryShard.of_rank(*refs, r, 3, cpu, equal=False) for r in range(3)]
+
+    def shards(equal):
+        shares = rank_shares(x, y, 3, equal=equal)
+        return [InMemoryShard.fetch(tuple(map(ray_cluster.put, s)), cpu) for s in shares]
+
+    test = shards(equal=False)
     assert sorted(torch.cat([s.y for s in test]).tolist()) == list(range(11))  # each once: exact metrics
-    train_shards = [InMemoryShard.of_rank(*refs, r, 3, cpu, equal=True) for r in range(3)]
+    train_shards = shards(equal=True)
     assert [len(s.y) for s in train_shards] == [4, 4, 4]  # equal: DDP ranks take the same number of steps
     assert sorted(torch.cat([s.y for s in train_shards]).tolist()) == [0, *range(11)]  # one wrapped around
     assert all(torch.equal(s.x[:, 0], s.y.float() * 10) for s in train_shards)  # pairs stay together

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -146,10 +146,10 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    if loop_config.get("arrays"):  # the splits in the object store: this rank's shard, held as tensors
-        arrays = loop_config["arrays"]
-        train_shard = InMemoryShard.of_rank(*arrays["train"], rank, world, device, equal=True)
-        test_shard = InMemoryShard.of_rank(*arrays["test"], rank, world, device, equal=False)
+    if loop_config.get("shares"):  # this rank's shares in the object store, held as tensors
+        train_shard, test_shard = (
+            InMemoryShard.fetch(loop_config["shares"][n][rank], device) for n in ("train", "test")
+        )
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
     y_std = float(stats["y_std"])
@@ -264,19 +264,10 @@ class InMemoryShard:
         self.x, self.y = x.to(device), y.to(device)
 
     @classmethod
-    def of_rank(cls, x_ref, y_ref, rank: int, world: int, device: torch.device, equal: bool) -> InMemoryShard:
-        """Rank `rank`'s share of a split in the object store: every world-th example, as
-        DistributedSampler deals them. `equal`: pad by wrapping around so that every rank gets the
-        same number (as DistributedSampler does; else DDP's ranks would run different numbers of
-        steps and the longer one would wait forever in its all-reduce)."""
-        import ray
-
-        x, y = ray.get([x_ref, y_ref])
-        index = np.arange(len(x))
-        if equal and len(x) % world:
-            index = np.resize(index, -(-len(x) // world) * world)  # wraps around: 0, 1, ... n-1, 0, ...
-        index = index[rank::world]
-        return cls(torch.from_numpy(x[index]), torch.from_numpy(y[index]), device)  # fancy indexing copies
+    def fetch(cls, refs, device: torch.device) -> InMemoryShard:
+        """A share put into the object store by the driver (trainer.rank_shares)."""
+        x, y = ray.get(list(refs))
+        return cls(torch.tensor(x), torch.tensor(y), device)  # a copy: the store's buffers are read-only
 
     def iter_torch_batches(self, batch_size: int, local_shuffle_seed: int | None = None, **_: Any):
         n = len(self.x)

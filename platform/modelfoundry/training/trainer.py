@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 
 from modelfoundry.config import JobConfig
@@ -101,6 +103,18 @@ def holds_in_memory(cfg: JobConfig, splits) -> bool:
     return not cfg.data.augment and shard <= IN_MEMORY_LIMIT_BYTES
 
 
+def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each rank's share of a split: every world-th example, as DistributedSampler deals them.
+    `equal`: pad by wrapping around so that every rank gets the same number (as DistributedSampler
+    does; else DDP's ranks would run different numbers of steps and the longer one would wait
+    forever in its all-reduce)."""
+    index = np.arange(len(x))
+    if equal and len(x) % world:
+        index = np.resize(index, -(-len(x) // world) * world)  # wraps around: 0, 1, ... n-1, 0, ...
+    for r in range(world):  # one share at a time (fancy indexing copies)
+        yield x[index[r::world]], y[index[r::world]]
+
+
 def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = None) -> dict[str, Any]:
     """Everything a worker needs, as plain data (the job config travels as a dict)."""
     task = task_of(cfg.model.family, splits.spec.task)
@@ -119,7 +133,6 @@ def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = 
             "test_size": len(splits.x_test),
         },
         "run_path": run_path,
-        "in_memory": holds_in_memory(cfg, splits),
         "start_from": start_from,  # a checkpoint to start from when the run has none of its own
     }
 
@@ -144,12 +157,14 @@ def make_trainer(
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
     config = loop_config(cfg, splits, join(storage_path, run_name), start_from)
-    if config["in_memory"]:
-        # the splits go to the object store once; each worker takes its shard from there (no Ray
+    in_memory = holds_in_memory(cfg, splits)
+    if in_memory:
+        # each rank's share goes to the object store once and its worker fetches only that (no Ray
         # Data pipeline, coordinator or stats actors running beside the training)
-        config["arrays"] = {
-            "train": (ray.put(splits.x_train), ray.put(splits.y_train)),
-            "test": (ray.put(splits.x_test), ray.put(splits.y_test)),
+        n = cfg.train.num_workers
+        config["shares"] = {
+            "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
+            "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
         }
     resources = {
         "CPU": cfg.train.cpus_per_worker,
@@ -166,7 +181,7 @@ def make_trainer(
             placement_strategy=cfg.train.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        datasets=None if config["in_memory"] else ray_datasets(splits, cfg.data),
+        datasets=None if in_memory else ray_datasets(splits, cfg.data),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path,
