@@ -94,11 +94,23 @@ BAD = [
     (json.dumps({"instances": [[0.0] * 63]}), 400, "must have shape [1, 8, 8]"),
     (json.dumps({"instances": [["a"] * 64]}), 400, "numbers only"),
     (json.dumps({"instances": [[0.0] * 64, [0.0] * 3]}), 400, "numbers only"),
-    ('{"instances": [[NaN' + ", 0.0" * 63 + "]]}", 400, "NaN or infinite"),
-    ('{"instances": [[Infinity' + ", 0.0" * 63 + "]]}", 400, "NaN or infinite"),
+    ('{"instances": [[NaN' + ", 0.0" * 63 + "]]}", 400, "NaN is not a JSON number"),
+    ('{"instances": [[Infinity' + ", 0.0" * 63 + "]]}", 400, "Infinity is not a JSON number"),
     (json.dumps({"instances": [[0.0] * 64] * 11}), 413, "the limit is 10"),
     (json.dumps({"instances": "x" * 5000}), 413, "the limit is 4000"),
     (json.dumps([1, 2]), 400, "must be a JSON object"),
+    # hostile: deep nesting, huge integers, values that are not numbers, strings that look like them
+    ("[" * 1900 + "]" * 1900, 400, "too deeply"),
+    ('{"instances": [[' + "9" * 3000 + "]]}", 400, "integer of 3000 digits"),
+    (json.dumps({"instances": [[10**400] + [0.0] * 63]}), 400, "integer of 401 digits"),
+    (json.dumps({"instances": [[10**39] + [0.0] * 63]}), 400, "beyond float32"),
+    (json.dumps({"instances": [[1e308] + [0.0] * 63]}), 400, "beyond float32"),
+    (json.dumps({"instances": [["1.5"] + [0.0] * 63]}), 400, "numbers only"),
+    (json.dumps({"instances": [[True] + [0.0] * 63]}), 400, "numbers only"),
+    (json.dumps({"instances": [[None] + [0.0] * 63]}), 400, "numbers only"),
+    (json.dumps({"instances": [[{"a": 1}] + [0.0] * 63]}), 400, "numbers only"),
+    (json.dumps({"instances": [[[0.0]] * 64]}), 400, "must have shape"),
+    (b'{"instances": [[0.0]]}\xff\xfe', 400, "not valid JSON"),
 ]
 
 
@@ -117,7 +129,7 @@ def test_bad_input_gets_a_4xx_json_error_and_the_replica_survives(served):
         assert r.status_code == status and fragment in r.json()["error"]
     assert c.get("/v1/models/nope").status_code == 404
     r = c.post("/v1/models/mlp-d:predict", content=b"\x89PNG garbage", headers={"content-type": "image/png"})
-    assert r.status_code == 400 and "not a readable PNG" in r.json()["error"]
+    assert r.status_code == 415 and "not a PNG" in r.json()["error"]
     # still healthy, still right
     x = served["digits"].x_test[:3]
     np.testing.assert_allclose(
@@ -125,6 +137,45 @@ def test_bad_input_gets_a_4xx_json_error_and_the_replica_survives(served):
         local_probs(served["models"]["mlp"], x),
         atol=1e-5,
     )
+
+
+def test_chunked_bodies_and_hostile_images_are_refused_before_they_cost_anything(served):
+    from PIL import Image
+
+    c = deploy(served, model="cnn-d", max_body_bytes=4000)
+
+    def chunks(n: int, size: int = 1000):  # no Content-Length: a chunked upload
+        for _ in range(n):
+            yield b" " * size
+
+    r = c.post("/v1/models/cnn-d:predict", content=chunks(50), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "the limit is 4000" in r.json()["error"]
+    small = c.post(
+        "/v1/models/cnn-d:predict",
+        content=iter([b'{"instances": ', json.dumps([[0.0] * 64]).encode(), b"}"]),
+        headers={"content-type": "application/json"},
+    )
+    assert small.status_code == 200, small.text  # a chunked body within the limit is fine
+
+    def png(w: int, h: int, fmt: str = "PNG") -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (w, h)).save(buf, format=fmt, optimize=True)
+        return buf.getvalue()
+
+    big = deploy(served, model="cnn-d", max_body_bytes=1_000_000)
+    bomb = png(5000, 5000)  # 25 megapixels of zeros compress to a few KB
+    assert len(bomb) < 100_000
+    for body, status, fragment in [
+        (bomb, 413, "the limit is 4000000"),
+        (png(8, 8, "GIF"), 415, "not a PNG"),
+        (png(8, 8, "JPEG"), 415, "not a PNG"),
+        (b"GIF89a" + b"\0" * 100, 415, "not a PNG"),
+        (png(8, 8)[:40], 400, "not a readable PNG"),
+    ]:
+        r = big.post("/v1/models/cnn-d:predict", content=body, headers={"content-type": "image/png"})
+        assert r.status_code == status and fragment in r.json()["error"], (status, r.text)
+    ok = big.post("/v1/models/cnn-d:predict", content=png(28, 28), headers={"content-type": "image/png"})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
 
 
 def test_png_upload(served):

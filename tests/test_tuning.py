@@ -194,19 +194,34 @@ def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_
     # one lr that learns, three that barely move: the weak trials must continue from the good
     # one's checkpoint (its weights and epoch) with a mutated learning rate
     cfg["search"] = {"train.lr": {"choice": [0.05, 0.00001, 0.00002, 0.00003]}}
-    cfg["tune"].update({"scheduler": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "seed": 3})
+    # synchronous PBT, all four trials at once: every interval compares the whole population, so
+    # the weak half exploits on any machine (async PBT with two trials at a time exploited only
+    # when the trials happened to overlap: never on a fast, quiet machine)
+    cfg["tune"].update(
+        {
+            "scheduler": "pbt",
+            "perturbation_interval": 1,
+            "quantile_fraction": 0.5,
+            "seed": 3,
+            "synch": True,
+            "cpus_per_worker": 0.45,
+        }
+    )
     cfg["job"]["model"]["hidden_sizes"] = [32]
     outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
     s = outcome.summary()
     assert s["trials"] == 4 and s["best_metric"] > 0.5
     csv = Path(s["files"][0]).read_text()
     assert "pbt-sweep" in s["path"] and csv.count("\n") == 5
-    exploited = []
-    for result in Path(s["path"]).glob("trial_*/result.json"):
-        rows = _reports(result)
-        changed = [r for r in rows if round(r["lr"], 8) != round(rows[0]["lr"], 8)]
-        if changed:  # the lr changed mid-run: an exploit
-            exploited.append(changed[0]["epoch"])
-    # ...and the trial went on from the donor's checkpoint (a trained epoch), not from scratch
-    assert exploited and all(epoch > 1 for epoch in exploited), exploited
+    # Tune's own record of every exploit: [target, donor, target step, donor step, old, new config]
+    exploits = [json.loads(ln) for ln in (Path(s["path"]) / "pbt_global.txt").read_text().splitlines()]
+    weak = {t["trial_id"].split("_", 3)[3].rsplit("_", 2)[0] for t in outcome.trials if "lr=0.0000" in t["trial_id"]}
+    assert weak, "seed 3 samples one learning rate of 1e-5..3e-5: the weak trial"
+    # at the first interval the whole population has reported (synch): the weak trial continues
+    # from a trained donor (donor step >= 1) with a mutated learning rate...
+    from_trained = [e for e in exploits if e[0] in weak and e[3] >= 1 and e[4] != e[5]]
+    assert from_trained, exploits
+    # ...and ends far above what its own learning rate reaches in 4 epochs from scratch
+    weak_final = [t["test_accuracy"] for t in outcome.trials if "lr=0.0000" in t["trial_id"]]
+    assert min(weak_final) > 0.5, (weak_final, exploits)
     assert load_checkpoint(s["model_store"]["path"]).meta["family"] == "mlp"

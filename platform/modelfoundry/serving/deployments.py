@@ -17,7 +17,14 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelfoundry.serving import auth
-from modelfoundry.serving.requests import RequestError, instances_array, parse_json_body, png_array, png_grid
+from modelfoundry.serving.requests import (
+    RequestError,
+    instances_array,
+    parse_json_body,
+    png_array,
+    png_grid,
+    read_body,
+)
 from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
 
 VERBS = {
@@ -57,6 +64,12 @@ app = FastAPI(title="modelfoundry model service", description="KServe v1 / TF-Se
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, err: RequestError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+    # a bug, not a bad request: logged by Serve with its traceback; the client gets JSON, not text
+    return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -108,14 +121,12 @@ class Ingress:
         if verb not in VERBS[self.task]:
             raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {VERBS[self.task]}")
         limits = self.spec["limits"]
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits["max_body_bytes"]:
-            raise RequestError(413, f"request body is {declared} bytes; the limit is {limits['max_body_bytes']}")
-        body = await request.body()
+        body = await read_body(request, limits["max_body_bytes"])
         if verb == "sample":
             return await self.sample(parse_json_body(body or b"{}", limits["max_body_bytes"]), request)
         if request.headers.get("content-type", "").startswith("image/png"):
-            x = png_array(body, self.input_shape, limits["max_body_bytes"])
+            # decoding is CPU work: off the event loop, which keeps answering other requests
+            x = await asyncio.to_thread(png_array, body, self.input_shape, limits["max_body_bytes"])
         else:
             data = parse_json_body(body, limits["max_body_bytes"])
             shape = (self.meta["config"]["latent_dim"],) if verb == "decode" else self.input_shape

@@ -101,6 +101,7 @@ def make_scheduler(sweep: SweepConfig):
             perturbation_interval=t.perturbation_interval,
             hyperparam_mutations={p: space[p] for p in pbt_mutable(sweep.search)},
             quantile_fraction=t.quantile_fraction,
+            synch=t.synch,
         )
     return tune.schedulers.FIFOScheduler()
 
@@ -295,6 +296,9 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
         history = [] if df is None or metric not in df else df[["epoch", metric]].dropna().values.tolist()
         last = r.metrics or {}
         epochs = int(last.get("epoch", 0) or 0)
+        if not history and last.get(metric) is not None:
+            # a trial paused by synchronous PBT restarts its result log: its last result remains
+            history = [[epochs, last[metric]]]
         trials.append(
             {
                 "trial_id": os.path.basename(r.path),

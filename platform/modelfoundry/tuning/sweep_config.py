@@ -56,6 +56,10 @@ class TuneSection(BaseModel):
     reduction_factor: float = Field(default=3.0, gt=1.0)
     perturbation_interval: int = Field(default=2, gt=0)  # PBT: epochs between exploit/explore steps
     quantile_fraction: float = Field(default=0.25, gt=0.0, le=0.5)  # PBT: bottom share copies the top
+    # PBT: false (Tune's default) exploits as each trial reaches an interval, against whoever has
+    # reported by then, so what happens depends on timing; true waits for the whole population at
+    # every interval (trials that arrive first pause): reproducible, and slower when trials differ
+    synch: bool = False
     workers_per_trial: int = Field(default=1, gt=0)
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
