@@ -143,6 +143,35 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
         assert after[trial] == results  # finished trials were not run again
 
 
+def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
+    cfg = sweep_dict(tmp_path, "interrupted-sweep", samples=4, epochs=8)
+    cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ray_tmp = tempfile.mkdtemp(prefix="mfi", dir="/tmp")
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "modelfoundry.cli", "tune", "--config", str(path), "--json"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    exp_root = tmp_path / "runs" / "interrupted-sweep"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and not _finished_trials(exp_root, epochs=8) and proc.poll() is None:
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "TypeError" not in err, err[-3000:]
+    assert "trial(s) finished" in err and f"foundry tune --config {path} --resume" in err, err[-3000:]
+    assert "finished: {" in err  # the finished trial is listed with its config
+
+
 @pytest.mark.parametrize(
     "patch, fragment",
     [

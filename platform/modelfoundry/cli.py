@@ -82,6 +82,18 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def print_json(obj: Any) -> None:
+    """The --json object as the very last line of stdout. Ray forwards worker log lines (its
+    deduplicated "[repeated Nx]" lines among them) from a background thread until the driver
+    disconnects: disconnect first, so nothing can follow the JSON."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stderr.flush()
+    print(json.dumps(obj, default=str), flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from modelfoundry.cluster import connect
     from modelfoundry.training import train
@@ -102,17 +114,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     for p in s["plots"]:
         print(f"   plot: {p}")
     if args.json:
-        print(json.dumps(s, default=str))
+        print_json(s)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from modelfoundry.cluster import connect
     from modelfoundry.tuning import load_sweep, run_sweep
+    from modelfoundry.tuning.sweep import SweepInterrupted
 
     sweep = load_sweep(args.config)
     print(connect(args.address), flush=True)
-    outcome = run_sweep(sweep, resume=args.resume)
+    try:
+        outcome = run_sweep(sweep, resume=args.resume)
+    except SweepInterrupted as err:
+        err.args = (f"{err}\n  continue it with: foundry tune --config {args.config} --resume",)
+        raise
     s = outcome.summary()
     print(
         f"\n== {sweep.name}: {s['trials']} trials ({s['stopped_early']} stopped early, {s['epochs_total']} epochs); "
@@ -125,7 +142,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for f in s["files"]:
         print(f"   wrote {f}")
     if args.json:
-        print(json.dumps(s, default=str))
+        print_json(s)
     return 0
 
 
@@ -142,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"inputs over HTTP at {s['url']}: {shown}; model store {s['model_store']['name']} v{s['model_store']['version']}"
     )
     if args.json:
-        print(json.dumps(s, default=str))
+        print_json(s)
     return 0
 
 
@@ -248,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"foundry {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"foundry {args.command}: interrupted", file=sys.stderr)
+        return 130
     except RuntimeError as err:
-        print(f"foundry {args.command}: failed: {err}", file=sys.stderr)
-        return 1
+        code = getattr(err, "exit_code", 1)  # an interrupted sweep: 130, as for Ctrl-C
+        print(f"foundry {args.command}: {'interrupted' if code == 130 else 'failed'}: {err}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

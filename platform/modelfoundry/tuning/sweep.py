@@ -7,6 +7,7 @@ restarts unfinished trials from their last one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ TASK_METRICS = {
     "regression": ["test_mae", "test_loss", "train_mae", "train_loss"],
     "generative": ["test_neg_elbo", "test_recon", "test_kl", "test_loss", "train_loss"],
 }
+
+
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) stopped the sweep; Tune saved its state, so --resume continues it."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -236,6 +243,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
         search_alg = tune.search.BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent)
         if t.searcher == "optuna":
             try:
+                import optuna
                 from ray.tune.search.optuna import OptunaSearch
             except ImportError:
                 raise ConfigError(
@@ -243,7 +251,6 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 ) from None
             if any("grid" in s for s in sweep.search.values()):
                 raise ConfigError("tune.searcher optuna cannot take grid distributions; use choice")
-            import optuna
 
             search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
         print(
@@ -278,7 +285,10 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 ),
             ),
         )
-    results = tuner.fit()
+    results = tuner.fit()  # on Ctrl-C Tune stops the trials, saves the sweep state and returns
+    expected = t.num_samples * math.prod(len(s["grid"]) for s in sweep.search.values() if "grid" in s)
+    if len(results) < expected or results.num_terminated + results.num_errors < len(results):
+        raise SweepInterrupted(interrupted_message(sweep, results, metric, exp_path))
     outcome = summarize(sweep, results, metric, mode, exp_path)
     best_ckpt = outcome.best_config.pop("_checkpoint_path")
     if export and best_ckpt:
@@ -286,6 +296,14 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
     outcome.files = write_reports(outcome, dump_config(with_overrides(sweep.job, outcome.best_config)))
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
+
+
+def interrupted_message(sweep: SweepConfig, results, metric: str, exp_path: str) -> str:
+    finished = [r for r in results if r.error is None and r.config and (r.metrics or {}).get("done")]
+    lines = [f"sweep {sweep.name} stopped with {len(finished)} of {len(results)} trial(s) finished ({exp_path})"]
+    for r in finished:
+        lines.append(f"  finished: { ({k: r.config.get(k) for k in sweep.search}) } {metric}={r.metrics.get(metric)}")
+    return "\n".join(lines)
 
 
 def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str) -> SweepOutcome:
@@ -302,7 +320,7 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
         trials.append(
             {
                 "trial_id": os.path.basename(r.path),
-                **{k: r.config[k] for k in sweep.search},
+                **{k: (r.config or {}).get(k) for k in sweep.search},
                 metric: last.get(metric),
                 "best_" + metric: (max if mode == "max" else min)(v for _, v in history) if history else None,
                 "epochs": epochs,
