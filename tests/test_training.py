@@ -103,7 +103,20 @@ def test_resume_continues_a_stopped_run_and_refuses_nothing_to_resume(ray_cluste
     with pytest.raises(ValueError, match="nothing to resume"):
         train(parse_config(job(tmp_path, "resumable")), resume=True)
     train(parse_config(job(tmp_path, "resumable", epochs=2)), export=False)
-    outcome = train(parse_config(job(tmp_path, "resumable", epochs=4)), resume=True)
+    # a changed config is refused, naming the fields: silently training on with another learning
+    # rate, or on a moved held-out split, would mix two experiments in one run
+    for changes, fragment in [
+        ({"lr": 0.5, "epochs": 2}, "train.lr: 0.01 -> 0.5"),
+        ({"epochs": 4}, "--allow-change train.epochs"),
+    ]:
+        with pytest.raises(ValueError, match="differs from the one run") as err:
+            train(parse_config(job(tmp_path, "resumable", **changes)), resume=True)
+        assert fragment in str(err.value), str(err.value)
+    moved = parse_config({**job(tmp_path, "resumable", epochs=4), "data": {"dataset": "digits", "seed": 7}})
+    with pytest.raises(ValueError, match="data.seed: 0 -> 7") as err:
+        train(moved, resume=True, allow_changes={"train.epochs"})
+    assert "start a new run" in str(err.value)
+    outcome = train(parse_config(job(tmp_path, "resumable", epochs=4)), resume=True, allow_changes={"train.epochs"})
     assert history(outcome)[-2:] == [(3, 1), (4, 1)] and history(outcome)[:2] == [(1, 0), (2, 0)]
 
 

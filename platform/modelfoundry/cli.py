@@ -68,6 +68,13 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--storage", help="run storage: a directory or a URI such as s3://bucket/runs")
     t.add_argument("--model-store", help="model store: a directory or a URI")
     t.add_argument("--resume", action="store_true", help="continue the latest run of this config's name")
+    t.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="with --resume: let this field differ from the run's config (train.epochs, train.num_workers, ...)",
+    )
     _add_cluster_args(t)
 
 
@@ -100,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, train_overrides(args))
     print(connect(args.address), flush=True)
-    outcome = train(cfg, resume=args.resume)
+    outcome = train(cfg, resume=args.resume, allow_changes=set(args.allow_change))
     s = outcome.summary()
     print(
         f"\n== {cfg.name}: best {s['metric']} = {s['best']:.4f} (epoch {s['metrics'].get('epoch')}) in {s['wall_s']}s"

@@ -194,8 +194,87 @@ def make_trainer(
     )
 
 
-def train(cfg: JobConfig, *, resume: bool = False, export: bool = True) -> TrainOutcome:
-    """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model."""
+RUN_CONFIG_FILE = "job.json"
+# where a run's files go, not what it computes: never compared on --resume
+RESUME_IGNORED = {"train.storage", "train.model_store", "train.placement_timeout_s", "train.max_failures"}
+# may change on --resume when asked for by name (--allow-change): how long and on what the run goes
+# on, not its model, data split or optimisation
+RESUME_SAFE = {
+    "train.epochs",
+    "train.num_workers",
+    "train.use_gpu",
+    "train.cpus_per_worker",
+    "train.keep_checkpoints",
+    "train.worker_resources",
+    "train.placement_strategy",
+    "train.fail_at_epoch",
+}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "worker_resources":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_hash(cfg: JobConfig) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def write_run_config(run_path: str, cfg: JobConfig) -> None:
+    """The run's config and its hash, beside its checkpoints: what --resume compares against."""
+    import json
+
+    fs, path = filesystem(run_path)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{RUN_CONFIG_FILE}") as f:
+        f.write(json.dumps({"config": cfg.to_dict(), "sha256": config_hash(cfg)}, indent=1).encode())
+
+
+def check_resume_config(run_path: str, cfg: JobConfig, allow_changes: set[str]) -> None:
+    """Refuse to resume `run_path` with a config that differs from the one it started with,
+    naming the changed fields; fields in RESUME_SAFE may change when listed in allow_changes."""
+    import json
+
+    fs, path = filesystem(run_path)
+    try:
+        with fs.open_input_stream(f"{path}/{RUN_CONFIG_FILE}") as f:
+            saved = json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        print(f"[{cfg.name}] warning: {run_path} has no {RUN_CONFIG_FILE} (an older run); config not checked")
+        return
+    if saved.get("sha256") == config_hash(cfg):
+        return
+    old, new = _flat(saved["config"]), _flat(cfg.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_IGNORED)
+    unsafe = [k for k in changed if k not in RESUME_SAFE]
+    unasked = [k for k in changed if k in RESUME_SAFE and k not in allow_changes]
+    if not unsafe and not unasked:
+        return
+    lines = [f"  {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+    hint = (
+        f"{', '.join(unsafe)} change the model, the data split or the optimisation: start a new run (no --resume)"
+        if unsafe
+        else "to go on with " + " ".join(f"--allow-change {k}" for k in unasked)
+    )
+    raise ValueError(
+        f"--resume: the config differs from the one run {run_path} started with:\n" + "\n".join(lines) + f"\n{hint}"
+    )
+
+
+def train(
+    cfg: JobConfig, *, resume: bool = False, export: bool = True, allow_changes: set[str] | frozenset[str] = frozenset()
+) -> TrainOutcome:
+    """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model.
+    resume: continue the latest run of cfg.name; its config must match (allow_changes: fields of
+    RESUME_SAFE that may differ)."""
     import ray
     import ray.train
 
@@ -220,6 +299,13 @@ def train(cfg: JobConfig, *, resume: bool = False, export: bool = True) -> Train
         run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
     metric, mode = TASK_METRIC[task_of(cfg.model.family, splits.spec.task)]
     run_path = join(storage, cfg.name, run_id)
+    bad = set(allow_changes) - RESUME_SAFE
+    if bad:
+        raise ValueError(f"--allow-change {sorted(bad)}: only these may change on --resume: {sorted(RESUME_SAFE)}")
+    if resume:
+        check_resume_config(run_path, cfg, set(allow_changes))
+    else:
+        write_run_config(run_path, cfg)
     trainer = make_trainer(cfg, splits, join(storage, cfg.name), run_id)
     print(
         f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
