@@ -6,6 +6,9 @@ through the head's ingress. Prints one JSON line: where each stage ran and the a
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +22,36 @@ from modelfoundry.data import load_splits
 from modelfoundry.localcluster import LocalCluster
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.store import export
+
+
+def exposed_listeners() -> list[str]:
+    """Listening sockets of this cluster's processes beyond loopback, but Serve's replica gRPC
+    (hard-coded to [::] in Ray 2.60, token-checked; docs/security.md)."""
+    import ipaddress
+
+    import psutil
+
+    me = psutil.Process()
+    tree = {p.pid: p for p in [me, *me.children(recursive=True)]}
+    out = []
+    for c in psutil.net_connections("inet"):
+        if c.status != psutil.CONN_LISTEN or c.pid not in tree:
+            continue
+        if ipaddress.ip_address(c.laddr.ip.removeprefix("::ffff:")).is_loopback:
+            continue
+        name = tree[c.pid].name()
+        if not name.startswith("ray::ServeReplica"):
+            out.append(f"{name} {c.laddr.ip}:{c.laddr.port}")
+    return out
+
+
+def no_token_client(address: str, tmp: Path) -> str:
+    """What a driver without the cluster token gets: its output's last line."""
+    env = {**os.environ, "HOME": str(tmp / "no-token-home"), "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    code = f"import ray; ray.init(address={address!r}); print('CONNECTED')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return "CONNECTED" if "CONNECTED" in out.stdout else (out.stderr.strip().splitlines() or ["no output"])[-1]
 
 
 def main(tmp: Path, port: int) -> None:
@@ -61,7 +94,18 @@ def main(tmp: Path, port: int) -> None:
             for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
             if a.class_name.startswith("ServeReplica:") and "stage-" in a.class_name
         }
-        print("RESULT " + json.dumps({"status": r.status_code, "got": got, "expected": expected, "stages": stages}))
+        security = {
+            "auth_mode": os.environ.get("RAY_AUTH_MODE"),
+            "token_mode": oct(stat.S_IMODE(os.stat(cluster.token_file).st_mode)),
+            "token_dir_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(cluster.token_file)).st_mode)),
+            "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
+            "exposed": exposed_listeners(),
+            "no_token_client": no_token_client(cluster.address, tmp),
+        }
+        print(
+            "RESULT "
+            + json.dumps({"status": r.status_code, "got": got, "expected": expected, "stages": stages, **security})
+        )
         serve.shutdown()
     finally:
         ray.shutdown()

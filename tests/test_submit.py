@@ -120,3 +120,30 @@ def test_jobs_api_refuses_a_client_without_the_token(head):
     wrong = {**head, "env": {**head["env"], "RAY_AUTH_TOKEN": "0" * 64}}
     out = foundry(wrong, "jobs", "list", "--address", head["address"], timeout=120)
     assert out.returncode == 1 and "refused this client's token" in out.stderr, out.stderr[-2000:]
+
+
+def test_job_uploads_never_carry_secrets(tmp_path):
+    """What Ray itself would zip for `foundry submit` (its own packaging code, the platform's
+    excludes): the project's code, never env files, keys, tokens or key files."""
+    import shutil
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from modelfoundry.submit import EXCLUDES, SECRET_EXCLUDES
+
+    tree = tmp_path / "project"
+    shutil.copytree(ROOT / "platform" / "modelfoundry", tree / "platform" / "modelfoundry")
+    shutil.copytree(ROOT / "jobs", tree / "jobs")
+    secrets = [".env", "deploy/.env.prod", "keys/server.pem", "tls.key", ".ray/auth_token", "auth_token",
+               "serve_apps/api_keys.txt", "secrets/cluster.token", ".aws/credentials"]  # fmt: skip
+    for rel in secrets:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text("secret")
+    out = tmp_path / "pkg.zip"
+    create_package(str(tree), out, include_gitignore=True, excludes=EXCLUDES + SECRET_EXCLUDES)
+    names = zipfile.ZipFile(out).namelist()
+    assert "jobs/train.py" in names and "platform/modelfoundry/models/cnn.py" in names
+    assert "platform/modelfoundry/store.py" in names and "platform/modelfoundry/serving/auth.py" in names
+    leaked = [n for n in names if any(n.rstrip("/").endswith(s) for s in secrets)]
+    assert not leaked, leaked

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default="latest")
     s.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    s.add_argument("--api-keys-env", help="NAME of an env var holding comma-separated API keys (required off loopback)")
+    s.add_argument("--api-keys-file", help="a file of API keys, one per line (required off loopback)")
+    s.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without API keys (anyone can call it)"
+    )
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
@@ -176,19 +181,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from modelfoundry.cluster import connect
+    from modelfoundry.serving.auth import check_exposure
 
     split = json.loads(args.split) if args.split and args.split.startswith("[") else args.split
     if args.target.endswith((".yaml", ".yml")):
         from modelfoundry.serving.config_file import load_serve_config, run_serve_config
 
-        load_serve_config(args.target)  # a bad file fails before Ray starts
+        data = load_serve_config(args.target)  # a bad file fails before Ray starts
+        for app in data["applications"]:  # run_serve_config binds --host
+            a = app.get("args") or {}
+            check_exposure(args.host, bool(a.get("api_keys_env") or a.get("api_keys_file")), args.insecure)
         print(connect(args.address), flush=True)
         urls = run_serve_config(args.target, host=args.host, port=args.port)
     else:
         from modelfoundry.serving.apps import AppArgs, run_app
         from modelfoundry.store import resolve
 
-        app_args = AppArgs(model=args.target, version=args.version, store=args.store, split=split)
+        app_args = AppArgs(
+            model=args.target,
+            version=args.version,
+            store=args.store,
+            split=split,
+            api_keys_env=args.api_keys_env,
+            api_keys_file=args.api_keys_file,
+        )
+        check_exposure(args.host, bool(args.api_keys_env or args.api_keys_file), args.insecure)
         resolve(args.store, args.target, args.version)  # an unknown model fails before Ray starts
         print(connect(args.address), flush=True)
         urls = [run_app(app_args, host=args.host, port=args.port)]

@@ -77,6 +77,57 @@ def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
 
 
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+
+
+def provision_token(path: Path | None = None, create: bool = True) -> Path:
+    """The cluster token file, owner-only from its first byte: its directory is made 0700, the
+    file is created 0600 with O_EXCL (the mode is set at creation, so it is never readable by
+    others, not even for a moment) and written before it is renamed into place. An existing token
+    (a worker's copy synced from the head) is kept, narrowed to 0600 when needed. create=False
+    refuses a missing token instead of making one: a worker must join with the head's token."""
+    path = path or token_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent = path.parent.lstat()
+    if parent.st_uid != os.getuid():
+        raise RuntimeError(f"{path.parent} is not owned by this user; refusing to keep a token there")
+    path.parent.chmod(0o700)
+    if path.exists():
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise RuntimeError(f"{path} must be a regular file owned by this user")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            path.chmod(0o600)
+        if not path.read_text().strip():
+            raise RuntimeError(f"{path} is empty; remove it and provision the token again")
+        return path
+    if not create:
+        raise RuntimeError(
+            f"no cluster token at {path}: a worker joins with the head's token (cluster.yaml syncs "
+            "~/.ray/auth_token from the head with cluster_synced_files; elsewhere copy it from the head, mode 0600)"
+        )
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return path
+
+
+def enable_token_auth() -> None:
+    """Token mode for the nodes this process starts next and for itself, the way Ray turns it on
+    for a fresh ray.init() cluster (the environment for the children, Ray's config reloaded for
+    this process). Call it before any node starts."""
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
+
+
 def secure_token_file() -> None:
     """Ray writes ~/.ray/auth_token world-readable (0644); narrow it to its owner (0600)."""
     path = token_path()
@@ -120,6 +171,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return f"connected to Ray at {address}"
     apply_serve_env()
     keep_on_loopback()
+    os.environ.setdefault(USAGE_STATS_ENV, "0")  # no usage report leaves the machine
     # Ray Train's preemption watcher (an actor per run polling for draining nodes) has nothing to
     # watch on a one-machine cluster, and every Ray process costs CPU beside the training
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
@@ -138,11 +190,35 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
-if __name__ == "__main__":  # `eval "$(python -m modelfoundry.cluster env)"` before `ray start` on a node
+USAGE = """usage: python -m modelfoundry.cluster env | token [--require]
+  env              print the node's settings (token auth, usage stats off, Serve fast path) as exports:
+                   eval "$(python -m modelfoundry.cluster env)" before `ray start`
+  token            create the cluster token (0600 in a 0700 directory) unless one exists: on the head
+  token --require  check (and narrow to 0600) the token a worker got from the head; fail if missing"""
+
+
+def main(argv: list[str]) -> int:
     import shlex
     import sys
 
-    if sys.argv[1:] != ["env"]:
-        sys.exit("usage: python -m modelfoundry.cluster env   (prints the node's Serve settings as exports)")
-    for key, value in {"RAY_AUTH_MODE": "token", **serve_env(local=False)}.items():
-        print(f"export {key}={shlex.quote(value)}")
+    if argv == ["env"]:
+        env = {"RAY_AUTH_MODE": "token", USAGE_STATS_ENV: "0", **serve_env(local=False)}
+        for key, value in env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    if argv in (["token"], ["token", "--require"]):
+        try:
+            path = provision_token(create=argv == ["token"])
+        except RuntimeError as err:
+            print(f"modelfoundry.cluster token: {err}", file=sys.stderr)
+            return 1
+        print(f"cluster token: {path} (mode 0600)")
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # run on every node before `ray start` (cluster.yaml, deploy/kuberay)
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -10,6 +10,27 @@ from pathlib import Path
 
 # gitignore-style, anchored at the project root (a bare "models" would drop modelfoundry/models)
 EXCLUDES = ["/.venv/", "/.git/", "/runs/", "/models/", "/bench/results/", "__pycache__/", "*.egg-info/"]
+# secrets never travel with a job, wherever they sit in the tree: env files, private keys and
+# certificates, Ray's cluster token, API key files (the platform's api_keys_file convention)
+SECRET_EXCLUDES = [
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_ed25519*",
+    "auth_token",
+    "*.token",
+    ".ray/",
+    "api_keys*",
+    "*_api_keys*",
+    ".netrc",
+    ".aws/",
+    "credentials.json",
+]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60  # a fresh head needs a few seconds before its job agent accepts jobs
 
@@ -39,7 +60,11 @@ def submit(address: str, kind: str, args: list[str], working_dir: str | None = N
     entrypoint = " ".join(shlex.quote(a) for a in ["python", f"jobs/{kind}.py", *args])
     # the job and its Ray Train workers run in the uploaded tree; PYTHONPATH=platform (relative to
     # it) makes the uploaded `modelfoundry` importable on nodes that do not have it installed
-    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": {"PYTHONPATH": "platform"}}
+    runtime_env = {
+        "working_dir": str(root),
+        "excludes": EXCLUDES + SECRET_EXCLUDES,
+        "env_vars": {"PYTHONPATH": "platform"},
+    }
     c = client(address)
     deadline, waited = time.monotonic() + AGENT_WAIT_S, False
     while True:

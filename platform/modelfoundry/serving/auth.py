@@ -29,6 +29,28 @@ def load_keys(env_var: str | None, file: str | None) -> list[bytes]:
     return [k.encode() for k in keys]
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_exposure(host: str, has_keys: bool, insecure: bool) -> None:
+    """Serve HTTP is not covered by Ray's token auth: off loopback, API keys are the only gate."""
+    if is_loopback(host) or has_keys or insecure:
+        return
+    raise ValueError(
+        f"--host {host} exposes the model beyond this machine with no API keys: anyone who reaches it can call "
+        "it. Set keys with --api-keys-env NAME (an env var holding comma-separated keys) or --api-keys-file PATH "
+        "(api_keys_env / api_keys_file in a serve YAML's args), or pass --insecure to serve without them"
+    )
+
+
 def presented_key(headers) -> str | None:
     auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):

@@ -1,0 +1,30 @@
+"""CLI guards that need no cluster: a model exposed beyond loopback without API keys is refused
+before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelfoundry.cli import main
+
+ROOT_APPS = "serve_apps/classifier.yaml"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "myhost.example"])
+def test_serve_off_loopback_without_keys_is_refused(capsys, tmp_path, host):
+    assert main(["serve", "cnn-digits", "--store", str(tmp_path), "--host", host]) == 2
+    err = capsys.readouterr().err
+    assert f"--host {host} exposes the model" in err and "--api-keys-env NAME" in err and "--insecure" in err
+    assert main(["serve", ROOT_APPS, "--host", host]) == 2  # a serve YAML whose apps set no keys
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--insecure"], ["--api-keys-env", "MY_KEYS"], ["--api-keys-file", "keys.txt"], ["--host", "127.0.0.1"], []],
+)
+def test_keys_insecure_or_loopback_pass_the_guard(capsys, tmp_path, extra):
+    args = ["serve", "cnn-digits", "--store", str(tmp_path)]
+    args += extra if "--host" in extra or not extra else ["--host", "0.0.0.0", *extra]
+    assert main(args) == 2  # the next check fails: the store is empty, so Ray never starts
+    err = capsys.readouterr().err
+    assert "is not in the store" in err and "exposes the model" not in err

@@ -1,0 +1,113 @@
+"""cluster.yaml's node commands, run the way the cluster launcher runs them: a head from a clean
+HOME provisions the token and starts with token auth; the token reaches a worker the way
+cluster_synced_files copies it (rsync -a from the head); the worker checks it and joins. Both on
+127.0.0.1, stopped by killing exactly the processes they started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import yaml
+
+from modelfoundry.cluster import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: str, home: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    venv_bin = str(Path(sys.executable).parent)  # `python3` and `ray` in the commands: this environment's
+    env = {**os.environ, "HOME": str(home), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):
+        env.pop(key, None)
+    return subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=timeout, cwd=home)
+
+
+def _start_command(commands: list[str]) -> str:
+    """The node's `ray start` line (the `ray stop` before it is for a reused cloud node: never run
+    here, it would stop every Ray process on this machine)."""
+    (line,) = [c for c in commands if "ray start" in c]
+    assert [c for c in commands if c != line] == ["ray stop"]
+    return line
+
+
+def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    head_home, worker_home = tmp_path / "head", tmp_path / "worker"
+    head_home.mkdir()
+    worker_home.mkdir()
+    temp_dir = Path("/tmp") / f"mfc{os.getpid()}"  # short: Ray's socket paths have a length limit
+    gcs, dash = free_port(), free_port()
+
+    # only what lets two nodes share one machine with the test session's cluster: ports and temp dirs
+    def isolate() -> str:
+        return (
+            f" --node-ip-address=127.0.0.1 --num-cpus=1 --dashboard-agent-listen-port={free_port()} "
+            f"--metrics-export-port={free_port()} --runtime-env-agent-port={free_port()}"
+        )
+
+    try:
+        # head: setup commands, then its ray start
+        for cmd in cfg["head_setup_commands"]:
+            out = _run(cmd, head_home)
+            assert out.returncode == 0, out.stderr
+        token = head_home / ".ray" / "auth_token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+        assert len(token.read_text()) == 64
+        again = _run(cfg["head_setup_commands"][0], head_home)  # a rerun keeps the token
+        assert again.returncode == 0 and len(token.read_text()) == 64
+        head = _start_command(cfg["head_start_ray_commands"])
+        assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE" not in head  # the env export sets it
+        head = head.replace("--port=6379", f"--port={gcs}").replace(
+            "--autoscaling-config=~/ray_bootstrap_config.yaml",
+            "",  # no cloud provider here: no autoscaler
+        )
+        head += f"{isolate()} --dashboard-port={dash} --ray-client-server-port={free_port()} --temp-dir={temp_dir}/h"
+        out = _run(head, head_home)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+        # a worker without the token refuses to start
+        for cmd in cfg["worker_setup_commands"]:
+            out = _run(cmd, worker_home)
+            assert out.returncode == 1 and "no cluster token" in out.stderr, out.stderr
+        # cluster_synced_files: the head's autoscaler rsyncs the file (-a keeps its mode)
+        assert cfg["cluster_synced_files"] == ["~/.ray/auth_token"]
+        (worker_home / ".ray").mkdir(exist_ok=True)
+        (worker_home / ".ray").chmod(0o755)  # as Ray's updater leaves it: `mkdir -p`, default umask
+        if shutil.which("rsync"):
+            subprocess.run(["rsync", "-a", str(token), str(worker_home / ".ray" / "auth_token")], check=True)
+        else:
+            shutil.copy2(token, worker_home / ".ray" / "auth_token")
+        for cmd in cfg["worker_setup_commands"]:
+            out = _run(cmd, worker_home)
+            assert out.returncode == 0, out.stderr
+        assert stat.S_IMODE((worker_home / ".ray").stat().st_mode) == 0o700
+        worker = _start_command(cfg["worker_start_ray_commands"])
+        worker = worker.replace("$RAY_HEAD_IP:6379", f"127.0.0.1:{gcs}") + f"{isolate()} --temp-dir={temp_dir}/w"
+        out = _run(worker, worker_home)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+        # a client with the token sees both nodes alive; one without it is refused
+        probe = f"import ray; ray.init(address='127.0.0.1:{gcs}'); print('NODES', sum(n['Alive'] for n in ray.nodes()))"
+        ok = _run(f'RAY_AUTH_MODE=token python3 -c "{probe}"', head_home)
+        assert "NODES 2" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
+        refused = _run(f'RAY_AUTH_MODE=token timeout 60 python3 -c "{probe}"', tmp_path)
+        assert refused.returncode != 0 and "NODES" not in refused.stdout
+        assert "token" in (refused.stdout + refused.stderr).lower()
+    finally:
+        mine = [
+            p for p in psutil.process_iter(["pid", "cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])
+        ]
+        for p in mine:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(mine, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True) if not os.environ.get("KEEP") else None
