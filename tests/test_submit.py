@@ -122,6 +122,70 @@ def test_jobs_api_refuses_a_client_without_the_token(head):
     assert out.returncode == 1 and "refused this client's token" in out.stderr, out.stderr[-2000:]
 
 
+def test_shipped_serve_yaml_runs_under_plain_serve_deploy(head, tmp_path):
+    """serve_apps/classifier.yaml through Ray's own `serve deploy` (the Jobs/Serve REST API, token
+    auth), changed only where this machine differs: the store, the port and the project's place
+    given as a local:// working_dir (as the RayService does with local:///app)."""
+    import json
+    import time
+    import urllib.request
+
+    import torch
+    import yaml
+
+    from modelfoundry.artifacts import write_checkpoint
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+    from modelfoundry.models import build_model, set_normalization
+    from modelfoundry.store import export
+
+    splits = load_splits(DataSection(dataset="digits"))
+    torch.manual_seed(0)
+    model = build_model("cnn", "tiny", input_shape=splits.spec.input_shape, output_dim=10)
+    set_normalization(model, splits.stats())
+    write_checkpoint(
+        tmp_path / "ckpt", model, dataset=splits.spec.to_dict(), metrics={}, extra={"task": "classification"}
+    )
+    export(str(tmp_path / "ckpt"), str(tmp_path / "store"), "cnn-digits")
+
+    cfg = yaml.safe_load((ROOT / "serve_apps" / "classifier.yaml").read_text())
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    (app,) = cfg["applications"]
+    app["args"]["store"] = str(tmp_path / "store")
+    app["runtime_env"] = {"working_dir": f"local://{ROOT}"}
+    path = tmp_path / "classifier.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+
+    def run(*a):
+        return subprocess.run(
+            [serve_bin, *a, "--address", head["address"]], env=head["env"], capture_output=True, text=True, timeout=300
+        )
+
+    out = run("deploy", str(path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    x = splits.x_test[:4]
+    body = json.dumps({"instances": x.tolist()}).encode()
+    deadline, answer, last = time.monotonic() + 300, None, ""
+    try:
+        while answer is None and time.monotonic() < deadline:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/cnn-digits:predict", data=body)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    answer = json.loads(r.read())
+            except OSError as err:  # not up yet: connection refused, 404/503 while deploying
+                last = str(err)
+                time.sleep(0.5)
+        assert answer is not None, f"no answer in 300 s: {last}\n{run('status').stdout[-2000:]}"
+        with torch.no_grad():
+            expected = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
+        got = [p["probabilities"] for p in answer["predictions"]]
+        assert len(got) == 4 and abs(expected - __import__("numpy").array(got)).max() < 1e-5
+    finally:
+        run("shutdown", "-y")
+
+
 def test_job_uploads_never_carry_secrets(tmp_path):
     """What Ray itself would zip for `foundry submit` (its own packaging code, the platform's
     excludes): the project's code, never env files, keys, tokens or key files."""
