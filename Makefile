@@ -4,14 +4,15 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench lint clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: this exact spec takes the CPU build on this disk, never a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# every other package at the version constraints.txt pins (the set CI and cluster nodes install)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +29,14 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests jobs serve_apps bench
 	$(BIN)/ruff format --check platform tests jobs serve_apps bench
+
+# after changing dependencies in pyproject.toml: a fresh venv without constraints, then its pins
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q torch==2.13.0 && .lock-venv/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,4p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^modelfoundry\|^pip==' \
+	  | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) runs models .pytest_cache

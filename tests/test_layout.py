@@ -94,3 +94,27 @@ def test_every_runtime_import_comes_from_the_runtime_dependencies():
     assert not bad, "imports outside the runtime dependencies:\n" + "\n".join(bad)
     # the check does catch one: the test extra's HTTP client
     assert not {"httpx"} & closure and _imports(ast.parse("def f():\n    import httpx\n")) == [("httpx", False)]
+
+
+def test_the_installed_set_is_the_pinned_set():
+    """constraints.txt pins every distribution the runtime dependencies bring in, and this
+    environment (made by `make setup`, as CI's is) holds exactly those versions."""
+    import re
+    from importlib import metadata
+
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[norm(name)] = version.strip()
+    missing = sorted(_runtime_closure() - set(pins))
+    assert not missing, f"not pinned in constraints.txt: {missing}"
+    for name, version in pins.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # an extra's package this environment does not hold
+        assert installed.split("+")[0] == version, f"{name}: installed {installed}, pinned {version}"
+    for text in ((ROOT / "Makefile").read_text(), (ROOT / "cluster.yaml").read_text()):
+        assert "-c constraints.txt" in text or "-c /home/ubuntu/modelfoundry/constraints.txt" in text
