@@ -84,6 +84,18 @@ def test_kuberay_manifests_match_the_kuberay_crd_schemas():
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             assert "RAY_AUTH_MODE" not in env and "RAY_AUTH_TOKEN" not in env  # KubeRay sets them
             assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+            if kind == "RayService":  # the same Serve settings as `modelfoundry.cluster env`
+                from modelfoundry.cluster import serve_env
+
+                wrapper = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+                assert wrapper.startswith("/app/") and (ROOT / wrapper.removeprefix("/app/")).is_file()
+                node = serve_env(local=False)
+                for key in (
+                    "RAY_SERVE_ENABLE_HA_PROXY",
+                    "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+                    "RAY_SERVE_HAPROXY_RETRY_ON",
+                ):
+                    assert env[key] == node[key], key
         for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
             assert group["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "modelfoundry"
     # the schemas do refuse mistakes: a misspelt field, a wrong enum value, a wrong type

@@ -365,3 +365,85 @@ def test_every_listener_stays_on_loopback_during_a_served_run(served):
     assert all(name.startswith("ray::ServeReplica") for _, name in exposed), exposed
     for addr, _ in exposed:
         assert not _http_answer("127.0.0.1", addr.port).startswith(b"HTTP/"), addr
+
+
+def test_killing_one_of_two_replicas_under_load_loses_no_request(served):
+    """A bounded steady load (8 keep-alive clients on 127.0.0.1) while one of two ingress replicas
+    is SIGKILLed: every request gets its 200, none a reset or a 5xx (HAProxy replays the
+    platform's side-effect-free verbs on another replica, marks the dead one down, and Serve
+    starts a replacement)."""
+    import os
+    import signal
+    import threading
+
+    from ray.util.state import list_actors
+
+    deploy(served, model="cnn-d", ingress={"num_replicas": 2, "num_cpus": 0.1}).close()
+    x = served["digits"].x_test[:2].tolist()
+    body = json.dumps({"instances": x}).encode()
+
+    def replicas() -> list:
+        return [
+            a
+            for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if a.class_name.startswith("ServeReplica:t:Ingress")
+        ]
+
+    deadline = time.monotonic() + 120
+    while len(replicas()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = replicas()
+    assert len(before) == 2
+    stop = threading.Event()
+    counts = {"ok": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    t_kill, t_new = [time.monotonic() + 1e6], []
+
+    def client() -> None:
+        with httpx.Client(base_url=URL, timeout=30) as http:
+            n = 0
+            while not stop.is_set() and n < 4000:  # bounded in count and in time (below)
+                n += 1
+                try:
+                    r = http.post(
+                        "/v1/models/cnn-d:predict", content=body, headers={"content-type": "application/json"}
+                    )
+                    ok = r.status_code == 200 and len(r.json()["predictions"]) == 2
+                    err = None if ok else f"{r.status_code} {r.text[:100]}"
+                except httpx.HTTPError as e:
+                    err = f"{type(e).__name__}: {e}"
+                with lock:
+                    if err:
+                        failures.append(f"{time.monotonic() - t_kill[0]:+.2f}s {err}")
+                    else:
+                        counts["ok"] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        while counts["ok"] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t_kill[0] = time.monotonic()
+        os.kill(before[0].pid, signal.SIGKILL)
+        killed_at = counts["ok"]
+        # keep the load on until Serve has replaced the replica and it has served a while
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            alive = {a.actor_id for a in replicas()}
+            if len(alive) == 2 and before[0].actor_id not in alive and not t_new:
+                t_new.append(time.monotonic() - t_kill[0])
+            if len(alive) == 2 and before[0].actor_id not in alive and counts["ok"] > killed_at + 1500:
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    total = counts["ok"] + len(failures)
+    print(
+        f"replica kill under load: {counts['ok']} ok, {len(failures)} failed of {total}; replacement alive at +{t_new}s"
+    )
+    assert len({a.actor_id for a in replicas()}) == 2
+    assert counts["ok"] > killed_at + 1500 and not failures, (total, failures[:5])

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 LOOPBACK_WRAPPER = Path(__file__).parent / "serving" / "haproxy_loopback.sh"
+RETRY_ON = "conn-failure empty-response junk-response"
 
 
 def haproxy_dir() -> str:
@@ -50,6 +51,11 @@ def serve_env(local: bool = True) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 4))),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # else shutdown waits 30 s
+        # every verb the platform serves is side-effect-free inference, so a request whose replica
+        # died before answering is replayed on another one (Ray retries connect failures only);
+        # the wrapper keeps request bodies buffered so HAProxy can resend them
+        "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
+        "RAY_SERVE_HAPROXY_RETRIES": "3",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_WRAPPER),
         "MODELFOUNDRY_HAPROXY_REAL_BINARY": get_haproxy_binary(),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{d}/haproxy.cfg",

