@@ -1,0 +1,168 @@
+"""Training under faults, on real processes and a real filesystem: a Train worker SIGKILLed
+mid-epoch, the driver of `foundry train` killed and the run resumed, the run's storage filling up
+during a checkpoint. Nothing is lost beyond the epoch in progress; the last good checkpoint
+stays usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
+from modelfoundry.config import parse_config
+from modelfoundry.training import train
+
+
+def job(tmp_path: Path, name: str, **train) -> dict:
+    return {
+        "name": name,
+        "model": {"family": "mlp", "preset": "tiny"},
+        "data": {"dataset": "digits"},
+        "train": {
+            "epochs": 8,
+            "batch_size": 32,
+            "lr": 0.01,
+            "num_workers": 2,
+            "storage": str(tmp_path / "runs"),
+            "model_store": str(tmp_path / "models"),
+            **train,
+        },
+    }
+
+
+def checkpoints(run_root: Path) -> list[Path]:
+    return sorted(run_root.glob("run-*/checkpoint_*"))
+
+
+def complete(run_root: Path) -> list[Path]:
+    return [c for c in checkpoints(run_root) if (c / "model.json").is_file()]
+
+
+def epoch_of(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "model.json").read_text())["metrics"]["epoch"]
+
+
+def history_of(checkpoint: str | Path) -> list[tuple[int, int]]:
+    meta = json.loads((Path(checkpoint) / "model.json").read_text())
+    return [(h["epoch"], h["attempt"]) for h in meta["history"]]
+
+
+def test_a_train_worker_sigkilled_mid_run_is_replaced_and_the_run_resumes(ray_cluster, tmp_path):
+    from ray.util.state import list_actors
+
+    cfg = parse_config(job(tmp_path, "worker-kill", epochs=10, max_failures=2))
+    killed: list[int] = []
+
+    def killer() -> None:  # once two checkpoints are on disk, SIGKILL one worker process
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(checkpoints(tmp_path / "runs" / "worker-kill")) < 2:
+            time.sleep(0.05)
+        workers = [
+            a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "RayTrainWorker" in a.class_name
+        ]
+        if workers:
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            killed.append(workers[-1].pid)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    outcome = train(cfg)
+    t.join()
+    assert killed, "no worker was found to kill"
+    hist = history_of(outcome.last_checkpoint)
+    # every epoch once, in order; a second attempt took over after the kill, from a checkpoint
+    assert [e for e, _ in hist] == list(range(1, 11)), hist
+    assert hist[0][1] == 0 and hist[-1][1] >= 1
+    assert outcome.metrics["test_accuracy"] > 0.8
+    load_checkpoint(outcome.model["path"])
+
+
+def test_a_killed_train_driver_resumes_from_its_last_checkpoint(tmp_path):
+    cfg = job(tmp_path, "driver-kill", epochs=12)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ray_tmp = tempfile.mkdtemp(prefix="mfd", dir="/tmp")  # short: AF_UNIX path limit
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)  # its own local cluster, not the session's
+    cmd = [sys.executable, "-m", "modelfoundry.cli", "train", "--config", str(path)]
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    root = tmp_path / "runs" / "driver-kill"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and len(complete(root)) < 2 and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+        proc.wait()
+        log.close()
+    # the cluster's processes die with their GCS; a worker may finish an epoch or two first
+    import psutil
+
+    def of_this_run(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("RAY_TMPDIR") == ray_tmp
+        except (psutil.Error, OSError):
+            return False
+
+    _, alive = psutil.wait_procs([p for p in psutil.process_iter() if of_this_run(p)], timeout=120)
+    for p in alive:  # still running after 2 minutes: ours (started by this test's driver), so end them
+        p.kill()
+    before = complete(root)
+    assert 2 <= len(before) and not list((tmp_path / "models").glob("*/*")), (tmp_path / "driver.log").read_text()[
+        -3000:
+    ]
+    last_epoch = max(json.loads((c / "model.json").read_text())["metrics"]["epoch"] for c in before)
+    assert last_epoch < 12, "the driver must die mid-run"
+    out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])  # the JSON is the last line
+    hist = history_of(max(complete(root), key=epoch_of))
+    epochs = [e for e, _ in hist]
+    assert epochs == list(range(1, 13)), hist  # nothing trained twice, nothing skipped
+    resumed = [e for e, a in hist if a > 0]
+    assert resumed and resumed[0] <= last_epoch + 1, (resumed, last_epoch)  # from the last checkpoint
+    assert summary["model_store"]["version"] == 1 and summary["best"] > 0.8
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_storage_filling_up_during_a_checkpoint_leaves_the_last_good_one_usable(ray_cluster, tmp_path):
+    mount = Path(tempfile.mkdtemp(prefix="mf-full-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        # a checkpoint of this MLP is ~200 KB (weights + Adam state): two fit, the third cannot
+        base = job(tmp_path, "disk-full", epochs=6, keep_checkpoints=10, max_failures=1, storage=str(mount / "runs"))
+        base["model"] = {"family": "mlp", "preset": "default", "hidden_sizes": [256, 128]}
+        with pytest.raises(RuntimeError) as err:
+            train(parse_config(base))
+        assert "No space left on device" in str(err.value), str(err.value)  # the cause, named
+        root = mount / "runs" / "disk-full"
+        complete, broken = [], []
+        for c in checkpoints(root):
+            try:
+                verify(c)
+                complete.append(c)
+            except CheckpointError:
+                broken.append(c)
+        assert complete, [(c.name, sorted((f.name, f.stat().st_size) for f in c.iterdir())) for c in checkpoints(root)]
+        last_good = max(complete, key=epoch_of)
+        assert load_checkpoint(last_good).meta["metrics"]["epoch"] >= 1  # sha256-checked, loads
+        # the operator frees space; --resume goes on from the last good checkpoint to the end
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        outcome = train(parse_config(base), resume=True)
+        hist = history_of(outcome.last_checkpoint)
+        assert [e for e, _ in hist] == list(range(1, 7)), hist
+        print(f"disk full: {len(complete)} complete and {len(broken)} broken checkpoints; resumed to epoch 6")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
