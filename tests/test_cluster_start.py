@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import yaml
 
+from cluster_procs import kill_matching
 from modelfoundry.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(cmd: str, home: Path, timeout: int = 180) -> subprocess.CompletedProcess:
     venv_bin = str(Path(sys.executable).parent)  # `python3` and `ray` in the commands: this environment's
-    env = {**os.environ, "HOME": str(home), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):
-        env.pop(key, None)
+    # a cloud node's environment: none of the Ray settings this test session runs with
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODELFOUNDRY_"))}
+    env.update(HOME=str(home), PATH=f"{venv_bin}:{os.environ['PATH']}")
     return subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=timeout, cwd=home)
 
 
@@ -101,13 +100,5 @@ def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
         assert refused.returncode != 0 and "NODES" not in refused.stdout
         assert "token" in (refused.stdout + refused.stderr).lower()
     finally:
-        mine = [
-            p for p in psutil.process_iter(["pid", "cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])
-        ]
-        for p in mine:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(mine, timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True) if not os.environ.get("KEEP") else None
+        kill_matching(str(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)

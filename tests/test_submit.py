@@ -4,14 +4,13 @@ its own temp dir, token auth on), stopped by killing exactly the processes it st
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from cluster_procs import kill_matching
 from modelfoundry.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +53,7 @@ def head(tmp_path_factory):
     try:
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "tmp": tmp}
     finally:
-        mine = [
-            p for p in psutil.process_iter(["pid", "cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])
-        ]
-        for p in mine:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(mine, timeout=30)
+        kill_matching(str(temp_dir))
 
 
 def foundry(head, *args, timeout=600):

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster_procs import driver_env, foundry_cmd, kill_driver_when
 from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
 from modelfoundry.config import parse_config
 from modelfoundry.training import train
@@ -91,34 +91,10 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint(tmp_path):
     cfg = job(tmp_path, "driver-kill", epochs=12)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    ray_tmp = tempfile.mkdtemp(prefix="mfd", dir="/tmp")  # short: AF_UNIX path limit
-    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)  # its own local cluster, not the session's
-    cmd = [sys.executable, "-m", "modelfoundry.cli", "train", "--config", str(path)]
-    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env, _ = driver_env(tmp_path, "mfd")
+    cmd = foundry_cmd("train", "--config", str(path))
     root = tmp_path / "runs" / "driver-kill"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and len(complete(root)) < 2 and proc.poll() is None:
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
-        proc.wait()
-        log.close()
-    # the cluster's processes die with their GCS; a worker may finish an epoch or two first
-    import psutil
-
-    def of_this_run(p: psutil.Process) -> bool:
-        try:
-            return p.environ().get("RAY_TMPDIR") == ray_tmp
-        except (psutil.Error, OSError):
-            return False
-
-    _, alive = psutil.wait_procs([p for p in psutil.process_iter() if of_this_run(p)], timeout=120)
-    for p in alive:  # still running after 2 minutes: ours (started by this test's driver), so end them
-        p.kill()
+    kill_driver_when(cmd, env, tmp_path / "driver.log", lambda: len(complete(root)) >= 2)
     before = complete(root)
     assert 2 <= len(before) and not list((tmp_path / "models").glob("*/*")), (tmp_path / "driver.log").read_text()[
         -3000:

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cluster_procs import driver_env, foundry_cmd, kill_driver_when
 from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.config import ConfigError
 from modelfoundry.tuning import load_sweep, parse_sweep, run_sweep
@@ -113,27 +112,13 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
     cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    # a short temp dir: Ray's socket paths under it must stay within AF_UNIX's 107 bytes
-    ray_tmp = tempfile.mkdtemp(prefix="mfk", dir="/tmp")
-    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)  # the session's cluster: this driver starts its own
-    cmd = [sys.executable, "-m", "modelfoundry.cli", "tune", "--config", str(path)]
-    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env, _ = driver_env(tmp_path, "mfk")
+    cmd = foundry_cmd("tune", "--config", str(path))
     exp_root = tmp_path / "runs" / "resumable-sweep"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and len(_finished_trials(exp_root, epochs=8)) < 1 and proc.poll() is None:
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
-        proc.wait()
-        log.close()
+    kill_driver_when(cmd, env, tmp_path / "driver.log", lambda: len(_finished_trials(exp_root, epochs=8)) >= 1)
     before = _finished_trials(exp_root, epochs=8)
     driver_log = (tmp_path / "driver.log").read_text()[-3000:]
     assert 1 <= len(before) < 4, f"the driver must die mid-sweep, after a trial finished:\n{driver_log}"
-    time.sleep(2)
     out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -148,10 +133,8 @@ def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
     cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    ray_tmp = tempfile.mkdtemp(prefix="mfi", dir="/tmp")
-    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "modelfoundry.cli", "tune", "--config", str(path), "--json"]
+    env, _ = driver_env(tmp_path, "mfi")
+    cmd = foundry_cmd("tune", "--config", str(path), "--json")
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
