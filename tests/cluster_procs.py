@@ -26,10 +26,10 @@ def kill_matching(text: str) -> None:
     psutil.wait_procs(mine, timeout=30)
 
 
-def wait_for_cluster_exit(ray_tmp: str, timeout: float = 120) -> None:
-    """Until every process of the local cluster started with RAY_TMPDIR=ray_tmp has exited (they
-    die with their GCS, a worker may finish an epoch first); any still running after `timeout`
-    is ended: the calling test started it."""
+def kill_cluster(ray_tmp: str) -> None:
+    """SIGKILL every process of the local cluster a driver started with RAY_TMPDIR=ray_tmp (Ray's
+    workers are not in the driver's process group: left alone they train on for a second or two
+    until they notice their GCS is gone) and wait until they are gone."""
 
     def ours(p: psutil.Process) -> bool:
         try:
@@ -37,9 +37,13 @@ def wait_for_cluster_exit(ray_tmp: str, timeout: float = 120) -> None:
         except (psutil.Error, OSError):
             return False
 
-    _, alive = psutil.wait_procs([p for p in psutil.process_iter() if ours(p)], timeout=timeout)
-    for p in alive:
-        p.kill()
+    procs = [p for p in psutil.process_iter() if ours(p)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=60)
 
 
 def driver_env(home: Path, prefix: str) -> tuple[dict[str, str], str]:
@@ -57,7 +61,7 @@ def foundry_cmd(*args: str) -> list[str]:
 
 def kill_driver_when(cmd: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
     """Run a driver until `ready()` (polled every 0.05 s, at most 10 minutes), then SIGKILL it and
-    the local cluster it started, and wait until all of that cluster's processes are gone."""
+    every process of the local cluster it started, as when the machine running them fails."""
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 600
@@ -67,5 +71,5 @@ def kill_driver_when(cmd: list[str], env: dict[str, str], log: Path, ready: Call
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and its process group
+            kill_cluster(env["RAY_TMPDIR"])
             proc.wait()
-    wait_for_cluster_exit(env["RAY_TMPDIR"])

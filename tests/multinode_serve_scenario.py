@@ -96,6 +96,7 @@ def main(tmp: Path, port: int) -> None:
         }
         security = {
             "auth_mode": os.environ.get("RAY_AUTH_MODE"),
+            "usage_stats": os.environ.get("RAY_USAGE_STATS_ENABLED"),
             "token_mode": oct(stat.S_IMODE(os.stat(cluster.token_file).st_mode)),
             "token_dir_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(cluster.token_file)).st_mode)),
             "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),

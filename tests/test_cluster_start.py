@@ -63,6 +63,8 @@ def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
         assert again.returncode == 0 and len(token.read_text()) == 64
         head = _start_command(cfg["head_start_ray_commands"])
         assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE" not in head  # the env export sets it
+        for line in (head, _start_command(cfg["worker_start_ray_commands"])):
+            assert "--disable-usage-stats" in line and 'eval "$(python3 -m modelfoundry.cluster env)"' in line
         head = head.replace("--port=6379", f"--port={gcs}").replace(
             "--autoscaling-config=~/ray_bootstrap_config.yaml",
             "",  # no cloud provider here: no autoscaler

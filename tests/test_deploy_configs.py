@@ -188,6 +188,7 @@ def test_cluster_env_exports_token_auth_and_the_loopback_haproxy():
     ).stdout
     exports = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines())
     assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert exports["RAY_USAGE_STATS_ENABLED"] == "0"
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in exports  # nodes keep Ray's ports
     for binary in (exports["RAY_SERVE_HAPROXY_BINARY_PATH"], exports["MODELFOUNDRY_HAPROXY_REAL_BINARY"]):
         assert os.access(binary, os.X_OK), binary

@@ -46,6 +46,11 @@ def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
     assert out["stages"] == {"stage-0": "zone_a", "stage-1": "zone_b"}
     # the same rules as the embedded cluster: token auth, the token owner-only from the start,
     # every node on loopback, nothing but Serve's token-checked replica gRPC beyond it
-    assert out["auth_mode"] == "token" and out["token_mode"] == "0o600" and out["token_dir_mode"] == "0o700"
+    assert (
+        out["usage_stats"] == "0"
+        and out["auth_mode"] == "token"
+        and out["token_mode"] == "0o600"
+        and out["token_dir_mode"] == "0o700"
+    )
     assert out["node_ips"] == ["127.0.0.1"] and out["exposed"] == [], out
     assert out["no_token_client"] != "CONNECTED" and "token" in out["no_token_client"].lower(), out

@@ -270,23 +270,35 @@ def test_autoscaling_rises_under_load_and_falls_back(served):
             },
         },
     )
-    body = {"instances": served["digits"].x_test[:4].tolist()}
+    # 256 inputs a request, encoded once: the replica (parse, validate, run, answer 256) is the
+    # bottleneck, not the client, so requests queue there on any machine (with 4 inputs a request
+    # the client was the bottleneck: one request at a time reached the replica, never above target)
+    body = json.dumps({"instances": served["digits"].x_test[:256].tolist()}).encode()
 
     async def load(seconds: float) -> int:
-        sent = 0
+        """16 clients until a second replica runs: bounded in time and count. The replica count
+        is watched by one task twice a second (a status call per request made the clients wait
+        on it, one request in flight at a time, and the autoscaler never saw load)."""
+        sent, scaled = 0, False
         deadline = time.monotonic() + seconds
         async with httpx.AsyncClient(base_url=URL, timeout=60) as client:
 
             async def worker():
                 nonlocal sent
-                # bounded in time and count; the count is far above what any machine sends before
-                # a replica starts (3,000 was not: a fast quiet machine sent them in ~1 s)
-                while time.monotonic() < deadline and _running_replicas("Ingress") < 2 and sent < 200_000:
-                    r = await client.post("/v1/models/cnn-d:predict", json=body)
+                while not scaled and time.monotonic() < deadline and sent < 200_000:
+                    r = await client.post(
+                        "/v1/models/cnn-d:predict", content=body, headers={"content-type": "application/json"}
+                    )
                     assert r.status_code == 200
                     sent += 1
 
-            await asyncio.gather(*(worker() for _ in range(16)))
+            async def watch():
+                nonlocal scaled
+                while not scaled and time.monotonic() < deadline:
+                    scaled = await asyncio.to_thread(_running_replicas, "Ingress") >= 2
+                    await asyncio.sleep(0.5)
+
+            await asyncio.gather(watch(), *(worker() for _ in range(16)))
         return sent
 
     assert _running_replicas("Ingress") == 1
@@ -351,6 +363,9 @@ def test_every_listener_stays_on_loopback_during_a_served_run(served):
     client = deploy(served, model="cnn-d")
     assert client.get("/healthz").status_code == 200
     assert ray.util.get_node_ip_address() == "127.0.0.1"
+    import os
+
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # set by connect() before the cluster started
     me = psutil.Process()
     tree = {p.pid: p for p in [me, *me.children(recursive=True)]}
     listeners = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in tree]

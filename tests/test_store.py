@@ -82,3 +82,22 @@ def test_object_store_exports_claim_a_number_and_skip_one_still_uploading(tmp_pa
     (tmp_path / "store" / "m" / "2" / ".owner").write_text("another export")
     assert store.resolve(root, "m").endswith("/m/1")
     assert store.export(ckpt, root, "m")["version"] == 3  # the claimed number is skipped
+
+
+def test_a_truncated_optimizer_state_is_refused_and_published_models_carry_none(tmp_path):
+    from modelfoundry.artifacts import CheckpointError, verify
+
+    torch.manual_seed(0)
+    model = build_model("mlp", "tiny", input_shape=(1, 8, 8), output_dim=10)
+    state = {"epoch": 1, "optimizer": {"w": torch.zeros(100)}}
+    ckpt = write_checkpoint(tmp_path / "ckpt", model, dataset={}, metrics={}, train_state=state)
+    assert "state_sha256" in verify(ckpt)
+    published = store.export(str(ckpt), str(tmp_path / "store"), "m")  # without state.pt
+    assert "state_sha256" not in verify(published["path"])
+    data = (ckpt / "state.pt").read_bytes()
+    (ckpt / "state.pt").write_bytes(data[: len(data) // 2])  # what a full disk leaves
+    with pytest.raises(CheckpointError, match="state.pt has sha256"):
+        verify(ckpt)
+    (ckpt / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match="state.pt is missing"):
+        verify(ckpt)

@@ -115,11 +115,12 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 def test_storage_filling_up_during_a_checkpoint_leaves_the_last_good_one_usable(ray_cluster, tmp_path):
     mount = Path(tempfile.mkdtemp(prefix="mf-full-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], check=True)
     try:
-        # a checkpoint of this MLP is ~200 KB (weights + Adam state): two fit, the third cannot
+        # a checkpoint of this MLP is ~60 KB (weights 18 KB + Adam state 37 KB): two fit, the third
+        # cannot
         base = job(tmp_path, "disk-full", epochs=6, keep_checkpoints=10, max_failures=1, storage=str(mount / "runs"))
-        base["model"] = {"family": "mlp", "preset": "default", "hidden_sizes": [256, 128]}
+        base["model"] = {"family": "mlp", "preset": "default", "hidden_sizes": [64]}
         with pytest.raises(RuntimeError) as err:
             train(parse_config(base))
         assert "No space left on device" in str(err.value), str(err.value)  # the cause, named

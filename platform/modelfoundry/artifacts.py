@@ -84,6 +84,7 @@ def write_checkpoint(
         "metrics": metrics,
         "versions": library_versions(),
         "sha256": sha256_file(d / MODEL_FILE),
+        **({"state_sha256": sha256_file(d / STATE_FILE)} if train_state is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
@@ -107,18 +108,24 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def verify(directory: str | Path) -> dict[str, Any]:
-    """model.json's metadata, after checking model.pt against its recorded sha256."""
+    """model.json's metadata, after checking model.pt (and, in a training checkpoint, state.pt)
+    against the sha256 model.json records: a truncated or corrupt file is refused."""
     d = Path(directory)
     meta = read_meta(d)
     weights = d / MODEL_FILE
     if not weights.is_file():
         raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
-    actual = sha256_file(weights)
-    if actual != meta["sha256"]:
-        raise CheckpointError(
-            f"checkpoint {d} failed its integrity check: {MODEL_FILE} has sha256 {actual[:16]}..., "
-            f"model.json records {meta['sha256'][:16]}... (corrupt or tampered; refusing to load it)"
-        )
+    for name, key in ((MODEL_FILE, "sha256"), (STATE_FILE, "state_sha256")):
+        if key not in meta:  # state.pt: only in training checkpoints, not in published models
+            continue
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d} is not a complete checkpoint: {name} is missing")
+        actual = sha256_file(d / name)
+        if actual != meta[key]:
+            raise CheckpointError(
+                f"checkpoint {d} failed its integrity check: {name} has sha256 {actual[:16]}..., "
+                f"model.json records {meta[key][:16]}... (corrupt, truncated or tampered; refusing to load it)"
+            )
     return meta
 
 

@@ -8,6 +8,7 @@ concurrent exports of one name get distinct versions (see export).
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
 import tempfile
@@ -54,8 +55,10 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
         verify(local)  # never publish a corrupt checkpoint
         staged = Path(tmp) / "staged"
         staged.mkdir()
-        for f in ("model.pt", "model.json"):  # optimizer state is not part of a published model
-            shutil.copy2(local / f, staged / f)
+        shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
+        meta = json.loads((local / "model.json").read_text())
+        meta.pop("state_sha256", None)
+        (staged / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         fs, root = filesystem(store)
         fs.create_dir(f"{root}/{name}", recursive=True)
         if isinstance(fs, pafs.LocalFileSystem):  # a path or a file:// URI: atomic rename

@@ -52,10 +52,12 @@ class Stage:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return self.runner.run_batch(xs)
+        return await asyncio.to_thread(self.runner.run_batch, xs)
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
-        return await self._batched(x) if self.batching else self.runner.run(x)
+        # the model runs in a thread: the replica's event loop (which its metrics pusher and
+        # health checks share) stays free even when the replica is saturated
+        return await self._batched(x) if self.batching else await asyncio.to_thread(self.runner.run, x)
 
 
 app = FastAPI(title="modelfoundry model service", description="KServe v1 / TF-Serving style REST API")
@@ -169,14 +171,16 @@ class Ingress:
     # ---- helpers
     async def forward(self, x: np.ndarray) -> np.ndarray:
         if self.local is not None:
-            return await self._batched(x) if self.spec.get("batching") else self.local.run(x)
+            # in a thread: model work on the event loop starved the replica's autoscaling metrics
+            # pusher under sustained load (a saturated replica reported no load and never scaled)
+            return await self._batched(x) if self.spec.get("batching") else await asyncio.to_thread(self.local.run, x)
         for stage in self.stages:  # split: each hop is a call to another service
             x = await stage.remote(x)
         return x
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return self.local.run_batch(xs)
+        return await asyncio.to_thread(self.local.run_batch, xs)
 
     def _check_name(self, name: str) -> None:
         if name != self.name:

@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from modelfoundry.artifacts import MODEL_FILE, load_train_state, unwrap, write_checkpoint
+from modelfoundry.artifacts import MODEL_FILE, load_train_state, unwrap, verify, write_checkpoint
 from modelfoundry.config import JobConfig, parse_config
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.storage import filesystem, join
@@ -127,6 +127,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
         checkpoint, seeded = ray.train.Checkpoint(loop_config["start_from"]), True
     if checkpoint:
         with checkpoint.as_directory() as d:
+            verify(d)  # a truncated or corrupt checkpoint is refused, never half-loaded
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
             state = load_train_state(d)
         if state:
