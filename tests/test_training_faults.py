@@ -21,23 +21,7 @@ from cluster_procs import driver_env, foundry_cmd, kill_driver_when
 from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
 from modelfoundry.config import parse_config
 from modelfoundry.training import train
-
-
-def job(tmp_path: Path, name: str, **train) -> dict:
-    return {
-        "name": name,
-        "model": {"family": "mlp", "preset": "tiny"},
-        "data": {"dataset": "digits"},
-        "train": {
-            "epochs": 8,
-            "batch_size": 32,
-            "lr": 0.01,
-            "num_workers": 2,
-            "storage": str(tmp_path / "runs"),
-            "model_store": str(tmp_path / "models"),
-            **train,
-        },
-    }
+from test_training import job  # the same small MLP job on digits
 
 
 def checkpoints(run_root: Path) -> list[Path]:
