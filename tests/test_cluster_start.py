@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import yaml
 
 from cluster_procs import kill_matching
@@ -28,12 +29,18 @@ def _run(cmd: str, home: Path, timeout: int = 180) -> subprocess.CompletedProces
     return subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=timeout, cwd=home)
 
 
+STOP = "python3 -m modelfoundry.cluster stop"
+
+
 def _start_command(commands: list[str]) -> str:
-    """The node's `ray start` line (the `ray stop` before it is for a reused cloud node: never run
-    here, it would stop every Ray process on this machine)."""
+    """The node's `ray start` line; before it, only the node-scoped stop (for a reused node)."""
     (line,) = [c for c in commands if "ray start" in c]
-    assert [c for c in commands if c != line] == ["ray stop"]
+    assert commands == [STOP, line]
     return line
+
+
+def _alive(text: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if text in " ".join(p.info["cmdline"] or [])]
 
 
 def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
@@ -70,6 +77,8 @@ def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
             "",  # no cloud provider here: no autoscaler
         )
         head += f"{isolate()} --dashboard-port={dash} --ray-client-server-port={free_port()} --temp-dir={temp_dir}/h"
+        out = _run(STOP, head_home)  # a fresh node: nothing of ours to stop
+        assert out.returncode == 0 and "stopped 0 " in out.stdout, out.stderr
         out = _run(head, head_home)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
@@ -101,6 +110,14 @@ def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
         refused = _run(f'RAY_AUTH_MODE=token timeout 60 python3 -c "{probe}"', tmp_path)
         assert refused.returncode != 0 and "NODES" not in refused.stdout
         assert "token" in (refused.stdout + refused.stderr).lower()
+
+        # each node's stop ends its own processes, and only those: the worker's first
+        before = len(_alive(f"{temp_dir}/"))
+        out = _run(STOP, worker_home)
+        assert out.returncode == 0 and not _alive(f"{temp_dir}/w") and _alive(f"{temp_dir}/h"), out.stdout
+        out = _run(STOP, head_home)
+        assert out.returncode == 0 and not _alive(f"{temp_dir}/"), out.stdout
+        assert before > 5  # GCS, raylets, agents, dashboard...
     finally:
         kill_matching(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)

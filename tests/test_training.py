@@ -166,3 +166,18 @@ def test_a_run_started_from_another_runs_checkpoint_takes_its_own_hyperparameter
     epochs = [(h["epoch"], h["lr"]) for h in meta["history"]]
     assert [e for e, _ in epochs] == [1, 2, 3, 4]  # the donor's two epochs, then this run's
     assert [lr for _, lr in epochs] == [pytest.approx(0.01)] * 2 + [pytest.approx(0.003)] * 2
+
+
+def test_the_resume_config_check_reads_and_writes_uri_run_paths(tmp_path, capsys):
+    """Runs on a cluster live under storage URIs: job.json goes through pyarrow's filesystem."""
+    from modelfoundry.training.trainer import check_resume_config, write_run_config
+
+    cfg = parse_config(job(tmp_path, "uri-run"))
+    run = f"file://{tmp_path}/runs/uri-run/run-1"
+    write_run_config(run, cfg)
+    assert (tmp_path / "runs" / "uri-run" / "run-1" / "job.json").is_file()
+    check_resume_config(run, cfg, set())  # the same config: nothing to say
+    with pytest.raises(ValueError, match="train.lr: 0.01 -> 0.5"):
+        check_resume_config(run, parse_config(job(tmp_path, "uri-run", lr=0.5)), set())
+    check_resume_config(f"file://{tmp_path}/runs/uri-run/older", cfg, set())  # a run from before job.json
+    assert "has no job.json (an older run); config not checked" in capsys.readouterr().out

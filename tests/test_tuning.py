@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster_procs import driver_env, foundry_cmd, kill_driver_when
+from cluster_procs import driver_env, foundry_cmd, kill_cluster, kill_driver_when
 from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.config import ConfigError
 from modelfoundry.tuning import load_sweep, parse_sweep, run_sweep
@@ -105,13 +105,19 @@ def _finished_trials(exp_root: Path, epochs: int = 3) -> dict[str, int]:
     return out
 
 
-def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    # trials reuse one process and take about a second each: poll often, so the driver dies
-    # after the first trial finished and before the last did
-    cfg = sweep_dict(tmp_path, "resumable-sweep", samples=4, epochs=8)
+def _one_at_a_time_sweep(tmp_path: Path, name: str) -> Path:
+    """A sweep YAML of 4 FIFO trials of 8 epochs, one trial at a time (about a second each)."""
+    cfg = sweep_dict(tmp_path, name, samples=4, epochs=8)
     cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    # trials reuse one process and take about a second each: poll often, so the driver dies
+    # after the first trial finished and before the last did
+    path = _one_at_a_time_sweep(tmp_path, "resumable-sweep")
     env, _ = driver_env(tmp_path, "mfk")
     cmd = foundry_cmd("tune", "--config", str(path))
     exp_root = tmp_path / "runs" / "resumable-sweep"
@@ -129,10 +135,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
 
 
 def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
-    cfg = sweep_dict(tmp_path, "interrupted-sweep", samples=4, epochs=8)
-    cfg["tune"].update({"scheduler": "fifo", "max_concurrent_trials": 1})
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _one_at_a_time_sweep(tmp_path, "interrupted-sweep")
     env, _ = driver_env(tmp_path, "mfi")
     cmd = foundry_cmd("tune", "--config", str(path), "--json")
     proc = subprocess.Popen(
@@ -149,6 +152,7 @@ def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        kill_cluster(env["RAY_TMPDIR"])  # anything of its cluster still running: this test started it
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "TypeError" not in err, err[-3000:]
     assert "trial(s) finished" in err and f"foundry tune --config {path} --resume" in err, err[-3000:]

@@ -10,6 +10,7 @@ directory. Serve reads these settings from the environment of the processes `ray
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -84,6 +85,9 @@ def token_path() -> Path:
 
 
 USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+# exported by `cluster env` with this user's HOME: every process `ray start` launches on a node
+# inherits it, which is how `cluster stop` finds exactly those (and not another cluster's)
+NODE_ENV = "MODELFOUNDRY_RAY_NODE"
 
 
 def provision_token(path: Path | None = None, create: bool = True) -> Path:
@@ -196,11 +200,59 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
-USAGE = """usage: python -m modelfoundry.cluster env | token [--require]
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def node_processes() -> list[int]:
+    """This user's processes started after `cluster env` on this node (Linux /proc): those whose
+    environment holds MODELFOUNDRY_RAY_NODE=<this HOME>, this process and its parents excepted."""
+    marker = f"{NODE_ENV}={Path.home()}".encode()
+    skip, found = _ancestors(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in skip:
+            continue
+        try:
+            if d.stat().st_uid == os.getuid() and marker in (d / "environ").read_bytes().split(b"\0"):
+                found.append(int(d.name))
+        except OSError:  # gone, or not readable
+            continue
+    return found
+
+
+def stop_node(grace_s: float = 15.0) -> int:
+    """End the Ray processes this node's `ray start` launched (SIGTERM, then SIGKILL after
+    grace_s). Ray's own stop command ends every Ray process on the machine, other users' and
+    other clusters' included; this ends only those carrying this node's marker. Returns how many."""
+    import signal
+    import time
+
+    pids = node_processes()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while node_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in node_processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+USAGE = """usage: python -m modelfoundry.cluster env | token [--require] | stop
   env              print the node's settings (token auth, usage stats off, Serve fast path) as exports:
                    eval "$(python -m modelfoundry.cluster env)" before `ray start`
   token            create the cluster token (0600 in a 0700 directory) unless one exists: on the head
-  token --require  check (and narrow to 0600) the token a worker got from the head; fail if missing"""
+  token --require  check (and narrow to 0600) the token a worker got from the head; fail if missing
+  stop             end the Ray processes started on this node after `env` (never other clusters')"""
 
 
 def main(argv: list[str]) -> int:
@@ -208,9 +260,12 @@ def main(argv: list[str]) -> int:
     import sys
 
     if argv == ["env"]:
-        env = {"RAY_AUTH_MODE": "token", USAGE_STATS_ENV: "0", **serve_env(local=False)}
+        env = {"RAY_AUTH_MODE": "token", USAGE_STATS_ENV: "0", NODE_ENV: str(Path.home()), **serve_env(local=False)}
         for key, value in env.items():
             print(f"export {key}={shlex.quote(value)}")
+        return 0
+    if argv == ["stop"]:
+        print(f"stopped {stop_node()} Ray process(es) of this node")
         return 0
     if argv in (["token"], ["token", "--require"]):
         try:

@@ -247,7 +247,7 @@ def check_resume_config(run_path: str, cfg: JobConfig, allow_changes: set[str]) 
     try:
         with fs.open_input_stream(f"{path}/{RUN_CONFIG_FILE}") as f:
             saved = json.loads(f.read())
-    except (FileNotFoundError, OSError):
+    except OSError:  # FileNotFoundError included
         print(f"[{cfg.name}] warning: {run_path} has no {RUN_CONFIG_FILE} (an older run); config not checked")
         return
     if saved.get("sha256") == config_hash(cfg):
