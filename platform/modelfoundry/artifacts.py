@@ -5,6 +5,12 @@ A checkpoint is a directory holding
   model.json   family, hyperparameters, input spec, dataset, metrics, library versions, and the
                sha256 of model.pt (checked on every read: a mismatch is refused)
   state.pt     optional: optimizer state and epoch, for resuming training (not needed to serve)
+
+A compressed model (compression/) is a checkpoint like any other: a pruned model or a distilled
+student is a smaller model of its family (its own config); a quantized one records
+"quantization": {"scheme": ...} in model.json and stores int8 weights as plain int8 tensors with
+their scales (compression/quantize.py documents the layout). "compression" records the method,
+its parameters, the parent (name, version, sha256) and the measures before and after.
 """
 
 from __future__ import annotations
@@ -66,12 +72,16 @@ def write_checkpoint(
     metrics: dict[str, Any],
     extra: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write model.pt (+ state.pt) and then model.json, which names model.pt's sha256."""
+    """Write model.pt (+ state.pt) and then model.json, which names model.pt's sha256.
+    `state`: the tensors to store instead of the model's own (a quantized model's; the model then
+    gives the family and config its structure is rebuilt from)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     m = unwrap(model)
-    state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    if state is None:
+        state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
     torch.save(state, d / MODEL_FILE)
     if train_state is not None:
         torch.save(train_state, d / STATE_FILE)
@@ -142,12 +152,25 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
         model = build_model(meta["family"], "default", **meta["config"])
+        scheme = (meta.get("quantization") or {}).get("scheme")
         try:
-            state = torch.load(local / MODEL_FILE, map_location=device, weights_only=True)
-            model.load_state_dict(state)
+            state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
+            if scheme:
+                from modelfoundry.compression.quantize import load_quantized
+
+                model = load_quantized(model, scheme, state, device)
+            else:
+                model.load_state_dict(state)
         except Exception as err:  # unpickling refused or shapes differ: the file is not ours
             raise CheckpointError(f"cannot load weights from {local / MODEL_FILE}: {err}") from None
     return LoadedModel(model.to(device).eval(), meta, str(location))
+
+
+def runs_on_cpu_only(meta: dict[str, Any]) -> bool:
+    """Whether the model's kernels exist on the CPU only (int8 quantized with torch's CPU engines)."""
+    from modelfoundry.compression.quantize import CPU_ONLY
+
+    return (meta.get("quantization") or {}).get("scheme") in CPU_ONLY
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(r)
     r.add_argument("--port", type=int, default=8000)
 
+    c = sub.add_parser("compress", help="quantize, prune or distil a model-store entry into a new entry")
+    c.add_argument("parent", help="the model to compress: NAME or NAME:VERSION in the model store")
+    c.add_argument("--config", required=True, help="compression YAML (see jobs/configs/compress_*.yaml)")
+    c.add_argument("--name", help="model-store name of the result (default: from the config, else <parent>-<method>)")
+    c.add_argument("--store", help="model store directory or URI (default: the config's train.model_store)")
+    c.add_argument("--storage", help="run storage for fine-tuning / distillation (train.storage)")
+    c.add_argument("--workers", type=int, help="training workers for fine-tuning / distillation")
+    c.add_argument("--epochs", type=int, help="fine-tuning / distillation epochs")
+    c.add_argument("--gpu", action="store_true", help="fine-tune / distil on GPUs (one per worker)")
+    _add_cluster_args(c)
+
     s = sub.add_parser("serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
     s.add_argument("target", help="a model-store name, or a serve_apps/*.yaml file")
     s.add_argument("--split", help="cut the model into stage services: auto, auto:K, or JSON groups like [[0],[1,2]]")
@@ -47,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
 
     sb = sub.add_parser("submit", help="submit train/tune as a Ray job to a running cluster and follow it")
-    sb.add_argument("kind", choices=["train", "tune"])
+    sb.add_argument("kind", choices=["train", "tune", "compress"])
     sb.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
     sb.add_argument("--working-dir", help="the project root to upload (default: this installation's)")
     sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
@@ -153,6 +164,45 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
     for f in s["files"]:
         print(f"   wrote {f}")
+    if args.json:
+        print_json(s)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from modelfoundry.compression.config import load_compress
+    from modelfoundry.compression.run import compress, plan
+
+    overrides = {
+        "name": args.name,
+        "train.model_store": args.store,
+        "train.storage": args.storage,
+        "train.num_workers": args.workers,
+        "train.epochs": args.epochs,
+        "train.use_gpu": True if args.gpu else None,
+    }
+    cfg = load_compress(args.config, {k: v for k, v in overrides.items() if v is not None})
+    p = plan(args.parent, cfg)  # every mistake fails here: no Ray work, nothing written
+    if cfg.method != "quantize":  # fine-tuning and distillation train on Ray Train
+        from modelfoundry.cluster import connect
+
+        print(connect(args.address), flush=True)
+    s = compress(p)
+    b, a = s["before"], s["after"]
+    print(
+        f"\n== {s['name']} v{s['version']}: {s['method']} {s['params']} of {s['parent']['name']} v{s['parent']['version']}"
+    )
+    print(f"   {'':14} {'parent':>12} {'compressed':>12} {'ratio':>7}")
+    for k in [*s["ratios"], *(k for k in a if k.startswith("test_"))]:
+        ratio = f"{s['ratios'][k]:7.3f}" if k in s["ratios"] else ""
+        print(
+            f"   {k:14} {b[k]:12.4f} {a[k]:12.4f} {ratio}"
+            if isinstance(b[k], float)
+            else f"   {k:14} {b[k]:12} {a[k]:12} {ratio}"
+        )
+    if s["agreement"] is not None:
+        print(f"   agreement with the parent on the test split: {s['agreement']:.4f}")
+    print(f"   path: {s['path']}")
     if args.json:
         print_json(s)
     return 0
@@ -271,6 +321,7 @@ COMMANDS = {
     "train": cmd_train,
     "tune": cmd_tune,
     "run": cmd_run,
+    "compress": cmd_compress,
     "serve": cmd_serve,
     "jobs": cmd_jobs,
     "models": cmd_models,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -20,11 +21,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from modelfoundry.artifacts import MODEL_FILE, load_train_state, unwrap, verify, write_checkpoint
+from modelfoundry.artifacts import MODEL_FILE, load_checkpoint, load_train_state, unwrap, verify, write_checkpoint
 from modelfoundry.config import JobConfig, parse_config
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.storage import filesystem, join
-from modelfoundry.training.tasks import batch_loss, summarize, task_of
+from modelfoundry.training.tasks import batch_loss, distill_loss, summarize, task_of
 
 
 class InjectedFault(RuntimeError):
@@ -154,6 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
     y_std = float(stats["y_std"])
+    teacher = load_teacher(loop_config.get("teacher"), device)
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         maybe_inject_fault(cfg, loop_config["run_path"], epoch, rank)
@@ -168,7 +170,12 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
             local_shuffle_seed=cfg.train.seed + epoch,
         ):
             with autocast():
-                loss, batch_sums = batch_loss(task, model, batch["x"], batch["y"], y_std)
+                if teacher:
+                    loss, batch_sums = distill_loss(
+                        model, teacher.model, batch["x"], batch["y"], teacher.temperature, teacher.alpha
+                    )
+                else:
+                    loss, batch_sums = batch_loss(task, model, batch["x"], batch["y"], y_std)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -246,6 +253,23 @@ def report(
         f"{metrics['samples_per_s']:.0f} samples/s, report {time.perf_counter() - t0:.2f}s",
         flush=True,
     )
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    temperature: float
+    alpha: float
+
+
+def load_teacher(spec: dict | None, device: torch.device) -> Teacher | None:
+    """Distillation: the teacher (a model-store path, sha256-checked) frozen on this worker."""
+    if not spec:
+        return None
+    loaded = load_checkpoint(spec["path"], device=str(device))
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    return Teacher(loaded.model.eval(), float(spec["temperature"]), float(spec["alpha"]))
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -44,6 +44,23 @@ def batch_loss(
     return loss, {"loss": loss.detach() * n, "recon": recon.detach().sum(), "kl": kl.detach().sum(), "n": n}
 
 
+def distill_loss(
+    student, teacher, x: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
+    """Knowledge distillation (Hinton et al. 2015): alpha x the KL divergence between the teacher's
+    and the student's softened class distributions (scaled by T^2 so its gradients keep their size
+    as T changes) + (1 - alpha) x cross-entropy on the labels. The teacher runs frozen."""
+    n = x.shape[0]
+    logits = student(x).float()
+    with torch.no_grad():
+        target = teacher(x).float()
+    t = temperature
+    soft = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), log_target=True, reduction="batchmean")
+    hard = F.cross_entropy(logits, y)
+    loss = alpha * t * t * soft + (1 - alpha) * hard
+    return loss, {"loss": loss.detach() * n, "correct": (logits.argmax(1) == y).sum(), "n": n}
+
+
 def summarize(task: Task, sums: dict[str, float], prefix: str) -> dict[str, float]:
     n = max(sums.get("n", 0), 1)
     out = {f"{prefix}_loss": sums["loss"] / n}

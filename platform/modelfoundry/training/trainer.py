@@ -115,7 +115,9 @@ def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterat
         yield x[index[r::world]], y[index[r::world]]
 
 
-def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = None) -> dict[str, Any]:
+def loop_config(
+    cfg: JobConfig, splits, run_path: str, start_from: str | None = None, teacher: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything a worker needs, as plain data (the job config travels as a dict)."""
     task = task_of(cfg.model.family, splits.spec.task)
     stats = splits.stats()
@@ -134,6 +136,7 @@ def loop_config(cfg: JobConfig, splits, run_path: str, start_from: str | None = 
         },
         "run_path": run_path,
         "start_from": start_from,  # a checkpoint to start from when the run has none of its own
+        "teacher": teacher,  # distillation: {"path", "temperature", "alpha"}
     }
 
 
@@ -144,6 +147,7 @@ def make_trainer(
     run_name: str,
     callbacks: list | None = None,
     start_from: str | None = None,
+    teacher: dict[str, Any] | None = None,
 ):
     """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial. `start_from`: a
     checkpoint (directory or URI) to start from, with `cfg`'s hyperparameters (PBT's exploit)."""
@@ -156,7 +160,7 @@ def make_trainer(
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
-    config = loop_config(cfg, splits, join(storage_path, run_name), start_from)
+    config = loop_config(cfg, splits, join(storage_path, run_name), start_from, teacher)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
         # each rank's share goes to the object store once and its worker fetches only that (no Ray
@@ -270,11 +274,19 @@ def check_resume_config(run_path: str, cfg: JobConfig, allow_changes: set[str]) 
 
 
 def train(
-    cfg: JobConfig, *, resume: bool = False, export: bool = True, allow_changes: set[str] | frozenset[str] = frozenset()
+    cfg: JobConfig,
+    *,
+    resume: bool = False,
+    export: bool = True,
+    allow_changes: set[str] | frozenset[str] = frozenset(),
+    splits=None,
+    start_from: str | None = None,
+    teacher: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model.
     resume: continue the latest run of cfg.name; its config must match (allow_changes: fields of
-    RESUME_SAFE that may differ)."""
+    RESUME_SAFE that may differ). The compression steps pass `splits` (a distillation's transfer
+    set added), `start_from` (a pruned model to fine-tune) and `teacher` (to distil from)."""
     import ray
     import ray.train
 
@@ -282,7 +294,7 @@ def train(
     from modelfoundry.training.plots import plot_run
 
     t_start = time.perf_counter()
-    splits = load_splits(cfg.data)  # bad data config fails here, before any Ray work
+    splits = splits or load_splits(cfg.data)  # bad data config fails here, before any Ray work
     storage = absolute(cfg.train.storage)
     check_writable(storage)
     check_writable(cfg.train.model_store)
@@ -306,7 +318,7 @@ def train(
         check_resume_config(run_path, cfg, set(allow_changes))
     else:
         write_run_config(run_path, cfg)
-    trainer = make_trainer(cfg, splits, join(storage, cfg.name), run_id)
+    trainer = make_trainer(cfg, splits, join(storage, cfg.name), run_id, start_from=start_from, teacher=teacher)
     print(
         f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
         f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "

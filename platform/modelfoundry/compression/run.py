@@ -1,0 +1,316 @@
+"""`foundry compress`: a model-store entry in, a compressed model-store entry out.
+
+parent (NAME or NAME:VERSION, sha256-checked) -> quantize | prune (+ fine-tune on Ray Train) |
+distill (a student trained on Ray Train against the frozen parent) -> the result loaded exactly as
+serving loads it -> measured beside the parent (size, parameters, p50 latency, test metric,
+agreement) -> exported to the store with its lineage in model.json.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelfoundry.artifacts import LoadedModel, load_checkpoint, read_meta, sha256_file, write_checkpoint
+from modelfoundry.compression.config import CompressConfig
+from modelfoundry.compression.measure import agreement, metric_of, profile, size_bytes
+from modelfoundry.compression.prune import PRUNABLE, parameter_count, prune, widths
+from modelfoundry.compression.quantize import check_scheme, quantize_model
+from modelfoundry.config import ConfigError, DataSection, JobConfig
+from modelfoundry.models import build_model, model_config
+from modelfoundry.storage import absolute, check_writable, download_dir, join, upload_dir
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """NAME or NAME:VERSION -> (name, version or 'latest')."""
+    name, _, version = ref.partition(":")
+    return name, version or "latest"
+
+
+@dataclass
+class Plan:
+    """Everything checked before any work: the parent, its data, the output's name."""
+
+    cfg: CompressConfig
+    parent_name: str
+    parent_version: int
+    parent_path: str
+    parent_meta: dict[str, Any]
+    data: DataSection
+    task: str
+    output: str
+    store: str
+    transfer_path: str | None = None
+
+
+def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan:
+    """Validate the whole request; every mistake raises ValueError naming it, before any Ray work
+    starts and before anything is written to the store."""
+    from modelfoundry import store as model_store
+
+    store = absolute(store or cfg.train.model_store)
+    name, version = parse_ref(parent_ref)
+    path = model_store.resolve(store, name, version)  # unknown name or version: ValueError
+    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
+        meta = read_meta(download_dir(path, tmp))
+    family, task = meta["family"], meta.get("task")
+    if meta.get("quantization"):
+        raise ValueError(f"{parent_ref} is already quantized ({meta['quantization']['scheme']}); compress its parent")
+    data_cfg = (meta.get("dataset") or {}).get("config")
+    if not data_cfg:
+        raise ValueError(f"{parent_ref} records no dataset config in model.json; it cannot be evaluated")
+    data = DataSection.model_validate(data_cfg)
+    input_shape = tuple(meta["input_spec"]["shape"])
+    transfer_path = None
+    if cfg.method == "quantize":
+        check_scheme(cfg.quantize.scheme, family)
+    elif cfg.method == "prune":
+        if family not in PRUNABLE:
+            raise ValueError(f"structured pruning applies to families {list(PRUNABLE)}; {parent_ref} is a {family}")
+    else:
+        d = cfg.distill
+        if task != "classification":
+            raise ValueError(f"distillation needs a classifier teacher; {parent_ref} is a {task} model")
+        try:  # the student must take the teacher's inputs and give its number of classes
+            model_config(
+                d.student.family,
+                d.student.preset,
+                input_shape=input_shape,
+                output_dim=meta["config"]["output_dim"],
+                **d.student.params,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"student {d.student.family}/{d.student.preset} cannot take the teacher's input shape "
+                f"{list(input_shape)}: {err}"
+            ) from None
+        if d.student.family == "vae":
+            raise ValueError("a distillation student must be a classifier family (mlp, cnn, rnn), not vae")
+        if d.transfer:
+            vname, vversion = parse_ref(d.transfer.vae)
+            transfer_path = model_store.resolve(store, vname, vversion)
+            with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
+                vmeta = read_meta(download_dir(transfer_path, tmp))
+            if vmeta["family"] != "vae":
+                raise ValueError(f"transfer.vae {d.transfer.vae!r} is a {vmeta['family']}, not a vae")
+            if tuple(vmeta["input_spec"]["shape"]) != input_shape:
+                raise ValueError(
+                    f"transfer.vae {d.transfer.vae!r} generates inputs of shape {vmeta['input_spec']['shape']}; "
+                    f"the teacher takes {list(input_shape)}"
+                )
+    check_writable(store)
+    if cfg.method != "quantize":
+        check_writable(cfg.train.storage)
+    return Plan(
+        cfg,
+        name,
+        int(path.rstrip("/").rsplit("/", 1)[-1]),
+        path,
+        meta,
+        data,
+        task,
+        cfg.output_name(name),
+        store,
+        transfer_path,
+    )
+
+
+def compress(p: Plan) -> dict[str, Any]:
+    """Run the plan (Ray must be connected for prune fine-tuning and distillation)."""
+    from modelfoundry import store as model_store
+    from modelfoundry.data import load_splits
+
+    t0 = time.perf_counter()
+    cfg = p.cfg
+    parent = load_checkpoint(p.parent_path)  # sha256-checked
+    splits = load_splits(p.data)
+    log = _logger(p.output)
+    log(f"compressing {p.parent_name} v{p.parent_version} ({p.parent_meta['family']}) by {cfg.method} {cfg.summary()}")
+    with tempfile.TemporaryDirectory(prefix="mf-compress-") as tmp:
+        out_dir = Path(tmp) / "out"
+        extra: dict[str, Any] = {"task": p.task, "run": p.output}
+        if cfg.method == "quantize":
+            scheme = cfg.quantize.scheme
+            calib = torch.from_numpy(splits.x_train[: cfg.quantize.calibration_samples])
+            state = quantize_model(_copy(parent.model), scheme, calibration=calib)
+            extra["quantization"] = {"scheme": scheme, "format": "int8 + per-channel float32 scale (::scale)"}
+            write_checkpoint(
+                out_dir, parent.model, dataset=p.parent_meta["dataset"], metrics={}, extra=extra, state=state
+            )
+            log(f"quantized to {scheme}")
+        elif cfg.method == "prune":
+            pruned = prune(parent.model, cfg.prune.ratio)
+            log(
+                f"pruned {parameter_count(parent.model)} -> {parameter_count(pruned)} parameters "
+                f"{widths(parent.model)} -> {widths(pruned)}"
+            )
+            if cfg.prune.finetune:
+                trained = _fine_tune(p, pruned, splits, tmp, log)
+                _copy_checkpoint(trained, out_dir)
+            else:
+                write_checkpoint(out_dir, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra=extra)
+        else:
+            trained = _distill(p, splits, log)
+            _copy_checkpoint(trained, out_dir)
+        result = load_checkpoint(out_dir)  # exactly as serving loads it
+        measures = _measure(p, parent, result, out_dir, splits)
+        metric = metric_of(p.task)
+        log(
+            f"size {measures['parent']['size_bytes']} -> {measures['compressed']['size_bytes']} bytes, "
+            f"{metric} {measures['parent'][metric]:.4f} -> {measures['compressed'][metric]:.4f}, "
+            f"p50 b1 {measures['parent']['p50_ms_b1']:.3f} -> {measures['compressed']['p50_ms_b1']:.3f} ms"
+            if "p50_ms_b1" in measures["parent"]
+            else f"{metric} {measures['parent'][metric]:.4f} -> {measures['compressed'][metric]:.4f}"
+        )
+        meta = json.loads((out_dir / "model.json").read_text())
+        meta["metrics"] = {**meta.get("metrics", {}), **measures["compressed"]}
+        meta["compression"] = {
+            "method": cfg.method,
+            "params": cfg.summary(),
+            "train": cfg.train.model_dump(mode="json") if cfg.method != "quantize" else None,
+            "parent": {
+                "name": p.parent_name,
+                "version": p.parent_version,
+                "sha256": p.parent_meta["sha256"],
+                "family": p.parent_meta["family"],
+                "config": p.parent_meta["config"],
+            },
+            "before": measures["parent"],
+            "after": measures["compressed"],
+            "agreement": measures["agreement"],
+        }
+        (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        entry = model_store.export(str(out_dir), p.store, p.output)
+    log(f"wrote {entry['name']} v{entry['version']} at {entry['path']} in {time.perf_counter() - t0:.1f}s")
+    return {
+        "name": entry["name"],
+        "version": entry["version"],
+        "path": entry["path"],
+        "method": cfg.method,
+        "params": cfg.summary(),
+        "parent": meta["compression"]["parent"] | {"config": None},
+        "before": measures["parent"],
+        "after": measures["compressed"],
+        "agreement": measures["agreement"],
+        "ratios": _ratios(measures["parent"], measures["compressed"]),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _logger(name: str):
+    def log(msg: str) -> None:
+        print(f"[{name}] {msg}", flush=True)
+
+    return log
+
+
+def _copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _copy_checkpoint(location: str, out_dir: Path) -> None:
+    """The trained run's best checkpoint, without its optimizer state (model.json's state_sha256
+    is dropped with it, as store.export does)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="mf-best-") as tmp:
+        src = Path(download_dir(location, tmp))
+        out_dir.mkdir(parents=True)
+        shutil.copy2(src / "model.pt", out_dir / "model.pt")
+        meta = json.loads((src / "model.json").read_text())
+        meta.pop("state_sha256", None)
+        assert meta["sha256"] == sha256_file(out_dir / "model.pt")
+        (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _job(p: Plan, family: str, preset: str, params: dict[str, Any]) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "name": p.output,
+            "model": {"family": family, "preset": preset, **params},
+            "data": p.data.model_dump(mode="json"),
+            "train": p.cfg.train.model_dump(mode="json"),
+        }
+    )
+
+
+def _fine_tune(p: Plan, pruned: torch.nn.Module, splits, tmp: str, log) -> str:
+    """Fine-tune the pruned model with the training loop on Ray Train (DDP), starting from its
+    pruned weights (written to the run storage: every worker, on any node, reads them)."""
+    from modelfoundry.models import config_dict
+    from modelfoundry.training import train
+
+    cfg_model = {k: v for k, v in config_dict(pruned).items() if k not in ("input_shape", "output_dim")}
+    job = _job(p, p.parent_meta["family"], "default", cfg_model)
+    local = Path(tmp) / "pruned"
+    write_checkpoint(local, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra={"task": p.task})
+    init = join(absolute(job.train.storage), job.name, f"pruned-init-{int(time.time())}")
+    upload_dir(str(local), init)
+    log(f"fine-tuning for {job.train.epochs} epochs on {job.train.num_workers} worker(s)")
+    outcome = train(job, export=False, splits=splits, start_from=init)
+    return outcome.checkpoint
+
+
+def _distill(p: Plan, splits, log) -> str:
+    from modelfoundry.training import train
+
+    d = p.cfg.distill
+    job = _job(p, d.student.family, d.student.preset, dict(d.student.params))
+    if d.transfer:
+        splits = with_transfer_set(splits, p.parent_path, p.transfer_path, d.transfer.samples, d.transfer.seed)
+        log(f"transfer set: {d.transfer.samples} inputs synthesised by {d.transfer.vae}, labelled by the teacher")
+    log(
+        f"distilling into {d.student.family}/{d.student.preset} (T={d.temperature}, alpha={d.alpha}) "
+        f"for {job.train.epochs} epochs on {job.train.num_workers} worker(s)"
+    )
+    teacher = {"path": p.parent_path, "temperature": d.temperature, "alpha": d.alpha}
+    return train(job, export=False, splits=splits, teacher=teacher).checkpoint
+
+
+@torch.inference_mode()
+def with_transfer_set(splits, teacher_path: str, vae_path: str, n: int, seed: int):
+    """The training split plus `n` inputs decoded by the VAE from random latents (the article's
+    data synthesis by a generator), labelled with the teacher's predictions."""
+    import dataclasses
+
+    vae = load_checkpoint(vae_path).model
+    teacher = load_checkpoint(teacher_path).model
+    g = torch.Generator().manual_seed(seed)
+    x = vae.sample(n, generator=g).reshape(n, *splits.x_train.shape[1:])
+    # the VAE decodes pixel intensities in [0, 1], the range of the image datasets' inputs
+    y = torch.cat([teacher(c).argmax(1) for c in x.split(512)])
+    return dataclasses.replace(
+        splits,
+        x_train=np.concatenate([splits.x_train, x.numpy().astype(splits.x_train.dtype)]),
+        y_train=np.concatenate([splits.y_train, y.numpy().astype(splits.y_train.dtype)]),
+    )
+
+
+def _measure(p: Plan, parent: LoadedModel, result: LoadedModel, out_dir: Path, splits) -> dict[str, Any]:
+    models = {"parent": parent.model, "compressed": result.model}
+    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
+        parent_size = size_bytes(download_dir(p.parent_path, tmp))
+    sizes = {"parent": parent_size, "compressed": size_bytes(out_dir)}
+    structure = build_model(result.meta["family"], "default", **result.meta["config"])
+    params = {"parent": parameter_count(parent.model), "compressed": parameter_count(structure)}
+    m = p.cfg.measure
+    out = profile(models, sizes, params, p.task, splits, m.rounds, tuple(m.batch_sizes))
+    out["agreement"] = agreement(parent.model, result.model, p.task, splits.x_test)
+    return out
+
+
+def _ratios(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    keys = ["size_bytes", "parameters", *(k for k in before if k.startswith("p50_ms_"))]
+    return {k: round(after[k] / before[k], 4) for k in keys if before.get(k)}
+
+
+__all__ = ["ConfigError", "Plan", "compress", "parse_ref", "plan", "with_transfer_set"]
