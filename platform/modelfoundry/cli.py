@@ -154,6 +154,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         err.args = (f"{err}\n  continue it with: foundry tune --config {args.config} --resume",)
         raise
     s = outcome.summary()
+    if "front" in s:  # a compression sweep
+        print(f"\n== {sweep.name}: {s['trials']} trials; Pareto front over {', '.join(s['objectives'])}:")
+        for r in s["front"]:
+            print("   " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+        for m in s["model_store"]:
+            print(f"   model store: {m['name']} v{m['version']} at {m['path']}")
+        for f in s["files"]:
+            print(f"   wrote {f}")
+        if args.json:
+            print_json(s)
+        return 0
     print(
         f"\n== {sweep.name}: {s['trials']} trials ({s['stopped_early']} stopped early, {s['epochs_total']} epochs); "
         f"best {s['metric']} = {s['best_metric']:.4f} with {s['best_config']}"

@@ -58,6 +58,7 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
         shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
         meta = json.loads((local / "model.json").read_text())
         meta.pop("state_sha256", None)
+        meta.update(extra_meta or {})  # e.g. a Pareto-front member's objectives
         (staged / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         fs, root = filesystem(store)
         fs.create_dir(f"{root}/{name}", recursive=True)

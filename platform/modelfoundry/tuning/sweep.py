@@ -160,9 +160,15 @@ def trial_splits(data) -> Any:
 def make_trial(sweep: SweepConfig, trials_storage: str):
     """The Tune function trainable: sampled config -> job config -> TorchTrainer.fit()."""
     base = sweep.job
-    paths = list(sweep.search)
+    paths = sweep.job_paths()
     t = sweep.tune
     in_process = runs_in_process(sweep)
+    teacher_path = None
+    if sweep.compress and sweep.compress.teacher:
+        from modelfoundry import store
+        from modelfoundry.compression.run import parse_ref
+
+        teacher_path = store.resolve(absolute(base.train.model_store), *parse_ref(sweep.compress.teacher))
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
@@ -183,6 +189,15 @@ def make_trial(sweep: SweepConfig, trials_storage: str):
         )
         run_name = f"{tune.get_context().get_trial_id()}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}"
         splits = trial_splits(cfg.data)
+        if sweep.compress is not None:  # train, compress, measure: the objectives
+            from modelfoundry.tuning.pareto import run_trial
+
+            dims = sweep.compress.model_copy(
+                update={p.removeprefix("compress."): config[p] for p in sweep.compress_paths()}
+            )
+            task = task_of(cfg.model.family, splits.spec.task)
+            run_trial(cfg, dims, splits, join(trials_storage, run_name), teacher_path, task)
+            return
         if in_process:
             run_path = join(trials_storage, run_name)
             train_loop_per_worker(loop_config(cfg, splits, run_path), TuneSession(splits, cfg.train.use_gpu))
@@ -204,7 +219,8 @@ def sweep_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep-"))
 
 
-def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) -> SweepOutcome:
+def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
+    """Run the sweep; a SweepOutcome, or a pareto.ParetoOutcome for a compression sweep."""
     import ray
     from ray import tune
 
@@ -216,6 +232,17 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
     splits = load_splits(sweep.job.data)
     task = task_of(sweep.job.model.family, splits.spec.task)
     metric, mode = metric_and_mode(sweep, task)
+    objs = None
+    if sweep.compress is not None:
+        from modelfoundry.tuning import pareto
+
+        objs = pareto.objectives(sweep, metric, mode)
+        if sweep.compress.teacher:  # a missing teacher fails here, before any trial
+            from modelfoundry.compression.run import parse_ref
+
+            store.resolve(absolute(sweep.job.train.model_store), *parse_ref(sweep.compress.teacher))
+        if sweep.compress.scheme == "static-int8" and sweep.job.model.family != "cnn":
+            raise ConfigError("compress.scheme static-int8 applies to family cnn; use dynamic-int8")
     storage = absolute(sweep.job.train.storage)
     check_writable(storage)
     if not ray.is_initialized():
@@ -253,17 +280,33 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 raise ConfigError("tune.searcher optuna cannot take grid distributions; use choice")
 
             search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
+        if objs and t.searcher != "random":  # several objectives at once: NSGA-II, or TPE's multi-objective mode
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+
+            if any("grid" in s for s in sweep.search.values()):
+                raise ConfigError("a compression sweep's searcher cannot take grid distributions; use choice")
+            sampler = (
+                optuna.samplers.NSGAIISampler(seed=t.seed, population_size=max(2, min(t.num_samples // 2, 50)))
+                if t.searcher == "nsga2"
+                else optuna.samplers.TPESampler(seed=t.seed)
+            )
+            search_alg = tune.search.ConcurrencyLimiter(
+                OptunaSearch(sampler=sampler, metric=[n for n, _ in objs], mode=[m for _, m in objs]),
+                max_concurrent=concurrent,
+            )
+        goal = ", ".join(f"{n} ({m})" for n, m in objs) if objs else f"{metric} ({mode})"
         print(
             f"[{sweep.name}] {t.num_samples} sample(s) over {list(sweep.search)}; {t.scheduler} + {t.searcher}; "
-            f"{concurrent} trial(s) at once; optimising {metric} ({mode}); {exp_path}",
+            f"{concurrent} trial(s) at once; optimising {goal}; {exp_path}",
             flush=True,
         )
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(sweep),
             tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
+                metric=None if objs else metric,
+                mode=None if objs else mode,
                 scheduler=scheduler,
                 search_alg=search_alg,
                 num_samples=t.num_samples,
@@ -281,7 +324,9 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
                 # PBT use). Keeping K forces a sweep-state snapshot every K checkpoints of a
                 # trial, which Tune warns about on every fast epoch: silenced above
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=4, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                    num_to_keep=4,
+                    checkpoint_score_attribute=None if objs else metric,
+                    checkpoint_score_order=mode,
                 ),
             ),
         )
@@ -289,6 +334,11 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True) 
     expected = t.num_samples * math.prod(len(s["grid"]) for s in sweep.search.values() if "grid" in s)
     if len(results) < expected or results.num_terminated + results.num_errors < len(results):
         raise SweepInterrupted(interrupted_message(sweep, results, metric, exp_path))
+    if objs:
+        from modelfoundry.tuning import pareto
+
+        store_dir = absolute(sweep.job.train.model_store) if export else None
+        return pareto.finish(sweep, results, objs, exp_path, store_dir, t_start)
     outcome = summarize(sweep, results, metric, mode, exp_path)
     best_ckpt = outcome.best_config.pop("_checkpoint_path")
     if export and best_ckpt:

@@ -12,6 +12,19 @@ before any trial starts.
       model.hidden_size: {randint: [16, 129]}     # high is exclusive
     tune: {num_samples: 8, scheduler: asha, searcher: random, workers_per_trial: 1}
 
+Compression as a search dimension (a `compress:` section, searched as compress.* paths): each
+trial trains, then prunes (and fine-tunes), distils from a teacher and/or quantizes its model,
+and reports the objectives in tune.objectives (default: the task metric, p50 batch-1 latency and
+size in bytes); tune.searcher nsga2 (Optuna's NSGA-II) searches all of them at once and the sweep
+writes the Pareto front (pareto.csv, pareto.png) and exports its members to the model store.
+
+    search:
+      model.hidden_sizes: {choice: [[32], [64], [128]]}
+      compress.prune_ratio: {choice: [0.0, 0.25, 0.5]}
+      compress.quantize: {choice: [false, true]}
+    compress: {finetune_epochs: 2}
+    tune: {num_samples: 12, scheduler: fifo, searcher: nsga2}
+
 tune.scheduler: asha (default; stops weak trials early), fifo (every trial to the end) or pbt
 (population based training: every perturbation_interval epochs the bottom quantile_fraction of
 trials continue from a top trial's checkpoint with mutated train.lr / weight_decay / momentum /
@@ -50,8 +63,10 @@ class TuneSection(BaseModel):
     num_samples: int = Field(default=8, gt=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"
-    searcher: Literal["random", "optuna"] = "random"
+    searcher: Literal["random", "optuna", "nsga2"] = "random"
     metric: str | None = None  # default: the task's metric (test_accuracy / test_mae / test_neg_elbo)
+    # compression sweeps: what the searcher optimises together (the front is over these)
+    objectives: list[str] | None = None
     grace_period: int = Field(default=2, gt=0)  # ASHA: epochs before a trial can be stopped
     reduction_factor: float = Field(default=3.0, gt=1.0)
     perturbation_interval: int = Field(default=2, gt=0)  # PBT: epochs between exploit/explore steps
@@ -66,12 +81,36 @@ class TuneSection(BaseModel):
     seed: int = 0
 
 
+class CompressDims(BaseModel):
+    """What a compression sweep does to each trial's trained model (compress.* search paths)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prune_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # 0: no pruning
+    finetune_epochs: int = Field(default=2, ge=0)  # after pruning
+    quantize: bool = False
+    scheme: Literal["dynamic-int8", "static-int8", "weight-only-int8", "bf16"] = "dynamic-int8"
+    teacher: str | None = None  # distil from this model-store entry (NAME or NAME:VERSION)
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    latency_rounds: int = Field(default=10, gt=0, le=1000)  # each: 10 batch-1 calls
+
+
+OBJECTIVE_MODES = {"p50_ms_b1": "min", "size_bytes": "min", "parameters": "min"}
+
+
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     job: JobConfig
     search: dict[str, dict[str, list[Any]]]
     tune: TuneSection = TuneSection()
+    compress: CompressDims | None = None
+
+    def job_paths(self) -> list[str]:
+        return [p for p in self.search if not p.startswith("compress.")]
+
+    def compress_paths(self) -> list[str]:
+        return [p for p in self.search if p.startswith("compress.")]
 
 
 def _check_distribution(path: str, spec: Any) -> list[Any]:
@@ -105,10 +144,11 @@ def representatives(kind: str, values: list[Any]) -> list[Any]:
 def parse_sweep(data: dict[str, Any], source: str, base_dir: Path) -> SweepConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"sweep config {source}: expected a mapping")
-    unknown = set(data) - {"name", "base", "job", "overrides", "search", "tune"}
+    unknown = set(data) - {"name", "base", "job", "overrides", "search", "tune", "compress"}
     if unknown:
         raise ConfigError(
-            f"sweep config {source}: unknown field(s) {sorted(unknown)}; allowed: name, base, job, overrides, search, tune"
+            f"sweep config {source}: unknown field(s) {sorted(unknown)}; allowed: name, base, job, overrides, search, "
+            "tune, compress"
         )
     if ("base" in data) == ("job" in data):
         raise ConfigError(
@@ -124,21 +164,67 @@ def parse_sweep(data: dict[str, Any], source: str, base_dir: Path) -> SweepConfi
     search = data.get("search")
     if not isinstance(search, dict) or not search:
         raise ConfigError(f"sweep config {source}: search needs at least one field path, e.g. train.lr")
+    compress = data.get("compress")
+    if compress is None and any(p.startswith("compress.") for p in search):
+        compress = {}
     for path, spec in search.items():
         values = _check_distribution(path, spec)
         kind = next(iter(spec))
         for value in representatives(kind, values):
             try:
-                parse_config(apply_overrides(base.to_dict(), {path: value}), f"{source} search.{path}={value!r}")
+                if path.startswith("compress."):
+                    _compress_dims({**(compress or {}), path.removeprefix("compress."): value}, f"search.{path}")
+                else:
+                    parse_config(apply_overrides(base.to_dict(), {path: value}), f"{source} search.{path}={value!r}")
             except ConfigError as err:
                 raise ConfigError(f"search.{path}: {err}") from None
     try:
-        sweep = SweepConfig(name=data.get("name", base.name), job=base, search=search, tune=data.get("tune") or {})
+        sweep = SweepConfig(
+            name=data.get("name", base.name),
+            job=base,
+            search=search,
+            tune=data.get("tune") or {},
+            compress=None if compress is None else _compress_dims(compress, "compress"),
+        )
     except ValidationError as err:
         raise ConfigError(f"sweep config {source}: {err}") from None
     if sweep.tune.scheduler == "pbt":
         check_pbt(sweep, source)
+    check_compression(sweep, source)
     return sweep
+
+
+def _compress_dims(data: Any, where: str) -> CompressDims:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of compression settings")
+    try:
+        return CompressDims.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{where}: {field}: {first['msg']}") from None
+
+
+def check_compression(sweep: SweepConfig, source: str) -> None:
+    t = sweep.tune
+    if sweep.compress is None:
+        if t.searcher == "nsga2" or t.objectives:
+            raise ConfigError(
+                f"sweep config {source}: tune.searcher nsga2 and tune.objectives are for compression sweeps; "
+                "add a compress: section or compress.* search paths"
+            )
+        return
+    if t.scheduler != "fifo":
+        raise ConfigError(
+            f"sweep config {source}: a compression sweep measures each trial's compressed model at its end; "
+            f"early stopping ({t.scheduler}) ranks unfinished trials by one metric. Set tune.scheduler: fifo"
+        )
+    if not runs_in_process(sweep):
+        raise ConfigError(
+            f"sweep config {source}: a compression sweep runs one-worker trials (tune.workers_per_trial: 1)"
+        )
+    if sweep.job.model.family not in ("mlp", "cnn", "rnn"):
+        raise ConfigError(f"sweep config {source}: compression sweeps take classifier/regressor families, not vae")
 
 
 def check_pbt(sweep: SweepConfig, source: str) -> None:
