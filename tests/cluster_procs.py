@@ -3,11 +3,13 @@ starts a local cluster) and must end exactly the processes they started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +75,30 @@ def kill_driver_when(cmd: list[str], env: dict[str, str], log: Path, ready: Call
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and its process group
             kill_cluster(env["RAY_TMPDIR"])
             proc.wait()
+
+
+@contextlib.contextmanager
+def kill_a_train_worker_when(ready: Callable[[], bool], timeout_s: float = 300):
+    """While the body runs: once `ready()`, SIGKILL one Ray Train worker process. Yields the list
+    of killed pids (filled by the time the body has returned)."""
+    from ray.util.state import list_actors
+
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.05)
+        workers = [
+            a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "RayTrainWorker" in a.class_name
+        ]
+        if workers:
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            killed.append(workers[-1].pid)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        yield killed
+    finally:
+        t.join()

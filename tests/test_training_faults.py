@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cluster_procs import driver_env, foundry_cmd, kill_driver_when
+from cluster_procs import driver_env, foundry_cmd, kill_a_train_worker_when, kill_driver_when
 from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
 from modelfoundry.config import parse_config
 from modelfoundry.training import train
@@ -42,26 +39,10 @@ def history_of(checkpoint: str | Path) -> list[tuple[int, int]]:
 
 
 def test_a_train_worker_sigkilled_mid_run_is_replaced_and_the_run_resumes(ray_cluster, tmp_path):
-    from ray.util.state import list_actors
-
     cfg = parse_config(job(tmp_path, "worker-kill", epochs=10, max_failures=2))
-    killed: list[int] = []
-
-    def killer() -> None:  # once two checkpoints are on disk, SIGKILL one worker process
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(checkpoints(tmp_path / "runs" / "worker-kill")) < 2:
-            time.sleep(0.05)
-        workers = [
-            a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "RayTrainWorker" in a.class_name
-        ]
-        if workers:
-            os.kill(workers[-1].pid, signal.SIGKILL)
-            killed.append(workers[-1].pid)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    outcome = train(cfg)
-    t.join()
+    root = tmp_path / "runs" / "worker-kill"
+    with kill_a_train_worker_when(lambda: len(checkpoints(root)) >= 2) as killed:
+        outcome = train(cfg)
     assert killed, "no worker was found to kill"
     hist = history_of(outcome.last_checkpoint)
     # every epoch once, in order; a second attempt took over after the kill, from a checkpoint

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
     s.add_argument("target", help="a model-store name, or a serve_apps/*.yaml file")
     s.add_argument("--split", help="cut the model into stage services: auto, auto:K, or JSON groups like [[0],[1,2]]")
+    s.add_argument(
+        "--stage-models",
+        help="with --split: JSON list, per stage, of a model-store entry to run there instead (null keeps the "
+        "model), e.g. '[null, \"cnn-digits-dynamic-int8\"]' for an int8 stage beside a float one",
+    )
     s.add_argument("--version", default="latest")
     s.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
@@ -263,6 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             version=args.version,
             store=args.store,
             split=split,
+            stage_models=json.loads(args.stage_models) if args.stage_models else None,
             api_keys_env=args.api_keys_env,
             api_keys_file=args.api_keys_file,
         )

@@ -42,6 +42,10 @@ class AppArgs(Strict):
     # split apps: custom resources per stage, in order, to place each stage on its own nodes
     # (e.g. [{zone_a: 0.01}, {zone_b: 0.01}] with nodes started with --resources)
     stage_placement: list[dict[str, float]] | None = None
+    # split apps: per stage, a model-store entry (NAME or NAME:VERSION) whose stages replace the
+    # model's there, e.g. [null, "cnn-digits-dynamic-int8"]: an int8 stage beside a float one. It
+    # must be a compressed sibling with the same stage boundaries (same family and config).
+    stage_models: list[str | None] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AppArgs:
@@ -50,6 +54,8 @@ class AppArgs(Strict):
                 raise ValueError("an ensemble needs models: a list of at least 2 model-store names")
         elif not self.model:
             raise ValueError(f"kind {self.kind} needs model: a model-store name")
+        if self.stage_models is not None and (self.kind != "model" or self.split is None):
+            raise ValueError("stage_models applies to a split model app (kind model with split)")
         return self
 
 
@@ -116,13 +122,36 @@ def build_app(args: AppArgs | dict) -> Application:
     placement = args.stage_placement or [{}] * len(groups)
     if len(placement) != len(groups):
         raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
+    paths = _stage_paths(args, store, path, meta, len(groups))
     stages = [
         Stage.options(name=f"stage-{i}", **args.stages.serve_options(extra_resources=placement[i])).bind(
-            path, g, batching
+            paths[i], g, batching
         )
         for i, g in enumerate(groups)
     ]
     return ingress.bind(_spec(args, "split", name, path, meta, groups=groups), stages)
+
+
+def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:
+    """The model each stage loads: the app's, or a compressed sibling named in stage_models."""
+    if args.stage_models is None:
+        return [path] * n
+    if len(args.stage_models) != n:
+        raise ValueError(f"stage_models has {len(args.stage_models)} entries; the split has {n} stages")
+    paths = []
+    for ref in args.stage_models:
+        if ref is None:
+            paths.append(path)
+            continue
+        name, _, version = ref.partition(":")
+        other, other_meta = _load_meta(store, name, version or "latest")
+        if (other_meta["family"], other_meta["config"]) != (meta["family"], meta["config"]):
+            raise ValueError(
+                f"stage_models: {ref!r} ({other_meta['family']} {other_meta['config']}) does not have the stage "
+                f"boundaries of {args.model!r} ({meta['family']} {meta['config']}); use a quantized copy of it"
+            )
+        paths.append(other)
+    return paths
 
 
 def run_app(
