@@ -195,7 +195,9 @@ def test_bad_compression_requests_fail_before_any_work_and_write_nothing(trained
     cnn_student = {"family": "cnn", "preset": "tiny"}
     refused("flat", {"method": "distill", "distill": {"student": cnn_student}}, "cannot take the teacher's input shape")
     transfer = {"student": {"family": "mlp", "preset": "tiny"}, "transfer": {"vae": "vae-28"}}
-    refused("mlp-p", {"method": "distill", "distill": transfer}, "shape \\[1, 28, 28\\]; the teacher takes \\[1, 8, 8\\]")
+    refused(
+        "mlp-p", {"method": "distill", "distill": transfer}, "shape \\[1, 28, 28\\]; the teacher takes \\[1, 8, 8\\]"
+    )
     refused("vae-28", {"method": "distill", "distill": {"student": {"family": "mlp"}}}, "needs a classifier teacher")
     assert sorted(str(p) for p in models.rglob("*")) == listing  # nothing written
 
@@ -205,6 +207,43 @@ def test_bad_compression_requests_fail_before_any_work_and_write_nothing(trained
     r = subprocess.run(foundry_cmd("compress", "mlp-p:3", "--config", str(cfg)), capture_output=True, text=True)
     assert r.returncode == 2 and "has no version 3" in r.stderr, r.stderr
     assert "ray" not in r.stdout.lower() and sorted(str(p) for p in models.rglob("*")) == listing
+
+
+def test_a_vae_transfer_set_adds_generated_inputs_labelled_by_the_teacher(trained, digits, tmp_path):
+    from modelfoundry.compression.run import with_transfer_set
+
+    models = tmp_path / "models"
+    teacher_path = publish(trained["mlp"], digits, models, "t", tmp_path)
+    vae = fit_vae(build_model("vae", "tiny", input_shape=(1, 8, 8)), digits)
+    vae_path = publish(vae, digits, models, "v", tmp_path)
+    out = with_transfer_set(digits, teacher_path, vae_path, 300, seed=1)
+    n = len(digits.x_train)
+    assert out.x_train.shape == (n + 300, 1, 8, 8) and out.y_train.shape == (n + 300,)
+    synth = out.x_train[n:]
+    assert synth.min() >= 0.0 and synth.max() <= 1.0  # the images' pixel range
+    with torch.no_grad():
+        assert np.array_equal(out.y_train[n:], trained["mlp"](torch.from_numpy(synth)).argmax(1).numpy())
+    assert len(set(out.y_train[n:].tolist())) >= 3  # the decoder draws varied digits, not one blob
+    cfg = parse_compress({"method": "distill", "train": {"model_store": str(models), "storage": str(tmp_path / "r")},
+                          "distill": {"student": {"family": "mlp", "preset": "tiny"}, "transfer": {"vae": "v"}}})  # fmt: skip
+    assert plan("t", cfg).transfer_path == vae_path
+
+
+def fit_vae(vae, splits, epochs: int = 15):
+    from modelfoundry.models.vae import vae_loss
+
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    x = torch.from_numpy(splits.x_train)
+    vae.train()
+    for _ in range(epochs):
+        for i in torch.randperm(len(x)).split(64):
+            logits, mu, logvar = vae(x[i], return_latent=True)
+            recon, kl = vae_loss(logits, x[i], mu, logvar)
+            opt.zero_grad()
+            (recon + kl).mean().backward()
+            opt.step()
+    return vae.eval()
 
 
 def test_pareto_front_holds_exactly_the_non_dominated():
@@ -312,6 +351,7 @@ def test_distillation_on_two_workers_resumes_after_a_worker_is_killed(teacher):
     tmp, _ = teacher
     root = tmp / "runs" / "kd-kill"
     train_section = {"epochs": 8, "batch_size": 32, "lr": 0.003, "num_workers": 2, "max_failures": 2}
+
     def complete() -> list[Path]:
         return [c for c in sorted(root.glob("run-*/checkpoint_2*")) if (c / "model.json").is_file()]
 
