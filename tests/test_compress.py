@@ -28,6 +28,7 @@ from modelfoundry.models.stages import run_stages
 from modelfoundry.training import train
 from modelfoundry.training.tasks import batch_loss
 from modelfoundry.tuning.pareto import dominates, pareto_front
+from test_training import job
 
 DIGITS = DataSection(dataset="digits")
 
@@ -259,19 +260,9 @@ def test_pareto_front_holds_exactly_the_non_dominated():
 
 
 def teacher_job(tmp_path: Path, name: str = "teacher") -> dict:
-    return {
-        "name": name,
-        "model": {"family": "mlp", "preset": "default"},
-        "data": {"dataset": "digits"},
-        "train": {
-            "epochs": 6,
-            "batch_size": 32,
-            "lr": 0.003,
-            "num_workers": 2,
-            "storage": str(tmp_path / "runs"),
-            "model_store": str(tmp_path / "models"),
-        },
-    }
+    cfg = job(tmp_path, name, epochs=6, lr=0.003)  # test_training's digits MLP job
+    cfg["model"]["preset"] = "default"
+    return cfg
 
 
 @pytest.fixture(scope="module")

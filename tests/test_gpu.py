@@ -31,3 +31,29 @@ def test_gpu_training_with_nccl_and_bf16_loads_on_cpu(ray_cluster, tmp_path):
     assert outcome.metrics["test_accuracy"] > 0.7
     loaded = load_checkpoint(outcome.checkpoint, device="cpu")
     assert next(loaded.model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("scheme", ["weight-only-int8", "bf16"])
+def test_gpu_quantization_schemes_load_and_agree_on_cuda(tmp_path, scheme):
+    from modelfoundry.artifacts import write_checkpoint
+    from modelfoundry.compression.quantize import quantize_model
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+    from modelfoundry.models import build_model
+    from test_compress import fit
+
+    splits = load_splits(DataSection(dataset="digits"))
+    parent = fit(build_model("mlp", "default", input_shape=(1, 8, 8), output_dim=10), splits, epochs=4)
+    state = quantize_model(parent, scheme)
+    write_checkpoint(tmp_path / "q", parent, dataset={}, metrics={}, extra={"quantization": {"scheme": scheme}},
+                     state=state)  # fmt: skip
+    q = load_checkpoint(tmp_path / "q", device="cuda").model
+    x = torch.from_numpy(splits.x_test)
+    with torch.no_grad():
+        same = (q(x.cuda()).argmax(1).cpu() == parent(x).argmax(1)).float().mean().item()
+    assert same >= 0.97
+    with pytest.raises(Exception, match="runs on the CPU only"):
+        write_checkpoint(tmp_path / "d", parent, dataset={}, metrics={},
+                         extra={"quantization": {"scheme": "dynamic-int8"}},
+                         state=quantize_model(parent, "dynamic-int8"))  # fmt: skip
+        load_checkpoint(tmp_path / "d", device="cuda")

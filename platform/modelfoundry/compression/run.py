@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.artifacts import LoadedModel, load_checkpoint, read_meta, sha256_file, write_checkpoint
+from modelfoundry.artifacts import (
+    CheckpointError,
+    LoadedModel,
+    load_checkpoint,
+    read_meta,
+    sha256_file,
+    write_checkpoint,
+)
 from modelfoundry.compression.config import CompressConfig
 from modelfoundry.compression.measure import agreement, metric_of, profile, size_bytes
 from modelfoundry.compression.prune import PRUNABLE, parameter_count, prune, widths
@@ -228,7 +235,8 @@ def _copy_checkpoint(location: str, out_dir: Path) -> None:
         shutil.copy2(src / "model.pt", out_dir / "model.pt")
         meta = json.loads((src / "model.json").read_text())
         meta.pop("state_sha256", None)
-        assert meta["sha256"] == sha256_file(out_dir / "model.pt")
+        if meta["sha256"] != sha256_file(out_dir / "model.pt"):
+            raise CheckpointError(f"{location}: model.pt does not match the sha256 its model.json records")
         (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
