@@ -36,6 +36,11 @@ def main() -> int:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
     ap.add_argument("--rounds", type=int, default=30, help="latency rounds (each: 10 calls of every variant)")
     ap.add_argument("--workdir", default=None, help="runs/ and models/ go here (default: a temp dir)")
+    ap.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="no training: measure the variants an earlier run left in --workdir (e.g. again on a quiet machine)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compress.json"))
     args = ap.parse_args()
 
@@ -52,7 +57,8 @@ def main() -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mf-bench-compress-"))
     models, runs = str(work / "models"), str(work / "runs")
-    print(connect(), flush=True)
+    if not args.measure_only:  # measuring needs no cluster (its idle processes would only add load)
+        print(connect(), flush=True)
     load_before = os.getloadavg()
     results: dict = {"dataset": args.dataset, "load_before": load_before, "families": {}}
     t0 = time.perf_counter()
@@ -69,40 +75,16 @@ def main() -> int:
             over["train.epochs"] = args.teacher_epochs
         cfg = with_overrides(cfg, over)
         parent = cfg.name
-        outcome = train(cfg)
-        tr = {"batch_size": cfg.train.batch_size, "num_workers": 2}
-        variants = {"fp32": outcome.model["path"]}
-        variants["dynamic-int8"] = c(parent, f"{parent}-int8", method="quantize")["path"]
-        if family == "cnn":
-            variants["static-int8"] = c(
-                parent, f"{parent}-static", method="quantize", quantize={"scheme": "static-int8"}
-            )["path"]
-        for r in args.ratios:
-            variants[f"pruned {r:g}"] = c(
-                parent,
-                f"{parent}-p{round(r * 100)}",
-                method="prune",
-                prune={"ratio": r},
-                train={**tr, "epochs": args.finetune_epochs, "lr": cfg.train.lr, "lr_schedule": "cosine"},
-            )["path"]
-        if family == "cnn":
-            student = {"family": "cnn", "preset": "tiny"}
-            st = {**tr, "epochs": args.student_epochs, "lr": 0.003, "lr_schedule": "cosine"}
-            variants["student, distilled"] = c(
-                parent, f"{parent}-student", method="distill", distill={"student": student}, train=st
-            )["path"]
-            alone = with_overrides(
-                cfg,
-                {
-                    "name": f"{parent}-student-alone",
-                    "model.preset": "tiny",
-                    "model.channels": [8, 16],
-                    "model.hidden": 32,
-                    "model.dropout": 0.0,
-                    **{f"train.{k}": v for k, v in st.items()},
-                },
-            )
-            variants["student, no teacher"] = train(alone).model["path"]
+        if args.measure_only:
+            from modelfoundry import store
+
+            names = {"fp32": parent, "dynamic-int8": f"{parent}-int8", "static-int8": f"{parent}-static"}
+            names |= {f"pruned {r:g}": f"{parent}-p{round(r * 100)}" for r in args.ratios}
+            names |= {"student, distilled": f"{parent}-student", "student, no teacher": f"{parent}-student-alone"}
+            have = {m["name"] for m in store.list_models(models)}
+            variants = {k: store.resolve(models, n) for k, n in names.items() if n in have}
+        else:
+            variants = make_variants(args, family, cfg, c, train, with_overrides)
 
         # ---- side by side: one process, 1 thread, interleaved rounds
         splits = load_splits(cfg.data)
@@ -132,6 +114,46 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"load average before {load_before}, after {results['load_after']}; {results['wall_s']} s; {args.out}")
     return 0
+
+
+def make_variants(args, family: str, cfg, c, train, with_overrides) -> dict[str, str]:
+    """Train the parent and make every variant; {label: store path}."""
+    parent = cfg.name
+    outcome = train(cfg)
+    tr = {"batch_size": cfg.train.batch_size, "num_workers": 2}
+    variants = {"fp32": outcome.model["path"]}
+    variants["dynamic-int8"] = c(parent, f"{parent}-int8", method="quantize")["path"]
+    if family == "cnn":
+        variants["static-int8"] = c(parent, f"{parent}-static", method="quantize", quantize={"scheme": "static-int8"})[
+            "path"
+        ]
+    for r in args.ratios:
+        variants[f"pruned {r:g}"] = c(
+            parent,
+            f"{parent}-p{round(r * 100)}",
+            method="prune",
+            prune={"ratio": r},
+            train={**tr, "epochs": args.finetune_epochs, "lr": cfg.train.lr, "lr_schedule": "cosine"},
+        )["path"]
+    if family == "cnn":
+        student = {"family": "cnn", "preset": "tiny"}
+        st = {**tr, "epochs": args.student_epochs, "lr": 0.003, "lr_schedule": "cosine"}
+        variants["student, distilled"] = c(
+            parent, f"{parent}-student", method="distill", distill={"student": student}, train=st
+        )["path"]
+        alone = with_overrides(
+            cfg,
+            {
+                "name": f"{parent}-student-alone",
+                "model.preset": "tiny",
+                "model.channels": [8, 16],
+                "model.hidden": 32,
+                "model.dropout": 0.0,
+                **{f"train.{k}": v for k, v in st.items()},
+            },
+        )
+        variants["student, no teacher"] = train(alone).model["path"]
+    return variants
 
 
 def table(family: str, rows: dict) -> str:

@@ -139,7 +139,12 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
             attempt, history = state["attempt"] + 1, state["history"]
         if seeded:
             set_hyperparameters(cfg, optimizer, keep_lr=scheduler is not None)
-        if rank == 0:
+        if rank == 0 and not state:  # weights only: a pruned model to fine-tune
+            print(
+                f"[{cfg.name}] starting from the weights of {loop_config.get('start_from') or 'the checkpoint'}",
+                flush=True,
+            )
+        elif rank == 0:
             source = "the checkpoint, with this config's hyperparameters" if seeded else "the checkpoint"
             print(f"[{cfg.name}] resuming from {source} (epoch {start_epoch - 1})", flush=True)
 
