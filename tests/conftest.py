@@ -9,6 +9,17 @@ import pytest
 
 _SANDBOX = tempfile.mkdtemp(prefix="mf-tests-")
 
+# modules whose tests start Ray clusters of their own (a CLI driver, `ray start` nodes)
+CLUSTER_MODULES = {"test_cluster_start", "test_multinode", "test_quickstart", "test_submit", "test_training_faults"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: every test on a Ray cluster (the session one or its own). `pytest -m "not slow"`
+    runs the rest, the unit tests, in about a minute."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.module.__name__ in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():

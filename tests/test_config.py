@@ -14,6 +14,11 @@ def test_every_shipped_config_loads_and_builds():
     for path in CONFIGS:
         if path.name.startswith("tune_"):
             continue  # sweep configs are tested with tuning
+        if path.name.startswith("compress_"):
+            from modelfoundry.compression.config import load_compress
+
+            assert load_compress(path).method in ("quantize", "prune", "distill")
+            continue
         cfg = load_config(path)
         assert cfg.name and cfg.model.family in ("mlp", "cnn", "rnn", "vae")
         build_model(cfg.model.family, cfg.model.preset, **cfg.model.params)

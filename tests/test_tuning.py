@@ -114,6 +114,7 @@ def _one_at_a_time_sweep(tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # starts its own cluster through the CLI
 def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
     # trials reuse one process and take about a second each: poll often, so the driver dies
     # after the first trial finished and before the last did
@@ -134,6 +135,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
         assert after[trial] == results  # finished trials were not run again
 
 
+@pytest.mark.slow  # starts its own cluster through the CLI
 def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
     path = _one_at_a_time_sweep(tmp_path, "interrupted-sweep")
     env, _ = driver_env(tmp_path, "mfi")

@@ -281,8 +281,13 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
 
             search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
         if objs and t.searcher != "random":  # several objectives at once: NSGA-II, or TPE's multi-objective mode
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
+            try:
+                import optuna
+                from ray.tune.search.optuna import OptunaSearch
+            except ImportError:
+                raise ConfigError(
+                    f"tune.searcher {t.searcher} needs the tune extra: pip install 'modelfoundry[tune]'"
+                ) from None
 
             if any("grid" in s for s in sweep.search.values()):
                 raise ConfigError("a compression sweep's searcher cannot take grid distributions; use choice")
