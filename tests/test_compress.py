@@ -247,6 +247,21 @@ def fit_vae(vae, splits, epochs: int = 15):
     return vae.eval()
 
 
+def test_foundry_compress_quantizes_without_a_cluster_and_prints_json_last(trained, digits, tmp_path):
+    models = tmp_path / "models"
+    publish(trained["mlp"], digits, models, "mlp-q", tmp_path)
+    config = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "compress_int8.yaml"
+    cmd = foundry_cmd("compress", "mlp-q", "--config", str(config), "--store", str(models), "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Ray" not in r.stdout  # post-training quantization needs no cluster
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["name"], s["version"], s["method"]) == ("mlp-q-dynamic-int8", 1, "quantize")
+    assert s["ratios"]["size_bytes"] <= 0.3 and s["agreement"] >= 0.97
+    assert "[mlp-q-dynamic-int8] quantized to dynamic-int8" in r.stdout  # progress lines
+    assert load_checkpoint(s["path"]).meta["quantization"]["scheme"] == "dynamic-int8"
+
+
 def test_pareto_front_holds_exactly_the_non_dominated():
     objs = [("acc", "max"), ("ms", "min")]
     rows = [{"acc": 0.9, "ms": 1.0}, {"acc": 0.95, "ms": 2.0}, {"acc": 0.9, "ms": 1.5}, {"acc": 0.8, "ms": 0.5}]
@@ -374,8 +389,9 @@ def test_a_multi_objective_compression_sweep_returns_a_non_dominated_front(teach
                 "model.hidden_sizes": {"choice": [[16], [64]]},
                 "compress.prune_ratio": {"choice": [0.0, 0.5]},
                 "compress.quantize": {"choice": [False, True]},
+                "compress.temperature": {"choice": [2.0, 4.0]},  # each trial distils from the teacher
             },
-            "compress": {"finetune_epochs": 1, "latency_rounds": 3},
+            "compress": {"finetune_epochs": 1, "latency_rounds": 3, "teacher": "teacher"},
             "tune": {"num_samples": 4, "scheduler": "fifo", "searcher": "nsga2", "cpus_per_worker": 1},
         },
         "test",
@@ -394,8 +410,12 @@ def test_a_multi_objective_compression_sweep_returns_a_non_dominated_front(teach
     for m in s["model_store"]:
         meta = load_checkpoint(m["path"]).meta
         assert set(meta["objectives"]) == {"test_accuracy", "p50_ms_b1", "size_bytes"}
+    assert {t["compress.temperature"] for t in outcome.trials} <= {2.0, 4.0}
     with pytest.raises(ConfigError, match="Set tune.scheduler: fifo"):
         parse_sweep({**{"job": job, "search": {"compress.quantize": {"choice": [True]}}}, "tune": {}}, "t", tmp)
+    missing = {"job": job, "search": {"compress.quantize": {"choice": [True]}}, "compress": {"teacher": "nope"}}
+    with pytest.raises(ValueError, match="'nope' is not in the store"):  # before any trial runs
+        run_sweep(parse_sweep({**missing, "tune": {"scheduler": "fifo"}}, "t", tmp))
     with pytest.raises(ConfigError, match="prune_ratio"):
         parse_sweep(
             {"job": job, "search": {"compress.prune_ratio": {"choice": [1.5]}}, "tune": {"scheduler": "fifo"}}, "t", tmp

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from modelfoundry.config import ConfigError, dump_config, with_overrides
-from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.storage import absolute, check_writable, download_dir, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
@@ -237,10 +238,20 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
         from modelfoundry.tuning import pareto
 
         objs = pareto.objectives(sweep, metric, mode)
-        if sweep.compress.teacher:  # a missing teacher fails here, before any trial
+        if sweep.compress.teacher:  # a missing or unfit teacher fails here, before any trial
+            from modelfoundry.artifacts import read_meta
             from modelfoundry.compression.run import parse_ref
 
-            store.resolve(absolute(sweep.job.train.model_store), *parse_ref(sweep.compress.teacher))
+            if task != "classification":
+                raise ConfigError(f"compress.teacher: distillation needs a classification task, not {task}")
+            teacher = store.resolve(absolute(sweep.job.train.model_store), *parse_ref(sweep.compress.teacher))
+            with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
+                shape = read_meta(download_dir(teacher, tmp))["input_spec"]["shape"]
+            if tuple(shape) != tuple(splits.spec.input_shape):
+                raise ConfigError(
+                    f"compress.teacher {sweep.compress.teacher!r} takes inputs of shape {shape}; "
+                    f"the sweep's data has {list(splits.spec.input_shape)}"
+                )
         if sweep.compress.scheme == "static-int8" and sweep.job.model.family != "cnn":
             raise ConfigError("compress.scheme static-int8 applies to family cnn; use dynamic-int8")
     storage = absolute(sweep.job.train.storage)
