@@ -47,12 +47,10 @@ def main() -> int:
     from modelfoundry.artifacts import load_checkpoint
     from modelfoundry.cluster import connect
     from modelfoundry.compression.config import parse_compress
-    from modelfoundry.compression.measure import evaluate, latencies_ms, size_bytes
-    from modelfoundry.compression.prune import parameter_count
+    from modelfoundry.compression.measure import evaluate, latencies_ms, parameters, size_bytes
     from modelfoundry.compression.run import compress, plan
     from modelfoundry.config import load_config, with_overrides
     from modelfoundry.data import load_splits
-    from modelfoundry.models import build_model
     from modelfoundry.training import train
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mf-bench-compress-"))
@@ -92,10 +90,9 @@ def main() -> int:
         nets = {k: v.model for k, v in loaded.items()}
         rows = {}
         for k, v in loaded.items():
-            structure = build_model(v.meta["family"], "default", **v.meta["config"])
             rows[k] = {
                 "size_bytes": size_bytes(variants[k]),
-                "parameters": parameter_count(structure),
+                "parameters": parameters(v.meta),
                 "test_accuracy": evaluate(nets[k], "classification", splits.x_test, splits.y_test, 1.0)[
                     "test_accuracy"
                 ],

@@ -262,6 +262,22 @@ def test_foundry_compress_quantizes_without_a_cluster_and_prints_json_last(train
     assert load_checkpoint(s["path"]).meta["quantization"]["scheme"] == "dynamic-int8"
 
 
+def test_compress_reads_and_writes_a_uri_store(trained, digits, tmp_path):
+    models = tmp_path / "models"
+    publish(trained["mlp"], digits, models, "mlp-u", tmp_path)
+    uri = f"file://{models}"
+    train_section = {"model_store": uri, "storage": f"file://{tmp_path}/runs"}
+    s = compress(
+        plan("mlp-u:1", parse_compress({"method": "quantize", "measure": {"rounds": 1}, "train": train_section}))
+    )
+    assert s["path"] == f"{uri}/mlp-u-dynamic-int8/1" and s["ratios"]["size_bytes"] <= 0.3
+    meta = load_checkpoint(s["path"]).meta
+    assert (
+        meta["compression"]["parent"]["name"] == "mlp-u" and meta["metrics"]["size_bytes"] == s["after"]["size_bytes"]
+    )
+    assert [m["name"] for m in store.list_models(uri)] == ["mlp-u", "mlp-u-dynamic-int8"]
+
+
 def test_pareto_front_holds_exactly_the_non_dominated():
     objs = [("acc", "max"), ("ms", "min")]
     rows = [{"acc": 0.9, "ms": 1.0}, {"acc": 0.95, "ms": 2.0}, {"acc": 0.9, "ms": 1.5}, {"acc": 0.8, "ms": 0.5}]

@@ -144,15 +144,21 @@ class LoadedModel:
     model: nn.Module
     meta: dict[str, Any]
     path: str
+    device: str = "cpu"
 
 
 def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
-    """Verify and load a checkpoint from a directory or URI into an eval-mode model."""
+    """Verify and load a checkpoint from a directory or URI into an eval-mode model. device
+    "auto": a GPU when there is one, unless the model's kernels exist on the CPU only (int8)."""
     with tempfile.TemporaryDirectory(prefix="mf-ckpt-") as tmp:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
         model = build_model(meta["family"], "default", **meta["config"])
         scheme = (meta.get("quantization") or {}).get("scheme")
+        if device == "auto":
+            from modelfoundry.compression.quantize import CPU_ONLY
+
+            device = "cuda" if torch.cuda.is_available() and scheme not in CPU_ONLY else "cpu"
         try:
             state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
             if scheme:
@@ -163,14 +169,7 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
                 model.load_state_dict(state)
         except Exception as err:  # unpickling refused or shapes differ: the file is not ours
             raise CheckpointError(f"cannot load weights from {local / MODEL_FILE}: {err}") from None
-    return LoadedModel(model.to(device).eval(), meta, str(location))
-
-
-def runs_on_cpu_only(meta: dict[str, Any]) -> bool:
-    """Whether the model's kernels exist on the CPU only (int8 quantized with torch's CPU engines)."""
-    from modelfoundry.compression.quantize import CPU_ONLY
-
-    return (meta.get("quantization") or {}).get("scheme") in CPU_ONLY
+    return LoadedModel(model.to(device).eval(), meta, str(location), device)
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

@@ -25,6 +25,12 @@ from modelfoundry.storage import absolute, download_dir, filesystem, join
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def parse_ref(ref: str) -> tuple[str, str]:
+    """NAME or NAME:VERSION -> (name, version or 'latest'), as resolve takes them."""
+    name, _, version = ref.partition(":")
+    return name, version or "latest"
+
+
 def _check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from modelfoundry.compression.quantize import SCHEMES
-from modelfoundry.config import ConfigError, ModelSection, TrainSection, _format, read_yaml
+from modelfoundry.compression.quantize import SCHEMES, Scheme
+from modelfoundry.config import ConfigError, ModelSection, TrainSection, _format, apply_overrides, read_yaml
 
 METHODS = ("quantize", "prune", "distill")
 
@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 
 
 class QuantizeSection(_Strict):
-    scheme: Literal["dynamic-int8", "static-int8", "weight-only-int8", "bf16"] = "dynamic-int8"
+    scheme: Scheme = "dynamic-int8"
     calibration_samples: int = Field(default=512, gt=0, le=100_000)  # static-int8: training inputs observed
 
 
@@ -111,8 +111,6 @@ def parse_compress(data: Any, source: str = "<dict>") -> CompressConfig:
 
 
 def load_compress(path: str | Path, overrides: dict[str, Any] | None = None) -> CompressConfig:
-    from modelfoundry.config import apply_overrides
-
     data = read_yaml(path, "compression config")
     if overrides:
         data = apply_overrides(data, overrides)

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from modelfoundry.artifacts import MODEL_FILE
-from modelfoundry.training.tasks import TASK_METRIC, batch_loss, summarize
+from modelfoundry.models import build_model
+from modelfoundry.storage import filesystem, join
+from modelfoundry.training.tasks import batch_loss, summarize
 
 
 @contextlib.contextmanager
@@ -28,8 +30,16 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def size_bytes(checkpoint_dir: str | Path) -> int:
-    return (Path(checkpoint_dir) / MODEL_FILE).stat().st_size
+def size_bytes(checkpoint: str | Path) -> int:
+    """Bytes of a checkpoint's model.pt, in a directory or under a URI (nothing downloaded)."""
+    fs, path = filesystem(join(str(checkpoint), MODEL_FILE))
+    return fs.get_file_info(path).size
+
+
+def parameters(meta: dict[str, Any]) -> int:
+    """Parameters of the float model a checkpoint's model.json describes (a quantized model has
+    its parent's count: quantization changes their width, not their number)."""
+    return sum(p.numel() for p in build_model(meta["family"], "default", **meta["config"]).parameters())
 
 
 @torch.inference_mode()
@@ -75,10 +85,6 @@ def agreement(a: nn.Module, b: nn.Module, task: str, x: np.ndarray) -> float | N
         xb = torch.from_numpy(x[i : i + 512])
         same += int((a(xb).argmax(1) == b(xb).argmax(1)).sum())
     return same / len(x)
-
-
-def metric_of(task: str) -> str:
-    return TASK_METRIC[task][0]
 
 
 def profile(

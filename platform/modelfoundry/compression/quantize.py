@@ -30,15 +30,18 @@ torchao later changes this module only (docs/architecture.md).
 
 from __future__ import annotations
 
+import copy
+import typing
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-SCHEMES = ("dynamic-int8", "static-int8", "weight-only-int8", "bf16")
+Scheme = Literal["dynamic-int8", "static-int8", "weight-only-int8", "bf16"]
+SCHEMES: tuple[str, ...] = typing.get_args(Scheme)
 CPU_ONLY = ("dynamic-int8", "static-int8")
 SCALE_SUFFIX = "::scale"
 QMAX = 127
@@ -111,10 +114,6 @@ def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             v = (v.float().reshape(v.shape[0], -1) * scale[:, None]).reshape(v.shape)
         out[k] = v
     return out
-
-
-def int8_keys(state: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k in state if k + SCALE_SUFFIX in state]
 
 
 # ---- building the runtime model of each scheme ----------------------------------------------
@@ -253,7 +252,7 @@ def _static_keys(prepared: nn.Module) -> list[str]:
 
 
 def quantize_model(model: nn.Module, scheme: str, calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The quantized checkpoint's state_dict for fp32 `model` (eval mode, on the CPU)."""
+    """The quantized checkpoint's state_dict for fp32 `model` (eval mode, on the CPU; not changed)."""
     model = model.eval()
     if scheme == "dynamic-int8":
         state = model.state_dict()
@@ -262,11 +261,11 @@ def quantize_model(model: nn.Module, scheme: str, calibration: torch.Tensor | No
         if calibration is None:
             raise ValueError("static-int8 needs calibration inputs")
         aq = _ao()
-        observed = _static_cnn(_copy(model), aq.HistogramObserver.with_args(reduce_range=False))
+        observed = _static_cnn(copy.deepcopy(model), aq.HistogramObserver.with_args(reduce_range=False))
         with torch.no_grad():
             for chunk in calibration.split(256):
                 observed(chunk)
-        fixed = _static_cnn(_copy(model), _fixed_observer())
+        fixed = _static_cnn(copy.deepcopy(model), _fixed_observer())
         state = fixed.state_dict()
         for name, mod in observed.named_modules():
             if name.endswith("activation_post_process") and hasattr(mod, "calculate_qparams"):
@@ -275,18 +274,12 @@ def quantize_model(model: nn.Module, scheme: str, calibration: torch.Tensor | No
                 state[f"{name}.zero_point"] = zero_point.reshape(1).to(torch.int32)
         return pack(state, _static_keys(fixed))
     if scheme == "weight-only-int8":
-        m = _copy(model)
+        m = copy.deepcopy(model)
         _swap_linears(m)
         return {k: v.detach().cpu() for k, v in m.state_dict().items()}
     if scheme == "bf16":
         return {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {list(SCHEMES)}")
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def load_quantized(model: nn.Module, scheme: str, state: dict[str, torch.Tensor], device: str = "cpu") -> nn.Module:

@@ -8,7 +8,6 @@ agreement) -> exported to the store with its lineage in model.json.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,27 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.artifacts import (
-    CheckpointError,
-    LoadedModel,
-    load_checkpoint,
-    read_meta,
-    sha256_file,
-    write_checkpoint,
-)
+from modelfoundry.artifacts import LoadedModel, load_checkpoint, read_meta, write_checkpoint
 from modelfoundry.compression.config import CompressConfig
-from modelfoundry.compression.measure import agreement, metric_of, profile, size_bytes
+from modelfoundry.compression.measure import agreement, parameters, profile, size_bytes
 from modelfoundry.compression.prune import PRUNABLE, parameter_count, prune, widths
 from modelfoundry.compression.quantize import check_scheme, quantize_model
-from modelfoundry.config import ConfigError, DataSection, JobConfig
-from modelfoundry.models import build_model, model_config
+from modelfoundry.config import DataSection, JobConfig
+from modelfoundry.models import model_config
 from modelfoundry.storage import absolute, check_writable, download_dir, join, upload_dir
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """NAME or NAME:VERSION -> (name, version or 'latest')."""
-    name, _, version = ref.partition(":")
-    return name, version or "latest"
+from modelfoundry.training.tasks import TASK_METRIC
 
 
 @dataclass
@@ -63,7 +50,7 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     from modelfoundry import store as model_store
 
     store = absolute(store or cfg.train.model_store)
-    name, version = parse_ref(parent_ref)
+    name, version = model_store.parse_ref(parent_ref)
     path = model_store.resolve(store, name, version)  # unknown name or version: ValueError
     with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
         meta = read_meta(download_dir(path, tmp))
@@ -101,8 +88,7 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
         if d.student.family == "vae":
             raise ValueError("a distillation student must be a classifier family (mlp, cnn, rnn), not vae")
         if d.transfer:
-            vname, vversion = parse_ref(d.transfer.vae)
-            transfer_path = model_store.resolve(store, vname, vversion)
+            transfer_path = model_store.resolve(store, *model_store.parse_ref(d.transfer.vae))
             with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
                 vmeta = read_meta(download_dir(transfer_path, tmp))
             if vmeta["family"] != "vae":
@@ -141,15 +127,16 @@ def compress(p: Plan) -> dict[str, Any]:
     log = _logger(p.output)
     log(f"compressing {p.parent_name} v{p.parent_version} ({p.parent_meta['family']}) by {cfg.method} {cfg.summary()}")
     with tempfile.TemporaryDirectory(prefix="mf-compress-") as tmp:
-        out_dir = Path(tmp) / "out"
+        # the checkpoint to publish: written here, or the best of a fine-tuning / distillation run
+        source = str(Path(tmp) / "out")
         extra: dict[str, Any] = {"task": p.task, "run": p.output}
         if cfg.method == "quantize":
             scheme = cfg.quantize.scheme
             calib = torch.from_numpy(splits.x_train[: cfg.quantize.calibration_samples])
-            state = quantize_model(_copy(parent.model), scheme, calibration=calib)
+            state = quantize_model(parent.model, scheme, calibration=calib)
             extra["quantization"] = {"scheme": scheme, "format": "int8 + per-channel float32 scale (::scale)"}
             write_checkpoint(
-                out_dir, parent.model, dataset=p.parent_meta["dataset"], metrics={}, extra=extra, state=state
+                source, parent.model, dataset=p.parent_meta["dataset"], metrics={}, extra=extra, state=state
             )
             log(f"quantized to {scheme}")
         elif cfg.method == "prune":
@@ -159,42 +146,39 @@ def compress(p: Plan) -> dict[str, Any]:
                 f"{widths(parent.model)} -> {widths(pruned)}"
             )
             if cfg.prune.finetune:
-                trained = _fine_tune(p, pruned, splits, tmp, log)
-                _copy_checkpoint(trained, out_dir)
+                source = _fine_tune(p, pruned, splits, tmp, log)
             else:
-                write_checkpoint(out_dir, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra=extra)
+                write_checkpoint(source, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra=extra)
         else:
-            trained = _distill(p, splits, log)
-            _copy_checkpoint(trained, out_dir)
-        result = load_checkpoint(out_dir)  # exactly as serving loads it
-        measures = _measure(p, parent, result, out_dir, splits)
-        metric = metric_of(p.task)
+            source = _distill(p, splits, log)
+        result = load_checkpoint(source)  # exactly as serving loads it
+        measures = _measure(p, parent, result, source, splits)
+        metric = TASK_METRIC[p.task][0]
+        before, after = measures["parent"], measures["compressed"]
+        latency = f", p50 b1 {before['p50_ms_b1']:.3f} -> {after['p50_ms_b1']:.3f} ms" if "p50_ms_b1" in before else ""
         log(
-            f"size {measures['parent']['size_bytes']} -> {measures['compressed']['size_bytes']} bytes, "
-            f"{metric} {measures['parent'][metric]:.4f} -> {measures['compressed'][metric]:.4f}, "
-            f"p50 b1 {measures['parent']['p50_ms_b1']:.3f} -> {measures['compressed']['p50_ms_b1']:.3f} ms"
-            if "p50_ms_b1" in measures["parent"]
-            else f"{metric} {measures['parent'][metric]:.4f} -> {measures['compressed'][metric]:.4f}"
+            f"size {before['size_bytes']} -> {after['size_bytes']} bytes, "
+            f"{metric} {before[metric]:.4f} -> {after[metric]:.4f}{latency}"
         )
-        meta = json.loads((out_dir / "model.json").read_text())
-        meta["metrics"] = {**meta.get("metrics", {}), **measures["compressed"]}
-        meta["compression"] = {
+        lineage = {
+            "name": p.parent_name,
+            "version": p.parent_version,
+            "sha256": p.parent_meta["sha256"],
+            "family": p.parent_meta["family"],
+            "config": p.parent_meta["config"],
+        }
+        compression = {
             "method": cfg.method,
             "params": cfg.summary(),
             "train": cfg.train.model_dump(mode="json") if cfg.method != "quantize" else None,
-            "parent": {
-                "name": p.parent_name,
-                "version": p.parent_version,
-                "sha256": p.parent_meta["sha256"],
-                "family": p.parent_meta["family"],
-                "config": p.parent_meta["config"],
-            },
-            "before": measures["parent"],
-            "after": measures["compressed"],
+            "parent": lineage,
+            "before": before,
+            "after": after,
             "agreement": measures["agreement"],
         }
-        (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        entry = model_store.export(str(out_dir), p.store, p.output)
+        # the store copies model.pt and model.json (without the optimizer state) and adds these
+        metrics = {**result.meta.get("metrics", {}), **after}
+        entry = model_store.export(source, p.store, p.output, {"metrics": metrics, "compression": compression})
     log(f"wrote {entry['name']} v{entry['version']} at {entry['path']} in {time.perf_counter() - t0:.1f}s")
     return {
         "name": entry["name"],
@@ -202,11 +186,11 @@ def compress(p: Plan) -> dict[str, Any]:
         "path": entry["path"],
         "method": cfg.method,
         "params": cfg.summary(),
-        "parent": meta["compression"]["parent"] | {"config": None},
-        "before": measures["parent"],
-        "after": measures["compressed"],
+        "parent": {k: v for k, v in lineage.items() if k != "config"},
+        "before": before,
+        "after": after,
         "agreement": measures["agreement"],
-        "ratios": _ratios(measures["parent"], measures["compressed"]),
+        "ratios": _ratios(before, after),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -216,28 +200,6 @@ def _logger(name: str):
         print(f"[{name}] {msg}", flush=True)
 
     return log
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
-
-
-def _copy_checkpoint(location: str, out_dir: Path) -> None:
-    """The trained run's best checkpoint, without its optimizer state (model.json's state_sha256
-    is dropped with it, as store.export does)."""
-    import shutil
-
-    with tempfile.TemporaryDirectory(prefix="mf-best-") as tmp:
-        src = Path(download_dir(location, tmp))
-        out_dir.mkdir(parents=True)
-        shutil.copy2(src / "model.pt", out_dir / "model.pt")
-        meta = json.loads((src / "model.json").read_text())
-        meta.pop("state_sha256", None)
-        if meta["sha256"] != sha256_file(out_dir / "model.pt"):
-            raise CheckpointError(f"{location}: model.pt does not match the sha256 its model.json records")
-        (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 def _job(p: Plan, family: str, preset: str, params: dict[str, Any]) -> JobConfig:
@@ -303,13 +265,10 @@ def with_transfer_set(splits, teacher_path: str, vae_path: str, n: int, seed: in
     )
 
 
-def _measure(p: Plan, parent: LoadedModel, result: LoadedModel, out_dir: Path, splits) -> dict[str, Any]:
+def _measure(p: Plan, parent: LoadedModel, result: LoadedModel, source: str, splits) -> dict[str, Any]:
     models = {"parent": parent.model, "compressed": result.model}
-    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-        parent_size = size_bytes(download_dir(p.parent_path, tmp))
-    sizes = {"parent": parent_size, "compressed": size_bytes(out_dir)}
-    structure = build_model(result.meta["family"], "default", **result.meta["config"])
-    params = {"parent": parameter_count(parent.model), "compressed": parameter_count(structure)}
+    sizes = {"parent": size_bytes(p.parent_path), "compressed": size_bytes(source)}
+    params = {"parent": parameters(p.parent_meta), "compressed": parameters(result.meta)}
     m = p.cfg.measure
     out = profile(models, sizes, params, p.task, splits, m.rounds, tuple(m.batch_sizes))
     out["agreement"] = agreement(parent.model, result.model, p.task, splits.x_test)
@@ -321,4 +280,4 @@ def _ratios(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     return {k: round(after[k] / before[k], 4) for k in keys if before.get(k)}
 
 
-__all__ = ["ConfigError", "Plan", "compress", "parse_ref", "plan", "with_transfer_set"]
+__all__ = ["Plan", "compress", "plan", "with_transfer_set"]

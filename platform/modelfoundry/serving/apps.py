@@ -16,7 +16,7 @@ from modelfoundry.serving.auth import load_keys
 from modelfoundry.serving.deployments import Ingress, Stage
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
 from modelfoundry.storage import absolute
-from modelfoundry.store import resolve
+from modelfoundry.store import parse_ref, resolve
 
 # no access log line per request (a third of a replica's time at a few thousand req/s);
 # warnings and errors still reach the logs
@@ -143,8 +143,7 @@ def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> li
         if ref is None:
             paths.append(path)
             continue
-        name, _, version = ref.partition(":")
-        other, other_meta = _load_meta(store, name, version or "latest")
+        other, other_meta = _load_meta(store, *parse_ref(ref))
         if (other_meta["family"], other_meta["config"]) != (meta["family"], meta["config"]):
             raise ValueError(
                 f"stage_models: {ref!r} ({other_meta['family']} {other_meta['config']}) does not have the stage "

@@ -9,19 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.artifacts import load_checkpoint, read_meta, runs_on_cpu_only
+from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.models.stages import group_module
-from modelfoundry.storage import download_dir
 
 
 class ModelRunner:
     def __init__(self, path: str, group: Sequence[int] | None = None, device: str = "auto") -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() and not _cpu_only(path) else "cpu"
         loaded = load_checkpoint(path, device=device)  # sha256-checked, weights_only=True
         self.meta: dict[str, Any] = loaded.meta
         self.model = loaded.model
-        self.device = torch.device(device)
+        self.device = torch.device(loaded.device)
         n = len(self.model.stages())
         self.group = list(group) if group is not None else list(range(n))
         self.module = self.model if self.group == list(range(n)) else group_module(self.model, self.group).eval()
@@ -39,13 +36,6 @@ class ModelRunner:
         sizes = [len(x) for x in xs]
         out = self.run(np.concatenate(xs))
         return np.split(out, np.cumsum(sizes)[:-1])
-
-
-def _cpu_only(path: str) -> bool:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-        return runs_on_cpu_only(read_meta(download_dir(path, tmp)))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

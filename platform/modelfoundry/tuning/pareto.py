@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelfoundry.storage import is_uri, join, upload_dir
+from modelfoundry.config import ConfigError
+from modelfoundry.storage import absolute, download_dir, is_uri, join, upload_dir
 from modelfoundry.tuning.sweep_config import OBJECTIVE_MODES, CompressDims, SweepConfig
 
 
@@ -27,14 +28,30 @@ def objectives(sweep: SweepConfig, task_metric: str, task_mode: str) -> list[tup
         elif n in OBJECTIVE_MODES:
             out.append((n, OBJECTIVE_MODES[n]))
         else:
-            from modelfoundry.config import ConfigError
-
             raise ConfigError(f"tune.objectives: {n!r} is not measured; choose from {[task_metric, *OBJECTIVE_MODES]}")
     if len(out) < 2:
-        from modelfoundry.config import ConfigError
-
         raise ConfigError(f"tune.objectives needs at least 2 objectives for a front, got {names}")
     return out
+
+
+def teacher_path(sweep: SweepConfig, task: str, input_shape: tuple[int, ...]) -> str | None:
+    """The store path of compress.teacher, checked to fit the sweep (a classifier of its inputs)."""
+    if sweep.compress is None or not sweep.compress.teacher:
+        return None
+    from modelfoundry import store
+    from modelfoundry.artifacts import read_meta
+
+    if task != "classification":
+        raise ConfigError(f"compress.teacher: distillation needs a classification task, not {task}")
+    path = store.resolve(absolute(sweep.job.train.model_store), *store.parse_ref(sweep.compress.teacher))
+    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
+        shape = read_meta(download_dir(path, tmp))["input_spec"]["shape"]
+    if tuple(shape) != tuple(input_shape):
+        raise ConfigError(
+            f"compress.teacher {sweep.compress.teacher!r} takes inputs of shape {shape}; "
+            f"the sweep's data has {list(input_shape)}"
+        )
+    return path
 
 
 def dominates(a: dict[str, float], b: dict[str, float], objs: list[tuple[str, str]]) -> bool:
@@ -80,11 +97,11 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
     from ray import tune
 
     from modelfoundry.artifacts import load_checkpoint, write_checkpoint
-    from modelfoundry.compression.measure import evaluate, latencies_ms, size_bytes
-    from modelfoundry.compression.prune import parameter_count, prune
+    from modelfoundry.compression.measure import parameters, profile, size_bytes
+    from modelfoundry.compression.prune import prune
     from modelfoundry.compression.quantize import quantize_model
     from modelfoundry.config import with_overrides
-    from modelfoundry.models import build_model, config_dict
+    from modelfoundry.models import config_dict
     from modelfoundry.training.loop import TuneSession, train_loop_per_worker
     from modelfoundry.training.trainer import loop_config
 
@@ -126,28 +143,17 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
             extra["quantization"] = {"scheme": dims.scheme}
             steps.append(dims.scheme)
         write_checkpoint(out, model, dataset=dataset, metrics={}, extra=extra, state=state)
-        final = load_checkpoint(out).model  # as serving loads it
-        y_std = float(splits.stats()["y_std"])
-        metrics = evaluate(final, task, splits.x_test, splits.y_test, y_std)
-        shape = tuple(splits.spec.input_shape)
-        structure = build_model(meta_family(out), "default", **json.loads((out / "model.json").read_text())["config"])
+        final = load_checkpoint(out)  # as serving loads it
+        sizes, params = {"m": size_bytes(out)}, {"m": parameters(final.meta)}
         measured = {
-            **metrics,
-            "p50_ms_b1": latencies_ms({"m": final}, shape, 1, dims.latency_rounds)["m"],
-            "size_bytes": size_bytes(out),
-            "parameters": parameter_count(structure),
+            **profile({"m": final.model}, sizes, params, task, splits, dims.latency_rounds, (1,))["m"],
             "compression": ", ".join(steps) or "none",
             "epoch": cfg.train.epochs,
             "done": True,
         }
-        meta = json.loads((out / "model.json").read_text())
-        meta["metrics"] = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
+        meta = {**final.meta, "metrics": {k: v for k, v in measured.items() if isinstance(v, (int, float))}}
         (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         tune.report(measured, checkpoint=tune.Checkpoint.from_directory(str(out)))
-
-
-def meta_family(checkpoint: Path) -> str:
-    return json.loads((checkpoint / "model.json").read_text())["family"]
 
 
 @dataclass

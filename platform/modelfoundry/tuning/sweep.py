@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from modelfoundry.config import ConfigError, dump_config, with_overrides
-from modelfoundry.storage import absolute, check_writable, download_dir, filesystem, join
+from modelfoundry.storage import absolute, check_writable, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
@@ -158,18 +157,13 @@ def trial_splits(data) -> Any:
     return _LAST_SPLITS[key]
 
 
-def make_trial(sweep: SweepConfig, trials_storage: str):
-    """The Tune function trainable: sampled config -> job config -> TorchTrainer.fit()."""
+def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None = None):
+    """The Tune function trainable: sampled config -> job config -> TorchTrainer.fit().
+    teacher_path: a compression sweep's teacher in the store (pareto.teacher_path)."""
     base = sweep.job
     paths = sweep.job_paths()
     t = sweep.tune
     in_process = runs_in_process(sweep)
-    teacher_path = None
-    if sweep.compress and sweep.compress.teacher:
-        from modelfoundry import store
-        from modelfoundry.compression.run import parse_ref
-
-        teacher_path = store.resolve(absolute(base.train.model_store), *parse_ref(sweep.compress.teacher))
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
@@ -233,27 +227,12 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
     splits = load_splits(sweep.job.data)
     task = task_of(sweep.job.model.family, splits.spec.task)
     metric, mode = metric_and_mode(sweep, task)
-    objs = None
-    if sweep.compress is not None:
+    objs, teacher = None, None
+    if sweep.compress is not None:  # a missing or unfit teacher fails here, before any trial
         from modelfoundry.tuning import pareto
 
         objs = pareto.objectives(sweep, metric, mode)
-        if sweep.compress.teacher:  # a missing or unfit teacher fails here, before any trial
-            from modelfoundry.artifacts import read_meta
-            from modelfoundry.compression.run import parse_ref
-
-            if task != "classification":
-                raise ConfigError(f"compress.teacher: distillation needs a classification task, not {task}")
-            teacher = store.resolve(absolute(sweep.job.train.model_store), *parse_ref(sweep.compress.teacher))
-            with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-                shape = read_meta(download_dir(teacher, tmp))["input_spec"]["shape"]
-            if tuple(shape) != tuple(splits.spec.input_shape):
-                raise ConfigError(
-                    f"compress.teacher {sweep.compress.teacher!r} takes inputs of shape {shape}; "
-                    f"the sweep's data has {list(splits.spec.input_shape)}"
-                )
-        if sweep.compress.scheme == "static-int8" and sweep.job.model.family != "cnn":
-            raise ConfigError("compress.scheme static-int8 applies to family cnn; use dynamic-int8")
+        teacher = pareto.teacher_path(sweep, task, splits.spec.input_shape)
     storage = absolute(sweep.job.train.storage)
     check_writable(storage)
     if not ray.is_initialized():
@@ -266,7 +245,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
     exp_name = existing[-1] if resume else time.strftime("sweep-%Y%m%d-%H%M%S", time.gmtime())
     exp_path = join(storage, sweep.name, exp_name)
     t = sweep.tune
-    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train")), trial_resources(sweep))
+    trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train"), teacher), trial_resources(sweep))
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     if resume:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelfoundry.compression.quantize import Scheme, check_scheme
 from modelfoundry.config import ConfigError, JobConfig, apply_overrides, load_config, parse_config, read_yaml
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -88,7 +89,7 @@ class CompressDims(BaseModel):
     prune_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # 0: no pruning
     finetune_epochs: int = Field(default=2, ge=0)  # after pruning
     quantize: bool = False
-    scheme: Literal["dynamic-int8", "static-int8", "weight-only-int8", "bf16"] = "dynamic-int8"
+    scheme: Scheme = "dynamic-int8"
     teacher: str | None = None  # distil from this model-store entry (NAME or NAME:VERSION)
     temperature: float = Field(default=4.0, gt=0.0, le=100.0)
     alpha: float = Field(default=0.7, ge=0.0, le=1.0)
@@ -225,6 +226,10 @@ def check_compression(sweep: SweepConfig, source: str) -> None:
         )
     if sweep.job.model.family not in ("mlp", "cnn", "rnn"):
         raise ConfigError(f"sweep config {source}: compression sweeps take classifier/regressor families, not vae")
+    try:
+        check_scheme(sweep.compress.scheme, sweep.job.model.family)
+    except ValueError as err:
+        raise ConfigError(f"sweep config {source}: compress.scheme: {err}") from None
 
 
 def check_pbt(sweep: SweepConfig, source: str) -> None:
