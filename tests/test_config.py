@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from modelfoundry.config import ConfigError, dump_config, load_config, parse_config, with_overrides
-from modelfoundry.models import build_model
+from modelfoundry.models import REGISTRY, build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
 BASE = {"name": "t", "model": {"family": "cnn", "preset": "tiny"}, "data": {"dataset": "digits"}}
@@ -20,7 +20,7 @@ def test_every_shipped_config_loads_and_builds():
             assert load_compress(path).method in ("quantize", "prune", "distill")
             continue
         cfg = load_config(path)
-        assert cfg.name and cfg.model.family in ("mlp", "cnn", "rnn", "vae")
+        assert cfg.name and cfg.model.family in REGISTRY
         build_model(cfg.model.family, cfg.model.preset, **cfg.model.params)
         assert parse_config(cfg.to_dict()) == cfg  # round trip
 
@@ -38,8 +38,20 @@ def test_overrides_and_round_trip():
 @pytest.mark.parametrize(
     "patch, fragment",
     [
-        ({"model": {"family": "transformer"}}, "model.family: Input should be 'mlp', 'cnn', 'rnn' or 'vae'"),
-        ({"model": {"family": "cnn", "preset": "huge"}}, "model.preset: Input should be 'tiny' or 'default'"),
+        ({"model": {"family": "gpt"}}, "model.family: Input should be 'mlp', 'cnn', 'rnn', 'vae' or 'transformer'"),
+        ({"model": {"family": "cnn", "preset": "huge"}}, "unknown preset 'huge' for cnn; choose one of ['tiny', 'default']"),
+        ({"model": {"family": "cnn", "dropout": 2}}, "dropout: Input should be less than 1 (got 2)"),
+        ({"model": {"family": "transformer"}}, "family transformer does not learn from image data (dataset digits)"),
+        (
+            {"model": {"family": "transformer", "vocab_size": 5}, "data": {"dataset": "pydocs"}},
+            "vocab_size is set from the dataset",
+        ),
+        (
+            {"model": {"family": "transformer", "preset": "tiny"}, "data": {"dataset": "pydocs", "window": 65}},
+            "data.window 65 exceeds the model's context 64",
+        ),
+        ({"model": {"family": "mlp"}, "data": {"dataset": "text"}}, "dataset text needs path"),
+        ({"data": {"dataset": "pydocs", "path": "x.txt"}}, "dataset pydocs is built in and takes no path"),
         ({"model": {"family": "cnn", "widht": 3}}, "unknown field 'widht' for family cnn"),
         ({"model": {"family": "cnn", "input_shape": [1, 8, 8]}}, "input_shape is set from the dataset"),
         ({"data": {"dataset": "imagenet"}}, "data.dataset: Input should be"),
@@ -50,7 +62,7 @@ def test_overrides_and_round_trip():
         ({"train": {"epochz": 3}}, "train.epochz: unknown field"),
         ({"extra": 1}, "extra: unknown field"),
         ({"name": "bad name!"}, "name: String should match pattern"),
-        ({"model": {"family": "vae"}, "data": {"dataset": "sunspots"}}, "family vae needs an image dataset"),
+        ({"model": {"family": "vae"}, "data": {"dataset": "sunspots"}}, "family vae does not learn from series data (dataset sunspots)"),
         ({"data": {"dataset": "digits", "augment": True, "in_memory": True}}, "in_memory: true cannot hold augmented"),
     ],
 )

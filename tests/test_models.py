@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modelfoundry.models import FAMILIES, PRESETS, build_model
+from modelfoundry.models import FAMILIES, PRESETS, REGISTRY, build_model
 from modelfoundry.models.stages import auto_split, group_module, resolve_split, run_stages, stage_params
 from modelfoundry.models.vae import vae_loss
 
@@ -10,12 +10,19 @@ SHAPES = {  # family -> input shapes it must handle
     "cnn": [(1, 8, 8), (1, 28, 28)],
     "rnn": [(1, 8, 8), (20, 1)],
     "vae": [(1, 8, 8), (1, 28, 28)],
+    "transformer": [(16,), (64,)],  # (time,): token ids of a 10-token vocabulary
 }
 
 
 def _build(family, preset, shape):
+    if family == "transformer":
+        return build_model(family, preset, vocab_size=10)
     extra = {} if family == "vae" else {"output_dim": 10}
     return build_model(family, preset, input_shape=shape, **extra)
+
+
+def _input(family, shape):
+    return torch.randint(0, 10, (5, *shape)) if family == "transformer" else torch.rand(5, *shape)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -24,7 +31,7 @@ def test_forward_backward_and_stages_compose_to_forward(family, preset):
     torch.manual_seed(0)
     for shape in SHAPES[family]:
         model = _build(family, preset, shape)
-        x = torch.rand(5, *shape)
+        x = _input(family, shape)
         model.train()
         out = model(x)
         loss = out.float().pow(2).mean()
@@ -38,6 +45,8 @@ def test_forward_backward_and_stages_compose_to_forward(family, preset):
         torch.testing.assert_close(run_stages(model, x), expected)
         if family == "vae":
             assert expected.shape == (5, *shape)
+        elif family == "transformer":
+            assert expected.shape == (5, *shape, 10)
         else:
             assert expected.shape == (5, 10)
 
@@ -82,15 +91,19 @@ def test_split_choices_equal_monolithic():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: build_model("transformer"), "unknown model family 'transformer'"),
+        (lambda: build_model("gpt"), "unknown model family 'gpt'"),
         (lambda: build_model("mlp", "huge"), "unknown preset 'huge'"),
         (lambda: build_model("mlp", width=3), "unknown field 'width'"),
-        (lambda: build_model("mlp", dropout="lots"), "dropout must be a finite number"),
-        (lambda: build_model("mlp", dropout=1.5), "dropout must be in [0, 1)"),
-        (lambda: build_model("rnn", cell="transformer"), "choose one of ['lstm', 'gru']"),
+        (lambda: build_model("mlp", dropout="lots"), "dropout: Input should be a valid number (got 'lots')"),
+        (lambda: build_model("mlp", dropout=float("nan")), "dropout: Input should be a finite number"),
+        (lambda: build_model("mlp", dropout=1.5), "dropout: Input should be less than 1 (got 1.5)"),
+        (lambda: build_model("mlp", output_dim=True), "output_dim: Input should be a valid integer (got True)"),
+        (lambda: build_model("rnn", cell="transformer"), "cell: Input should be 'lstm' or 'gru'"),
         (lambda: build_model("cnn", input_shape=(8, 8)), "cnn input_shape must be (channels, height, width)"),
         (lambda: build_model("cnn", kernel_size=4), "kernel_size must be a positive odd integer"),
-        (lambda: build_model("mlp", hidden_sizes=[]), "hidden_sizes must be positive"),
+        (lambda: build_model("mlp", hidden_sizes=[]), "hidden_sizes: Tuple should have at least 1 item"),
+        (lambda: build_model("mlp", hidden_sizes=[8, 0]), "hidden_sizes.1: Input should be greater than 0"),
+        (lambda: build_model("transformer", d_model=30, n_heads=4), "d_model 30 must be a multiple of n_heads 4"),
         (lambda: resolve_split(build_model("mlp"), [[0], [2]]), "must list every stage index"),
         (lambda: resolve_split(build_model("mlp"), "auto:9"), "needs 1 <= k <= 3"),
     ],

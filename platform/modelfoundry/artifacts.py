@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelfoundry.models import build_model, config_dict, family_of
+from modelfoundry.models import build_model, config_dict, family_of, input_spec
 from modelfoundry.storage import download_dir
 
 FORMAT_VERSION = 1
@@ -89,7 +89,7 @@ def write_checkpoint(
         "format_version": FORMAT_VERSION,
         "family": family_of(m),
         "config": config_dict(m),
-        "input_spec": {"shape": list(m.config.input_shape), "dtype": "float32"},
+        "input_spec": input_spec(m),
         "dataset": dataset,
         "metrics": metrics,
         "versions": library_versions(),

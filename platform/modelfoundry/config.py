@@ -21,9 +21,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modelfoundry.models import FAMILIES, PRESETS, config_fields, model_config
+from modelfoundry.models import FAMILIES, PRESETS, REGISTRY, family_spec
 
-DATA_FIELDS_SET_BY_DATASET = ("input_shape", "output_dim")
+# what each data.dataset delivers (a family lists the kinds it accepts in its FamilySpec)
+DATASET_KINDS = {
+    "digits": "image",
+    "mnist": "image",
+    "fashion-mnist": "image",
+    "sunspots": "series",
+    "parquet": "table",
+    "pydocs": "text",
+    "text": "text",
+}
 
 
 class ConfigError(ValueError):
@@ -35,8 +44,8 @@ class _Frozen(BaseModel):
 
 
 class ModelSection(_Frozen):
-    family: Literal["mlp", "cnn", "rnn", "vae"]
-    preset: Literal["tiny", "default"] = "default"
+    family: Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+    preset: str = "default"
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -55,26 +64,34 @@ class ModelSection(_Frozen):
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelSection:
+        spec = family_spec(self.family)
         for key in self.params:
-            if key in DATA_FIELDS_SET_BY_DATASET:
+            if key in spec.data_fields:
                 raise ValueError(f"{key} is set from the dataset; remove it from the model section")
-            if key not in config_fields(self.family):
-                allowed = [f for f in config_fields(self.family) if f not in DATA_FIELDS_SET_BY_DATASET]
-                raise ValueError(f"unknown field {key!r} for family {self.family}; allowed: {allowed}")
-        model_config(self.family, self.preset, **self.params)  # type and range checks
+            if key not in spec.fields:
+                raise ValueError(f"unknown field {key!r} for family {self.family}; allowed: {spec.user_fields}")
+        spec.build_config(self.preset, self.params)  # preset, type and range checks
         return self
+
+    @property
+    def spec(self):
+        return family_spec(self.family)
 
 
 class DataSection(_Frozen):
-    dataset: Literal["digits", "mnist", "fashion-mnist", "sunspots", "parquet"] = "digits"
-    path: str | None = None  # IDX directory (fashion-mnist) or Parquet file/URI (parquet)
+    dataset: Literal[tuple(DATASET_KINDS)] = "digits"  # type: ignore[valid-type]
+    # IDX directory (fashion-mnist), Parquet file/URI (parquet), text or Parquet file/URI (text)
+    path: str | None = None
     feature_columns: list[str] | None = None
+    text_column: str | None = None  # dataset text from Parquet: the column holding the text
     label_column: str = "label"
     task: Literal["classification", "regression"] | None = None  # parquet only; inferred if unset
     input_shape: list[int] | None = None  # parquet only; default (number of features,)
     test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     seed: int = 0
-    window: int = Field(default=20, ge=2)  # series datasets: steps per input window
+    # series: steps per input window (default 20); text: characters per training example
+    # (default: the model's context)
+    window: int | None = Field(default=None, ge=2)
     limit: int | None = Field(default=None, gt=0)  # cap on training examples (quick runs)
     augment: bool = False
     max_shift: int = Field(default=2, ge=0)  # pixels
@@ -91,14 +108,16 @@ class DataSection(_Frozen):
     def _check_source(self) -> DataSection:
         if self.in_memory is True and self.augment:
             raise ValueError("in_memory: true cannot hold augmented data (new samples every epoch); use auto or false")
+        if self.dataset in ("parquet", "text") and not self.path:
+            raise ValueError(f"dataset {self.dataset} needs path (a local file or a URI such as s3://...)")
         if self.dataset == "parquet":
-            if not self.path:
-                raise ValueError("dataset parquet needs path (a local file or a URI such as s3://...)")
             if not self.feature_columns:
                 raise ValueError("dataset parquet needs feature_columns (the input column names)")
         elif self.feature_columns or self.input_shape or self.task:
             raise ValueError("feature_columns, input_shape and task apply to dataset parquet only")
-        if self.dataset in ("digits", "mnist", "sunspots") and self.path:
+        if self.text_column and self.dataset != "text":
+            raise ValueError("text_column applies to dataset text (a Parquet file) only")
+        if self.dataset in ("digits", "mnist", "sunspots", "pydocs") and self.path:
             raise ValueError(f"dataset {self.dataset} is built in and takes no path")
         return self
 
@@ -141,12 +160,20 @@ class JobConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check_family_fits_data(self) -> JobConfig:
-        if self.model.family == "vae" and self.data.dataset not in ("digits", "mnist", "fashion-mnist"):
+        spec, kind = self.model.spec, DATASET_KINDS[self.data.dataset]
+        if kind not in spec.inputs:
+            fits = sorted(d for d, k in DATASET_KINDS.items() if k in spec.inputs)
+            families = sorted(n for n, s in REGISTRY.items() if kind in s.inputs)
             raise ValueError(
-                f"family vae needs an image dataset (digits, mnist, fashion-mnist), not {self.data.dataset}"
+                f"family {self.model.family} does not learn from {kind} data (dataset {self.data.dataset}); "
+                f"its datasets: {fits}; families for {self.data.dataset}: {families}"
             )
-        if self.model.family == "cnn" and self.data.dataset == "sunspots":
-            raise ValueError("family cnn needs images; use rnn or mlp for sunspots")
+        if kind == "text":
+            context = spec.build_config(self.model.preset, self.model.params).context
+            if self.data.window is None:  # frozen: set once here, while the config is being built
+                object.__setattr__(self, "data", self.data.model_copy(update={"window": context}))
+            elif self.data.window > context:
+                raise ValueError(f"data.window {self.data.window} exceeds the model's context {context}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +251,7 @@ def dump_config(config: JobConfig) -> str:
 
 
 __all__ = [
+    "DATASET_KINDS",
     "FAMILIES",
     "PRESETS",
     "ConfigError",

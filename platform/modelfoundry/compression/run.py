@@ -25,6 +25,7 @@ from modelfoundry.compression.quantize import check_scheme, quantize_model
 from modelfoundry.config import DataSection, JobConfig
 from modelfoundry.models import model_config
 from modelfoundry.storage import absolute, check_writable, download_dir, join, upload_dir
+from modelfoundry.training.plan import TeacherSpec
 from modelfoundry.training.tasks import TASK_METRIC
 
 
@@ -242,7 +243,7 @@ def _distill(p: Plan, splits, log) -> str:
         f"distilling into {d.student.family}/{d.student.preset} (T={d.temperature}, alpha={d.alpha}) "
         f"for {job.train.epochs} epochs on {job.train.num_workers} worker(s)"
     )
-    teacher = {"path": p.parent_path, "temperature": d.temperature, "alpha": d.alpha}
+    teacher = TeacherSpec(p.parent_path, d.temperature, d.alpha)
     return train(job, export=False, splits=splits, teacher=teacher).checkpoint
 
 

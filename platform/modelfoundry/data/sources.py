@@ -23,10 +23,11 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "language-model"]
     input_shape: tuple[int, ...]
-    num_classes: int | None  # classification only
-    kind: Literal["image", "series", "table"]
+    num_classes: int | None  # classification: classes; language model: vocabulary size
+    kind: Literal["image", "series", "table", "text"]
+    tokenizer: dict | None = None  # text: {"kind": "char", "vocab": "..."} (stored in checkpoints)
 
     @property
     def output_dim(self) -> int:
@@ -39,6 +40,7 @@ class DatasetSpec:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "kind": self.kind,
+            **({"tokenizer": self.tokenizer} if self.tokenizer else {}),
         }
 
 
@@ -185,7 +187,7 @@ def sunspots(cfg: DataSection) -> Splits:
     from statsmodels.datasets import sunspots as sm_sunspots
 
     values = sm_sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
-    return series_splits("sunspots", values, cfg.window, cfg.test_fraction or 0.2)
+    return series_splits("sunspots", values, cfg.window or 20, cfg.test_fraction or 0.2)
 
 
 def parquet(cfg: DataSection) -> Splits:
@@ -232,7 +234,29 @@ def parquet(cfg: DataSection) -> Splits:
     return Splits(spec, x[tr], y[tr], x[te], y[te])
 
 
-SOURCES = {"digits": digits, "mnist": mnist, "fashion-mnist": fashion_mnist, "sunspots": sunspots, "parquet": parquet}
+def pydocs(cfg: DataSection) -> Splits:
+    from modelfoundry.data.text import pydocs_text, text_splits
+
+    return text_splits("pydocs", pydocs_text(), cfg.window or 128, cfg.test_fraction or 0.1)
+
+
+def text(cfg: DataSection) -> Splits:
+    from modelfoundry.data.text import read_text, text_splits
+
+    assert cfg.path
+    corpus = read_text(cfg.path, cfg.text_column)
+    return text_splits(Path(cfg.path).stem, corpus, cfg.window or 128, cfg.test_fraction or 0.1)
+
+
+SOURCES = {
+    "digits": digits,
+    "mnist": mnist,
+    "fashion-mnist": fashion_mnist,
+    "sunspots": sunspots,
+    "parquet": parquet,
+    "pydocs": pydocs,
+    "text": text,
+}
 
 
 def load_splits(cfg: DataSection) -> Splits:

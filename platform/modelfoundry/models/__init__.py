@@ -1,54 +1,57 @@
-"""The four model families, pure PyTorch (no Ray import anywhere under models/)."""
+"""The model families, pure PyTorch (no Ray import anywhere under models/), and their registry:
+one `FamilySpec` per family (models/spec.py). A new family is one module plus one entry here."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import nn
 
-from modelfoundry.models.cnn import CNN
-from modelfoundry.models.common import make_config
-from modelfoundry.models.mlp import MLP
-from modelfoundry.models.rnn import RNN
-from modelfoundry.models.vae import VAE
+from modelfoundry.models import cnn, mlp, rnn, transformer, vae
+from modelfoundry.models.spec import FamilyConfig, FamilySpec, InputKind, Task
 
-FAMILIES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "vae": VAE}
+REGISTRY: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (mlp, cnn, rnn, vae, transformer)}
+FAMILIES: dict[str, type[nn.Module]] = {name: spec.model for name, spec in REGISTRY.items()}
+# every family has these two; some have more (family_spec(name).presets)
 PRESETS = ("tiny", "default")
 
 
-def model_config(family: str, preset: str = "default", **overrides: Any) -> Any:
+def family_spec(family: str) -> FamilySpec:
+    if family not in REGISTRY:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[family]
+
+
+def model_config(family: str, preset: str = "default", **overrides: Any) -> FamilyConfig:
     """The validated, frozen config of `family` at `preset` with `overrides` applied."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} for {family}; choose one of {list(PRESETS)}")
-    cls = FAMILIES[family]
-    return make_config(cls.config_class, cls.presets[preset], overrides)
+    return family_spec(family).build_config(preset, overrides)
 
 
 def build_model(family: str, preset: str = "default", **overrides: Any) -> nn.Module:
     """Build a model of `family` at `preset`, with config fields overridden by `overrides`."""
-    config = model_config(family, preset, **overrides)
-    return FAMILIES[family](config)
+    spec = family_spec(family)
+    return spec.model(spec.build_config(preset, overrides))
 
 
 def config_fields(family: str) -> list[str]:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
-    return [f.name for f in dataclasses.fields(FAMILIES[family].config_class)]
+    return family_spec(family).fields
 
 
 def config_dict(model: nn.Module) -> dict[str, Any]:
     """The model's hyperparameters as plain JSON-able values (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.config).items()}
+    return model.config.model_dump(mode="json")
 
 
 def family_of(model: nn.Module) -> str:
-    for name, cls in FAMILIES.items():
-        if type(model) is cls:
+    for name, spec in REGISTRY.items():
+        if type(model) is spec.model:
             return name
-    raise ValueError(f"{type(model).__name__} is not one of the model families {sorted(FAMILIES)}")
+    raise ValueError(f"{type(model).__name__} is not one of the model families {sorted(REGISTRY)}")
+
+
+def input_spec(model: nn.Module) -> dict[str, Any]:
+    """What the model's forward takes: {"shape": [...], "dtype": "float32" | "int64"}."""
+    return {"shape": list(model.config.input_shape), "dtype": model.config.input_dtype}
 
 
 def set_normalization(model: nn.Module, stats: dict[str, float]) -> None:
@@ -58,3 +61,22 @@ def set_normalization(model: nn.Module, stats: dict[str, float]) -> None:
         model.input_norm.set(stats["x_mean"], stats["x_std"])
     if hasattr(model, "output_norm"):
         model.output_norm.set(stats["y_mean"], stats["y_std"])
+
+
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "REGISTRY",
+    "FamilyConfig",
+    "FamilySpec",
+    "InputKind",
+    "Task",
+    "build_model",
+    "config_dict",
+    "config_fields",
+    "family_of",
+    "family_spec",
+    "input_spec",
+    "model_config",
+    "set_normalization",
+]

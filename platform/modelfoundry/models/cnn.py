@@ -6,34 +6,36 @@ Each conv block is Conv(k, same padding) -> ReLU -> MaxPool(2) while the image i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import StrictBool, field_validator
 from torch import nn
 
-from modelfoundry.models.common import Standardize, check_dropout, check_positive
+from modelfoundry.models.common import Standardize
+from modelfoundry.models.spec import Dropout, FamilyConfig, FamilySpec, NonEmpty, PosInt
 
 
-@dataclass(frozen=True)
-class CNNConfig:
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    output_dim: int = 10
-    channels: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    hidden: int = 128
-    dropout: float = 0.25
-    batch_norm: bool = False
+class CNNConfig(FamilyConfig):
+    input_shape: NonEmpty[PosInt] = (1, 28, 28)
+    output_dim: PosInt = 10
+    channels: NonEmpty[PosInt] = (32, 64)
+    kernel_size: PosInt = 3
+    hidden: PosInt = 128
+    dropout: Dropout = 0.25
+    batch_norm: StrictBool = False
 
-    def __post_init__(self) -> None:
-        if len(self.input_shape) != 3:
-            raise ValueError(f"cnn input_shape must be (channels, height, width), got {self.input_shape}")
-        check_positive("input_shape", self.input_shape)
-        check_positive("output_dim", self.output_dim)
-        check_positive("channels", self.channels)
-        check_positive("hidden", self.hidden)
-        if self.kernel_size % 2 != 1 or self.kernel_size <= 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
-        check_dropout(self.dropout)
+    @field_validator("input_shape")
+    @classmethod
+    def _three_dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) != 3:
+            raise ValueError(f"cnn input_shape must be (channels, height, width), got {list(v)}")
+        return v
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 != 1:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {v}")
+        return v
 
 
 PRESETS = {
@@ -43,9 +45,6 @@ PRESETS = {
 
 
 class CNN(nn.Module):
-    config_class = CNNConfig
-    presets = PRESETS
-
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         self.config = config
@@ -80,3 +79,13 @@ class CNN(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return [nn.Sequential(self.input_norm, self.blocks[0]), *self.blocks[1:], self.head]
+
+
+SPEC = FamilySpec(
+    "cnn",
+    CNN,
+    CNNConfig,
+    PRESETS,
+    inputs=frozenset({"image", "table"}),  # a table whose data.input_shape is (C, H, W)
+    description="convolutional image classifier",
+)

@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from modelfoundry.models.common import (
-    Denormalize,
-    Standardize,
-    check_dropout,
-    check_positive,
-    mlp_layers,
-)
+from modelfoundry.models.common import Denormalize, Standardize, mlp_layers
+from modelfoundry.models.spec import Activation, Dropout, FamilyConfig, FamilySpec, NonEmpty, PosInt
 
 
-@dataclass(frozen=True)
-class MLPConfig:
-    input_shape: tuple[int, ...] = (1, 8, 8)
-    output_dim: int = 10
-    hidden_sizes: tuple[int, ...] = (256, 128)
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        check_positive("input_shape", self.input_shape)
-        check_positive("output_dim", self.output_dim)
-        check_positive("hidden_sizes", self.hidden_sizes)
-        check_dropout(self.dropout)
+class MLPConfig(FamilyConfig):
+    input_shape: NonEmpty[PosInt] = (1, 8, 8)
+    output_dim: PosInt = 10
+    hidden_sizes: NonEmpty[PosInt] = (256, 128)
+    activation: Activation = "relu"
+    dropout: Dropout = 0.1
 
 
 PRESETS = {
@@ -40,9 +26,6 @@ PRESETS = {
 
 
 class MLP(nn.Module):
-    config_class = MLPConfig
-    presets = PRESETS
-
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         self.config = config
@@ -64,3 +47,13 @@ class MLP(nn.Module):
     def stages(self) -> list[nn.Module]:
         first = nn.Sequential(self.input_norm, nn.Flatten(1), self.blocks[0])
         return [first, *self.blocks[1:], nn.Sequential(self.head, Denormalize(self.output_norm))]
+
+
+SPEC = FamilySpec(
+    "mlp",
+    MLP,
+    MLPConfig,
+    PRESETS,
+    inputs=frozenset({"image", "series", "table"}),
+    description="feedforward classifier or regressor",
+)

@@ -7,31 +7,24 @@ into steps, so a (1, 28, 28) image is 28 steps of 28 pixels and a (20, 1) window
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import StrictBool
 from torch import nn
 
-from modelfoundry.models.common import Denormalize, Standardize, check_dropout, check_positive
+from modelfoundry.models.common import Denormalize, Standardize
+from modelfoundry.models.spec import Dropout, FamilyConfig, FamilySpec, NonEmpty, PosInt
 
 
-@dataclass(frozen=True)
-class RNNConfig:
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    output_dim: int = 10
+class RNNConfig(FamilyConfig):
+    input_shape: NonEmpty[PosInt] = (1, 28, 28)
+    output_dim: PosInt = 10
     cell: Literal["lstm", "gru"] = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_positive("input_shape", self.input_shape)
-        check_positive("output_dim", self.output_dim)
-        check_positive("hidden_size", self.hidden_size)
-        check_positive("num_layers", self.num_layers)
-        check_dropout(self.dropout)
+    hidden_size: PosInt = 128
+    num_layers: PosInt = 1
+    bidirectional: StrictBool = False
+    dropout: Dropout = 0.0
 
 
 PRESETS = {
@@ -69,9 +62,6 @@ class SequenceEncoder(nn.Module):
 
 
 class RNN(nn.Module):
-    config_class = RNNConfig
-    presets = PRESETS
-
     def __init__(self, config: RNNConfig) -> None:
         super().__init__()
         self.config = config
@@ -89,3 +79,13 @@ class RNN(nn.Module):
             nn.Sequential(self.input_norm, self.encoder),
             nn.Sequential(self.head, Denormalize(self.output_norm)),
         ]
+
+
+SPEC = FamilySpec(
+    "rnn",
+    RNN,
+    RNNConfig,
+    PRESETS,
+    inputs=frozenset({"image", "series", "table"}),
+    description="LSTM/GRU sequence classifier or one-step forecaster",
+)

@@ -9,27 +9,20 @@ training loop can call the model through DDP and still get the loss terms.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelfoundry.models.common import check_positive, mlp_layers
+from modelfoundry.models.common import mlp_layers
+from modelfoundry.models.spec import Activation, FamilyConfig, FamilySpec, NonEmpty, PosInt
 
 
-@dataclass(frozen=True)
-class VAEConfig:
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    hidden_sizes: tuple[int, ...] = (400,)
-    latent_dim: int = 20
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
-
-    def __post_init__(self) -> None:
-        check_positive("input_shape", self.input_shape)
-        check_positive("hidden_sizes", self.hidden_sizes)
-        check_positive("latent_dim", self.latent_dim)
+class VAEConfig(FamilyConfig):
+    input_shape: NonEmpty[PosInt] = (1, 28, 28)
+    hidden_sizes: NonEmpty[PosInt] = (400,)
+    latent_dim: PosInt = 20
+    activation: Activation = "relu"
 
 
 PRESETS = {
@@ -75,9 +68,6 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    config_class = VAEConfig
-    presets = PRESETS
-
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
@@ -111,3 +101,18 @@ def vae_loss(
     recon = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
     return recon, kl
+
+
+SPEC = FamilySpec(
+    "vae",
+    VAE,
+    VAEConfig,
+    PRESETS,
+    inputs=frozenset({"image"}),
+    task="generative",
+    verbs=("encode", "decode", "reconstruct", "sample"),
+    data_fields=("input_shape",),
+    from_dataset=lambda spec: {"input_shape": tuple(spec.input_shape)},
+    services=(("encoder", (0,)), ("decoder", (2,))),
+    description="variational autoencoder for images",
+)

@@ -22,10 +22,11 @@ import torch
 import torch.distributed as dist
 
 from modelfoundry.artifacts import MODEL_FILE, load_checkpoint, load_train_state, unwrap, verify, write_checkpoint
-from modelfoundry.config import JobConfig, parse_config
+from modelfoundry.config import JobConfig
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.storage import filesystem, join
-from modelfoundry.training.tasks import batch_loss, distill_loss, summarize, task_of
+from modelfoundry.training.plan import TeacherSpec, WorkerPlan
+from modelfoundry.training.tasks import batch_loss, distill_loss, summarize
 
 
 class InjectedFault(RuntimeError):
@@ -95,22 +96,14 @@ class TuneSession(TrainSession):
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | None = None) -> None:
+def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None) -> None:
     session = session or TrainSession()
-    cfg: JobConfig = parse_config(loop_config["job"])
-    spec, stats = loop_config["spec"], loop_config["stats"]
+    cfg, stats, task = plan.job, plan.stats, plan.task
     rank, world = session.rank_world()
-    task = task_of(cfg.model.family, spec["task"])
     torch.manual_seed(cfg.train.seed)
 
     # ---- model, optimiser (the same init on every rank; DDP also broadcasts rank 0's weights)
-    model = build_model(
-        cfg.model.family,
-        cfg.model.preset,
-        input_shape=tuple(spec["input_shape"]),
-        **({} if task == "generative" else {"output_dim": spec["output_dim"]}),
-        **cfg.model.params,
-    )
+    model = build_model(cfg.model.family, cfg.model.preset, **plan.model_fields, **cfg.model.params)
     set_normalization(model, stats)
     optimizer = make_optimizer(cfg, model)
     scheduler = (
@@ -124,8 +117,8 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
     checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
-    if checkpoint is None and loop_config.get("start_from"):
-        checkpoint, seeded = ray.train.Checkpoint(loop_config["start_from"]), True
+    if checkpoint is None and plan.start_from:
+        checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True
     if checkpoint:
         with checkpoint.as_directory() as d:
             verify(d)  # a truncated or corrupt checkpoint is refused, never half-loaded
@@ -141,7 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
             set_hyperparameters(cfg, optimizer, keep_lr=scheduler is not None)
         if rank == 0 and not state:  # weights only: a pruned model to fine-tune
             print(
-                f"[{cfg.name}] starting from the weights of {loop_config.get('start_from') or 'the checkpoint'}",
+                f"[{cfg.name}] starting from the weights of {plan.start_from or 'the checkpoint'}",
                 flush=True,
             )
         elif rank == 0:
@@ -153,17 +146,15 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    if loop_config.get("shares"):  # this rank's shares in the object store, held as tensors
-        train_shard, test_shard = (
-            InMemoryShard.fetch(loop_config["shares"][n][rank], device) for n in ("train", "test")
-        )
+    if plan.shares:  # this rank's shares in the object store, held as tensors
+        train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
     y_std = float(stats["y_std"])
-    teacher = load_teacher(loop_config.get("teacher"), device)
+    teacher = load_teacher(plan.teacher, device)
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
-        maybe_inject_fault(cfg, loop_config["run_path"], epoch, rank)
+        maybe_inject_fault(cfg, plan.run_path, epoch, rank)
         started_at = time.time()
         t0 = time.perf_counter()
         model.train()
@@ -206,26 +197,25 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: TrainSession | N
             "train_time_s": train_time,
             "started_at": started_at,
             "lr": optimizer.param_groups[0]["lr"],
+            **plan.baselines,
         }
-        if "persistence_mae" in loop_config["extras"]:
-            metrics["persistence_mae"] = loop_config["extras"]["persistence_mae"]
         history.append({**metrics, "attempt": attempt})
-        report(session, cfg, model, optimizer, scheduler, metrics, history, loop_config, rank, world)
+        report(session, plan, model, optimizer, scheduler, metrics, history, rank, world)
 
 
 def report(
     session: TrainSession,
-    cfg: JobConfig,
+    plan: WorkerPlan,
     model,
     optimizer,
     scheduler,
     metrics: dict,
     history: list,
-    loop_config: dict,
     rank: int,
     world: int,
 ) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (model.pt + model.json + state.pt)."""
+    cfg = plan.job
     t0 = time.perf_counter()
     if rank != 0:
         session.report(metrics, None)
@@ -234,10 +224,10 @@ def report(
         write_checkpoint(
             tmp,
             unwrap(model),
-            dataset=loop_config["dataset"],
+            dataset=plan.dataset,
             metrics=metrics,
             extra={
-                "task": loop_config["task"],
+                "task": plan.task,
                 "run": cfg.name,
                 "epoch": metrics["epoch"],
                 "workers": world,
@@ -267,14 +257,14 @@ class Teacher:
     alpha: float
 
 
-def load_teacher(spec: dict | None, device: torch.device) -> Teacher | None:
+def load_teacher(spec: TeacherSpec | None, device: torch.device) -> Teacher | None:
     """Distillation: the teacher (a model-store path, sha256-checked) frozen on this worker."""
     if not spec:
         return None
-    loaded = load_checkpoint(spec["path"], device=str(device))
+    loaded = load_checkpoint(spec.path, device=str(device))
     for p in loaded.model.parameters():
         p.requires_grad_(False)
-    return Teacher(loaded.model.eval(), float(spec["temperature"]), float(spec["alpha"]))
+    return Teacher(loaded.model.eval(), spec.temperature, spec.alpha)
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

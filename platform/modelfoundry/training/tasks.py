@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
 
 import torch
 from torch.nn import functional as F
 
+from modelfoundry.models import Task, family_spec
+from modelfoundry.models.transformer import language_model_loss
 from modelfoundry.models.vae import vae_loss
-
-Task = Literal["classification", "regression", "generative"]
 
 # the metric that ranks checkpoints and trials, and its direction
 TASK_METRIC: dict[str, tuple[str, str]] = {
     "classification": ("test_accuracy", "max"),
     "regression": ("test_mae", "min"),
     "generative": ("test_neg_elbo", "min"),
+    "language-model": ("test_bpc", "min"),  # bits per character on the held-out text
 }
 
 
 def task_of(family: str, dataset_task: str) -> Task:
-    return "generative" if family == "vae" else dataset_task  # type: ignore[return-value]
+    """The family's own task (the VAE's, the language model's), else the dataset's."""
+    return family_spec(family).task_for(dataset_task)
 
 
 def batch_loss(
@@ -38,6 +40,10 @@ def batch_loss(
         pred = model(x).float().squeeze(-1)
         loss = F.mse_loss(pred / y_std, y / y_std)  # in units of the target's std
         return loss, {"loss": loss.detach() * n, "abs_err": (pred.detach() - y).abs().sum(), "n": n}
+    if task == "language-model":
+        loss_sum = language_model_loss(model(x), y)
+        tokens = y.numel()
+        return loss_sum / tokens, {"loss": loss_sum.detach(), "tokens": tokens, "n": n}
     logits, mu, logvar = model(x, return_latent=True)
     recon, kl = vae_loss(logits, x, mu, logvar)
     loss = (recon + kl).mean()
@@ -63,6 +69,9 @@ def distill_loss(
 
 def summarize(task: Task, sums: dict[str, float], prefix: str) -> dict[str, float]:
     n = max(sums.get("n", 0), 1)
+    if task == "language-model":  # per token, in nats and in bits
+        nats = sums["loss"] / max(sums.get("tokens", 0), 1)
+        return {f"{prefix}_loss": nats, f"{prefix}_bpc": nats / math.log(2)}
     out = {f"{prefix}_loss": sums["loss"] / n}
     if task == "classification":
         out[f"{prefix}_accuracy"] = sums["correct"] / n

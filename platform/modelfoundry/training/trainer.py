@@ -3,6 +3,7 @@ export the best checkpoint to the model store, plot the learning curves."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pyarrow.fs as pafs
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.training.plan import TeacherSpec, worker_plan
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 
 # Ray Train's controller polls its workers for reports every 2 s by default, and a report waits
@@ -115,31 +117,6 @@ def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterat
         yield x[index[r::world]], y[index[r::world]]
 
 
-def loop_config(
-    cfg: JobConfig, splits, run_path: str, start_from: str | None = None, teacher: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Everything a worker needs, as plain data (the job config travels as a dict)."""
-    task = task_of(cfg.model.family, splits.spec.task)
-    stats = splits.stats()
-    return {
-        "job": cfg.to_dict(),
-        "spec": {**splits.spec.to_dict(), "output_dim": splits.spec.output_dim},
-        "stats": stats,
-        "extras": splits.extras,
-        "task": task,
-        "dataset": {
-            **splits.spec.to_dict(),
-            "config": cfg.data.model_dump(mode="json"),
-            "stats": stats,
-            "train_size": len(splits.x_train),
-            "test_size": len(splits.x_test),
-        },
-        "run_path": run_path,
-        "start_from": start_from,  # a checkpoint to start from when the run has none of its own
-        "teacher": teacher,  # distillation: {"path", "temperature", "alpha"}
-    }
-
-
 def make_trainer(
     cfg: JobConfig,
     splits,
@@ -147,7 +124,7 @@ def make_trainer(
     run_name: str,
     callbacks: list | None = None,
     start_from: str | None = None,
-    teacher: dict[str, Any] | None = None,
+    teacher: TeacherSpec | None = None,
 ):
     """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial. `start_from`: a
     checkpoint (directory or URI) to start from, with `cfg`'s hyperparameters (PBT's exploit)."""
@@ -160,16 +137,16 @@ def make_trainer(
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
-    config = loop_config(cfg, splits, join(storage_path, run_name), start_from, teacher)
+    plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
         # each rank's share goes to the object store once and its worker fetches only that (no Ray
         # Data pipeline, coordinator or stats actors running beside the training)
         n = cfg.train.num_workers
-        config["shares"] = {
+        plan = dataclasses.replace(plan, shares={
             "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
             "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
-        }
+        })
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),
@@ -177,7 +154,7 @@ def make_trainer(
     }
     return TorchTrainer(
         train_loop_per_worker=_loop(),
-        train_loop_config=config,
+        train_loop_config=plan,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -281,7 +258,7 @@ def train(
     allow_changes: set[str] | frozenset[str] = frozenset(),
     splits=None,
     start_from: str | None = None,
-    teacher: dict[str, Any] | None = None,
+    teacher: TeacherSpec | None = None,
 ) -> TrainOutcome:
     """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model.
     resume: continue the latest run of cfg.name; its config must match (allow_changes: fields of

@@ -103,13 +103,13 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
     from modelfoundry.config import with_overrides
     from modelfoundry.models import config_dict
     from modelfoundry.training.loop import TuneSession, train_loop_per_worker
-    from modelfoundry.training.trainer import loop_config
+    from modelfoundry.training.plan import TeacherSpec, worker_plan
 
-    teacher = {"path": teacher_path, "temperature": dims.temperature, "alpha": dims.alpha} if teacher_path else None
+    teacher = TeacherSpec(teacher_path, dims.temperature, dims.alpha) if teacher_path else None
     with tempfile.TemporaryDirectory(prefix="mf-pareto-") as tmp:
         trained = Path(tmp) / "trained"
         session = KeepingSession(TuneSession(splits, cfg.train.use_gpu), trained)
-        train_loop_per_worker(loop_config(cfg, splits, join(run_path, "train"), teacher=teacher), session)
+        train_loop_per_worker(worker_plan(cfg, splits, join(run_path, "train"), teacher=teacher), session)
         model = load_checkpoint(trained).model
         dataset = json.loads((trained / "model.json").read_text())["dataset"]
         steps = []
@@ -130,7 +130,7 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
                 )
                 fine = KeepingSession(TuneSession(splits, cfg.train.use_gpu), tuned)
                 train_loop_per_worker(
-                    loop_config(ft, splits, join(run_path, "finetune"), start_from=str(init), teacher=teacher), fine
+                    worker_plan(ft, splits, join(run_path, "finetune"), start_from=str(init), teacher=teacher), fine
                 )
                 model = load_checkpoint(tuned).model
                 steps.append(f"fine-tuned {dims.finetune_epochs}")

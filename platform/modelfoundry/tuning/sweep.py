@@ -169,7 +169,8 @@ def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None
         from ray import tune
 
         from modelfoundry.training.loop import TuneSession, train_loop_per_worker
-        from modelfoundry.training.trainer import loop_config, make_trainer
+        from modelfoundry.training.plan import worker_plan
+        from modelfoundry.training.trainer import make_trainer
         from modelfoundry.tuning.relay import ReportRelay, fit_and_relay
 
         cfg = with_overrides(
@@ -195,7 +196,7 @@ def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None
             return
         if in_process:
             run_path = join(trials_storage, run_name)
-            train_loop_per_worker(loop_config(cfg, splits, run_path), TuneSession(splits, cfg.train.use_gpu))
+            train_loop_per_worker(worker_plan(cfg, splits, run_path), TuneSession(splits, cfg.train.use_gpu))
             return
         # a checkpoint from Tune: this trial's own (a resumed sweep) or another's (a PBT exploit)
         start = tune.get_checkpoint()

@@ -1,0 +1,238 @@
+"""Decoder-only Transformer language model (GPT-style): token + learned position embeddings,
+pre-norm blocks of causal self-attention (torch's scaled_dot_product_attention: flash or
+memory-efficient kernels where the device has them) and an MLP, a final LayerNorm and a head
+whose weight is the token embedding's (tied).
+
+The input is token ids, shape (batch, time) int64, time <= context; the output is next-token
+logits, shape (batch, time, vocab). `stages()` = [embedding, block 0, ..., block N-1, norm+head]:
+a split cuts the blocks into stage services. Generation keeps a key/value cache per block
+(`Cache`), so each new token costs one position's work, not the whole prefix's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from modelfoundry.models.spec import Dropout, FamilyConfig, FamilySpec, PosInt
+
+
+class TransformerConfig(FamilyConfig):
+    input_dtype: ClassVar[str] = "int64"
+    vocab_size: PosInt = 96  # set from the dataset's tokenizer
+    context: PosInt = 128  # the most positions the model attends over
+    d_model: PosInt = 128
+    n_layers: PosInt = 4
+    n_heads: PosInt = 4
+    mlp_ratio: PosInt = 4
+    dropout: Dropout = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.context,)
+
+
+PRESETS = {
+    "tiny": {"context": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0},
+    "default": {"context": 128, "d_model": 128, "n_layers": 4, "n_heads": 4, "dropout": 0.0},
+    # GPU presets: GPT-2 small's shape (768 wide, 12 blocks, 12 heads, 1024 positions), and a
+    # 24-block 1024-wide one (GPT-2 medium's); shard them with train.strategy: fsdp
+    "gpt2-small": {"context": 1024, "d_model": 768, "n_layers": 12, "n_heads": 12, "dropout": 0.1},
+    "gpt2-medium": {"context": 1024, "d_model": 1024, "n_layers": 24, "n_heads": 16, "dropout": 0.1},
+}
+
+
+@dataclass
+class Cache:
+    """Keys and values of the positions seen so far, one (k, v) pair per block this process
+    runs, each (batch, heads, time, head_dim); `start` is the position of the next token."""
+
+    start: int = 0
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class Embedding(nn.Module):
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos = nn.Embedding(c.context, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        start = cache.start if cache is not None else 0
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        return self.drop(self.tok(idx) + self.pos(positions))
+
+
+class Block(nn.Module):
+    """Pre-norm: h + attn(ln(h)), then h + mlp(ln(h))."""
+
+    def __init__(self, c: TransformerConfig, index: int) -> None:
+        super().__init__()
+        self.index, self.n_heads, self.p = index, c.n_heads, c.dropout
+        self.ln1 = nn.LayerNorm(c.d_model)
+        self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
+        self.proj = nn.Linear(c.d_model, c.d_model)
+        self.ln2 = nn.LayerNorm(c.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(c.d_model, c.mlp_ratio * c.d_model),
+            nn.GELU(),
+            nn.Linear(c.mlp_ratio * c.d_model, c.d_model),
+            nn.Dropout(c.dropout),
+        )
+        self.drop = nn.Dropout(c.dropout)
+
+    def attention(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in self.qkv(x).split(d, 2))
+        past = 0
+        if cache is not None:
+            if self.index in cache.kv:
+                pk, pv = cache.kv[self.index]
+                past = pk.shape[2]
+                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+            cache.kv[self.index] = (k, v)
+        if past and t > 1:  # new queries over old + new keys: causal within the new part
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # one new query sees every key; a fresh sequence is plainly causal
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=not past and t > 1, dropout_p=self.p if self.training else 0.0
+            )
+        return self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+
+    def forward(self, h: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        h = h + self.attention(self.ln1(h), cache)
+        return h + self.mlp(self.ln2(h))
+
+
+class Head(nn.Module):
+    """Final LayerNorm and the output projection (its weight is the token embedding's)."""
+
+    def __init__(self, c: TransformerConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(c.d_model)
+        self.out = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.out.weight = embedding.weight
+
+    def forward(self, h: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        return self.out(self.ln(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = Embedding(config)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.head = Head(config, self.embed.tok)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: residual projections scaled by depth
+            for proj in (block.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if idx.shape[1] + (cache.start if cache else 0) > self.config.context:
+            raise ValueError(f"{idx.shape[1]} tokens exceed the model's context of {self.config.context}")
+        h = self.embed(idx, cache)
+        for block in self.blocks:
+            h = block(h, cache)
+        out = self.head(h)
+        if cache is not None:
+            cache.start += idx.shape[1]
+        return out
+
+    def stages(self) -> list[nn.Module]:
+        return [self.embed, *self.blocks, self.head]
+
+
+def run_group(modules: list[nn.Module], x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """Some consecutive stages with a cache: what one stage service runs per step."""
+    for m in modules:
+        x = m(x, cache)
+    return x
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> int:
+    """One token id from the last position's logits: the argmax at temperature 0, else a
+    sample from softmax(logits / temperature) over the top_k most likely tokens."""
+    logits = logits[0, -1].float()
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+
+
+def window_for(context: int) -> int:
+    """When a sequence reaches the context, generation restarts its cache from the last
+    `window_for(context)` tokens (half the context), so the cost per token stays bounded."""
+    return max(1, context // 2)
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one at a time (a KV cache; the caller may stop early)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    ids = list(prompt)
+    cache = Cache()
+    step = torch.tensor([ids[-model.config.context :]], device=device)
+    for _ in range(max_new_tokens):
+        if cache.start + step.shape[1] > model.config.context:
+            cache = Cache()
+            step = torch.tensor([ids[-window_for(model.config.context) :]], device=device)
+        token = next_token(model(step, cache), temperature, top_k, generator)
+        ids.append(token)
+        yield token
+        step = torch.tensor([[token]], device=device)
+
+
+def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per token (nats), summed over every position of the batch."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+
+
+SPEC = FamilySpec(
+    "transformer",
+    Transformer,
+    TransformerConfig,
+    PRESETS,
+    inputs=frozenset({"text"}),
+    task="language-model",
+    verbs=("generate",),
+    data_fields=("vocab_size",),
+    from_dataset=lambda spec: {"vocab_size": spec.num_classes},
+    description="decoder-only Transformer language model (GPT-style)",
+)
