@@ -39,7 +39,10 @@ def test_overrides_and_round_trip():
     "patch, fragment",
     [
         ({"model": {"family": "gpt"}}, "model.family: Input should be 'mlp', 'cnn', 'rnn', 'vae' or 'transformer'"),
-        ({"model": {"family": "cnn", "preset": "huge"}}, "unknown preset 'huge' for cnn; choose one of ['tiny', 'default']"),
+        (
+            {"model": {"family": "cnn", "preset": "huge"}},
+            "unknown preset 'huge' for cnn; choose one of ['tiny', 'default']",
+        ),
         ({"model": {"family": "cnn", "dropout": 2}}, "dropout: Input should be less than 1 (got 2)"),
         ({"model": {"family": "transformer"}}, "family transformer does not learn from image data (dataset digits)"),
         (
@@ -62,7 +65,10 @@ def test_overrides_and_round_trip():
         ({"train": {"epochz": 3}}, "train.epochz: unknown field"),
         ({"extra": 1}, "extra: unknown field"),
         ({"name": "bad name!"}, "name: String should match pattern"),
-        ({"model": {"family": "vae"}, "data": {"dataset": "sunspots"}}, "family vae does not learn from series data (dataset sunspots)"),
+        (
+            {"model": {"family": "vae"}, "data": {"dataset": "sunspots"}},
+            "family vae does not learn from series data (dataset sunspots)",
+        ),
         ({"data": {"dataset": "digits", "augment": True, "in_memory": True}}, "in_memory: true cannot hold augmented"),
     ],
 )

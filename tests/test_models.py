@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modelfoundry.models import FAMILIES, PRESETS, REGISTRY, build_model
+from modelfoundry.models import FAMILIES, PRESETS, build_model
 from modelfoundry.models.stages import auto_split, group_module, resolve_split, run_stages, stage_params
 from modelfoundry.models.vae import vae_loss
 

@@ -63,6 +63,10 @@ class Cache:
     start: int = 0
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
+    def reset(self) -> None:
+        self.start = 0
+        self.kv.clear()
+
 
 class Embedding(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
@@ -156,29 +160,55 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         if idx.shape[1] + (cache.start if cache else 0) > self.config.context:
             raise ValueError(f"{idx.shape[1]} tokens exceed the model's context of {self.config.context}")
-        h = self.embed(idx, cache)
-        for block in self.blocks:
-            h = block(h, cache)
-        out = self.head(h)
-        if cache is not None:
-            cache.start += idx.shape[1]
-        return out
+        return run_group(self.stages(), idx, cache)
 
     def stages(self) -> list[nn.Module]:
         return [self.embed, *self.blocks, self.head]
 
 
 def run_group(modules: list[nn.Module], x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-    """Some consecutive stages with a cache: what one stage service runs per step."""
+    """Consecutive stages over x's positions (the whole model, or what one stage service runs
+    per generation step); with a cache, the positions are appended to it."""
+    t = x.shape[1]
     for m in modules:
         x = m(x, cache)
+    if cache is not None:
+        cache.start += t
     return x
 
 
+class Sequence:
+    """The token ids of one generation and what its cache holds, so every generation path (the
+    local one below, the serving ingress over split stages) feeds the same positions: after the
+    prompt, one new token a step; when the sequence reaches the context, the cache restarts from
+    the last `window_for(context)` tokens. `miss()`: the cache was lost (a stage replica that does
+    not hold it), so the next step re-feeds the current segment, rebuilding exactly that cache."""
+
+    def __init__(self, prompt: list[int], context: int) -> None:
+        self.ids, self.context = list(prompt), context
+        self.segment = max(0, len(self.ids) - context)  # where the cached positions begin
+        self.cached = 0  # how many ids from `segment` on the cache holds
+
+    def next_input(self) -> tuple[list[int], int]:
+        """(ids to feed, position of the first): start 0 means a fresh cache."""
+        if len(self.ids) - self.segment > self.context:
+            self.segment, self.cached = len(self.ids) - window_for(self.context), 0
+        return self.ids[self.segment + self.cached :], self.cached
+
+    def fed(self, n: int) -> None:
+        self.cached += n
+
+    def miss(self) -> None:
+        self.cached = 0
+
+    def append(self, token: int) -> None:
+        self.ids.append(token)
+
+
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> int:
-    """One token id from the last position's logits: the argmax at temperature 0, else a
-    sample from softmax(logits / temperature) over the top_k most likely tokens."""
-    logits = logits[0, -1].float()
+    """One token id from the last position's logits (shape (vocab,)): the argmax at temperature
+    0, else a sample from softmax(logits / temperature) over the top_k most likely tokens."""
+    logits = logits.float()
     if temperature == 0:
         return int(logits.argmax())
     logits = logits / temperature
@@ -205,18 +235,17 @@ def generate(
 ) -> Iterator[int]:
     """Yield new token ids one at a time (a KV cache; the caller may stop early)."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    ids = list(prompt)
-    cache = Cache()
-    step = torch.tensor([ids[-model.config.context :]], device=device)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    seq, cache = Sequence(prompt, model.config.context), Cache()
     for _ in range(max_new_tokens):
-        if cache.start + step.shape[1] > model.config.context:
-            cache = Cache()
-            step = torch.tensor([ids[-window_for(model.config.context) :]], device=device)
-        token = next_token(model(step, cache), temperature, top_k, generator)
-        ids.append(token)
+        ids, start = seq.next_input()
+        if start == 0:
+            cache.reset()
+        logits = model(torch.tensor([ids], device=device), cache)[0, -1].cpu()
+        seq.fed(len(ids))
+        token = next_token(logits, temperature, top_k, generator)
+        seq.append(token)
         yield token
-        step = torch.tensor([[token]], device=device)
 
 
 def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

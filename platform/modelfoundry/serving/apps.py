@@ -10,11 +10,13 @@ from ray import serve
 from ray.serve import Application
 
 from modelfoundry.artifacts import read_meta
-from modelfoundry.models import build_model
+from modelfoundry.models import build_model, family_spec
 from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.auth import load_keys
 from modelfoundry.serving.deployments import Ingress, Stage
+from modelfoundry.serving.generation import MAX_NEW_TOKENS
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
+from modelfoundry.serving.spec import IngressSpec, Limits
 from modelfoundry.storage import absolute
 from modelfoundry.store import parse_ref, resolve
 
@@ -34,6 +36,7 @@ class AppArgs(Strict):
     batching: BatchingOptions | None = None
     max_instances: int = Field(default=256, gt=0)
     max_body_bytes: int = Field(default=1_000_000, gt=0)
+    max_new_tokens: int = Field(default=MAX_NEW_TOKENS, gt=0)  # language models, per request
     # API keys: the NAME of an env var (comma-separated keys) and/or a key file path; never keys
     api_keys_env: str | None = None
     api_keys_file: str | None = None
@@ -64,17 +67,8 @@ def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str
     return path, read_meta(path)
 
 
-def _spec(args: AppArgs, kind: str, name: str, path: str, meta: dict, groups: Any = None, members: Any = None) -> dict:
+def _common(args: AppArgs) -> dict[str, Any]:
     return {
-        "name": name,
-        "kind": kind,
-        "model_path": path,
-        "meta": meta,
-        "task": meta.get("task", "classification"),
-        "version": path.rstrip("/").rsplit("/", 1)[-1],
-        "groups": groups,
-        "members": members,
-        "limits": {"max_instances": args.max_instances, "max_body_bytes": args.max_body_bytes},
         "batching": args.batching.model_dump() if args.batching else None,
         "api_keys_env": args.api_keys_env,
         "api_keys_file": args.api_keys_file,
@@ -88,6 +82,7 @@ def build_app(args: AppArgs | dict) -> Application:
     store = absolute(args.store)
     batching = args.batching.model_dump() if args.batching else None
     ingress = Ingress.options(**args.ingress.serve_options())
+    limits = Limits(args.max_instances, args.max_body_bytes, args.max_new_tokens)
 
     if args.kind == "ensemble":
         members, metas = [], []
@@ -102,23 +97,43 @@ def build_app(args: AppArgs | dict) -> Application:
         shapes = {tuple(m["input_spec"]["shape"]) for m in metas}
         if len(shapes) > 1:
             raise ValueError(f"ensemble members take different input shapes {sorted(shapes)}; they must agree")
-        spec = _spec(args, "ensemble", args.name or "ensemble", "", metas[0], members=args.models)
-        spec["meta"] = {**metas[0], "family": "ensemble", "metrics": {}}
+        spec = IngressSpec(
+            name=args.name or "ensemble",
+            kind="ensemble",
+            family="ensemble",
+            task="classification",
+            verbs=("predict",),
+            version="",
+            model_path="",
+            input_spec=metas[0]["input_spec"],
+            config={},
+            metrics={},
+            dataset=(metas[0].get("dataset") or {}).get("name"),
+            limits=limits,
+            members=args.models,
+            **_common(args),
+        )
         return ingress.bind(spec, None, members)
 
     path, meta = _load_meta(store, args.model or "", args.version)
     name = args.name or args.model or ""
-    if args.kind == "vae" or meta["family"] == "vae":
-        if meta["family"] != "vae":
-            raise ValueError(f"kind vae needs a VAE; model {args.model!r} is a {meta['family']}")
-        encoder = Stage.options(name="encoder", **args.stages.serve_options()).bind(path, [0], batching)
-        decoder = Stage.options(name="decoder", **args.stages.serve_options()).bind(path, [2], batching)
-        return ingress.bind(_spec(args, "vae", name, path, meta, groups=[[0], [1], [2]]), [encoder, decoder])
+    family = family_spec(meta["family"])
+    if args.kind == "vae" and meta["family"] != "vae":
+        raise ValueError(f"kind vae needs a VAE; model {args.model!r} is a {meta['family']}")
+    if family.services:  # verbs served by named stage groups (the VAE's encoder and decoder)
+        services = [
+            Stage.options(name=n, **args.stages.serve_options()).bind(path, list(g), batching)
+            for n, g in family.services
+        ]
+        groups = [list(g) for _, g in family.services]
+        return ingress.bind(
+            IngressSpec.from_meta(name, "services", path, meta, limits, groups=groups, **_common(args)), services
+        )
 
     model = build_model(meta["family"], "default", **meta["config"])  # structure only, to cut it
     groups = resolve_split(model, args.split)
     if len(groups) == 1:
-        return ingress.bind(_spec(args, "model", name, path, meta, groups=groups))
+        return ingress.bind(IngressSpec.from_meta(name, "model", path, meta, limits, groups=groups, **_common(args)))
     placement = args.stage_placement or [{}] * len(groups)
     if len(placement) != len(groups):
         raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
@@ -129,7 +144,9 @@ def build_app(args: AppArgs | dict) -> Application:
         )
         for i, g in enumerate(groups)
     ]
-    return ingress.bind(_spec(args, "split", name, path, meta, groups=groups), stages)
+    return ingress.bind(
+        IngressSpec.from_meta(name, "split", path, meta, limits, groups=groups, **_common(args)), stages
+    )
 
 
 def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:

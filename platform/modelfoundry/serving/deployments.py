@@ -1,22 +1,29 @@
 """Generic Serve deployments, the same for every model family:
 
-- Stage: runs one group of a model's stages (the whole model when the group is all of them).
+- Stage: runs one group of a model's stages (the whole model when the group is all of them); for
+  a language model it also runs generation steps, holding each request's KV cache for its blocks.
 - Ingress: FastAPI (KServe v1 REST) front door. It validates every request, then either runs the
   model in-process (monolithic: no network hop) or calls its stage services in order through
   DeploymentHandles (split), fans out to several models and averages their probabilities
-  (ensemble), or routes the VAE verbs to its encoder and decoder services.
+  (ensemble), or routes a family's verbs to its named services (the VAE's encoder and decoder).
+  The verbs come from the family's FamilySpec; a language model's `generate` streams JSON lines.
 """
 
 import asyncio
+import uuid
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelfoundry.data.text import CharTokenizer
+from modelfoundry.models.transformer import Cache
 from modelfoundry.serving import auth
+from modelfoundry.serving.generation import CacheMiss, line, parse_generate, tokens
 from modelfoundry.serving.requests import (
     RequestError,
     instances_array,
@@ -26,13 +33,12 @@ from modelfoundry.serving.requests import (
     read_body,
 )
 from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
+from modelfoundry.serving.spec import IngressSpec
 
-VERBS = {
-    "classification": ["predict"],
-    "regression": ["predict"],
-    "generative": ["encode", "decode", "reconstruct", "sample"],
-}
 MAX_SAMPLES = 64
+# generation requests whose KV cache one stage replica holds at once (least recently used go
+# first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
+MAX_SESSIONS_PER_REPLICA = 64
 
 
 async def _call(handle, x: np.ndarray) -> np.ndarray:
@@ -59,6 +65,22 @@ class Stage:
         # health checks share) stays free even when the replica is saturated
         return await self._batched(x) if self.batching else await asyncio.to_thread(self.runner.run, x)
 
+    # ---- language-model generation: the request's cache lives on this replica; Serve's
+    # multiplexed routing (the session id as model id) sends the request's later steps here
+    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
+    async def _session(self, session_id: str) -> Cache:
+        return Cache()
+
+    async def step(self, x: np.ndarray, start: int) -> np.ndarray | None:
+        """Feed positions start.. of the request; None when this replica lacks its cache."""
+        cache = await self._session(serve.get_multiplexed_model_id())
+        if start and cache.start != start:
+            return None
+        return await asyncio.to_thread(self.runner.step, x, cache, start)
+
+    async def end(self) -> None:
+        (await self._session(serve.get_multiplexed_model_id())).reset()
+
 
 app = FastAPI(title="modelfoundry model service", description="KServe v1 / TF-Serving style REST API")
 
@@ -82,20 +104,21 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, spec: dict[str, Any], stages: list | None = None, members: list | None = None) -> None:
-        """spec: name, kind (model|ensemble|vae), meta (model.json), groups, limits, batching, model_path."""
+    def __init__(self, spec: IngressSpec, stages: list | None = None, members: list | None = None) -> None:
         self.spec = spec
-        self.name: str = spec["name"]
-        self.meta: dict[str, Any] = spec["meta"]
-        self.task: str = spec["task"]
-        self.input_shape = tuple(self.meta["input_spec"]["shape"])
-        self.keys = auth.load_keys(spec.get("api_keys_env"), spec.get("api_keys_file"))
+        self.name = spec.name
+        self.task = spec.task
+        self.input_shape = tuple(spec.input_spec["shape"])
+        self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.stages = stages or []
         self.members = members or []
-        self.local = ModelRunner(spec["model_path"]) if spec["kind"] == "model" and not self.stages else None
-        if self.local and spec.get("batching"):
-            self._batched.set_max_batch_size(spec["batching"]["max_batch_size"])
-            self._batched.set_batch_wait_timeout_s(spec["batching"]["batch_wait_timeout_s"])
+        self.local = ModelRunner(spec.model_path) if spec.kind == "model" else None
+        self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
+        self.active_generations = 0  # streams in progress on this replica
+        self.generated_tokens = 0  # tokens produced on this replica since it started
+        if self.local and spec.batching:
+            self._batched.set_max_batch_size(spec.batching["max_batch_size"])
+            self._batched.set_batch_wait_timeout_s(spec.batching["batch_wait_timeout_s"])
 
     # ---- routes
     @app.get("/healthz")
@@ -117,22 +140,25 @@ class Ingress:
     async def post(self, target: str, request: Request) -> Response:
         auth.check(self.keys, request.headers)
         name, _, verb = target.rpartition(":")
+        verbs = list(self.spec.verbs)
         if not name:
-            raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {VERBS[self.task]}")
+            raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {verbs}")
         self._check_name(name)
-        if verb not in VERBS[self.task]:
-            raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {VERBS[self.task]}")
-        limits = self.spec["limits"]
-        body = await read_body(request, limits["max_body_bytes"])
+        if verb not in verbs:
+            raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {verbs}")
+        limits = self.spec.limits
+        body = await read_body(request, limits.max_body_bytes)
         if verb == "sample":
-            return await self.sample(parse_json_body(body or b"{}", limits["max_body_bytes"]), request)
+            return await self.sample(parse_json_body(body or b"{}", limits.max_body_bytes), request)
+        if verb == "generate":
+            return await self.generate(parse_json_body(body, limits.max_body_bytes))
         if request.headers.get("content-type", "").startswith("image/png"):
             # decoding is CPU work: off the event loop, which keeps answering other requests
-            x = await asyncio.to_thread(png_array, body, self.input_shape, limits["max_body_bytes"])
+            x = await asyncio.to_thread(png_array, body, self.input_shape, limits.max_body_bytes)
         else:
-            data = parse_json_body(body, limits["max_body_bytes"])
-            shape = (self.meta["config"]["latent_dim"],) if verb == "decode" else self.input_shape
-            x = instances_array(data, shape, limits["max_instances"])
+            data = parse_json_body(body, limits.max_body_bytes)
+            shape = (self.spec.config["latent_dim"],) if verb == "decode" else self.input_shape
+            x = instances_array(data, shape, limits.max_instances)
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
     # ---- verbs
@@ -162,18 +188,90 @@ class Ingress:
         seed = data.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError(400, f"seed must be a non-negative integer, got {seed!r}")
-        z = np.random.default_rng(seed).standard_normal((n, self.meta["config"]["latent_dim"])).astype(np.float32)
+        z = np.random.default_rng(seed).standard_normal((n, self.spec.config["latent_dim"])).astype(np.float32)
         images = sigmoid(await self.stages[1].remote(z))
         if data.get("format") == "png" or "image/png" in request.headers.get("accept", ""):
             return Response(png_grid(images), media_type="image/png")
         return JSONResponse({"predictions": images.tolist()})
+
+    async def generate(self, data: dict) -> Response:
+        """Language models: new text for a prompt, streamed as JSON lines (one per token, then a
+        summary line), or as one JSON object with "stream": false."""
+        context = self.spec.config["context"]
+        request = parse_generate(data, self.tokenizer, context, self.spec.limits.max_new_tokens)
+        step, release = self._local_step() if self.local else self._split_step()
+        if not request.stream:
+            try:
+                ids = [t async for t in tokens(step, request, context)]
+            finally:
+                release()
+            self.generated_tokens += len(ids)
+            return JSONResponse(self._summary(ids))
+        return StreamingResponse(self._stream(step, release, request), media_type="application/x-ndjson")
+
+    async def _stream(self, step, release, request):
+        # a client that disconnects cancels this generator at its next await (Serve cancels the
+        # request): the finally block frees the request's caches and no more steps run
+        self.active_generations += 1
+        ids: list[int] = []
+        try:
+            async for t in tokens(step, request, self.spec.config["context"]):
+                ids.append(t)
+                self.generated_tokens += 1
+                yield line({"token": self.tokenizer.decode([t]), "index": len(ids) - 1})
+            yield line(self._summary(ids))
+        except Exception as err:  # headers are sent: the error goes in the stream, as JSON
+            yield line({"error": f"generation failed ({type(err).__name__}: {err})"[:500]})
+        finally:
+            self.active_generations -= 1
+            release()
+
+    def _summary(self, ids: list[int]) -> dict:
+        return {
+            "done": True,
+            "text": self.tokenizer.decode(ids),
+            "tokens": len(ids),
+            "finish_reason": "length",
+            "model": self.name,
+            "version": self.spec.version,
+        }
+
+    def _local_step(self):
+        """Monolithic: the model runs here, with this request's own KV cache."""
+        cache = Cache()
+
+        async def step(ids: list[int], start: int) -> torch.Tensor:
+            x = np.asarray([ids], dtype=np.int64)
+            return torch.from_numpy((await asyncio.to_thread(self.local.step, x, cache, start))[0])
+
+        return step, lambda: None
+
+    def _split_step(self):
+        """Split: each stage service holds this request's cache for its blocks, found again by
+        the session id (Serve's multiplexed routing); one hop per stage per token."""
+        session = uuid.uuid4().hex
+        calls = [s.options(method_name="step", multiplexed_model_id=session) for s in self.stages]
+
+        async def step(ids: list[int], start: int) -> torch.Tensor:
+            x = np.asarray([ids], dtype=np.int64)
+            for call in calls:
+                x = await call.remote(x, start)
+                if x is None:
+                    raise CacheMiss
+            return torch.from_numpy(x[0])
+
+        def release() -> None:
+            for s in self.stages:
+                s.options(method_name="end", multiplexed_model_id=session).remote()
+
+        return step, release
 
     # ---- helpers
     async def forward(self, x: np.ndarray) -> np.ndarray:
         if self.local is not None:
             # in a thread: model work on the event loop starved the replica's autoscaling metrics
             # pusher under sustained load (a saturated replica reported no load and never scaled)
-            return await self._batched(x) if self.spec.get("batching") else await asyncio.to_thread(self.local.run, x)
+            return await self._batched(x) if self.spec.batching else await asyncio.to_thread(self.local.run, x)
         for stage in self.stages:  # split: each hop is a call to another service
             x = await stage.remote(x)
         return x
@@ -187,17 +285,26 @@ class Ingress:
             raise RequestError(404, f"unknown model {name!r}; this service serves {self.name!r}")
 
     def metadata(self) -> dict[str, Any]:
-        m = self.meta
-        return {
+        s = self.spec
+        out = {
             "name": self.name,
-            "kind": self.spec["kind"],
-            "family": m.get("family"),
-            "version": self.spec.get("version"),
+            "kind": s.kind,
+            "family": s.family,
+            "version": s.version,
             "task": self.task,
-            "input_spec": m["input_spec"],
-            "dataset": m.get("dataset", {}).get("name"),
-            "metrics": {k: v for k, v in m.get("metrics", {}).items() if k.startswith("test_")},
-            "split": self.spec.get("groups"),
-            "members": self.spec.get("members"),
-            "verbs": VERBS[self.task],
+            "input_spec": s.input_spec,
+            "dataset": s.dataset,
+            "metrics": s.metrics,
+            "split": s.groups,
+            "members": s.members,
+            "verbs": list(s.verbs),
         }
+        if "generate" in s.verbs:
+            out["generate"] = {
+                "context": s.config["context"],
+                "max_new_tokens": s.limits.max_new_tokens,
+                "vocabulary": self.tokenizer.vocab if self.tokenizer else None,
+                "active": self.active_generations,
+                "generated_tokens": self.generated_tokens,
+            }
+        return out

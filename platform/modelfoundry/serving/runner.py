@@ -11,6 +11,7 @@ import torch
 
 from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.models.stages import group_module
+from modelfoundry.models.transformer import Cache, run_group
 
 
 class ModelRunner:
@@ -19,9 +20,12 @@ class ModelRunner:
         self.meta: dict[str, Any] = loaded.meta
         self.model = loaded.model
         self.device = torch.device(loaded.device)
-        n = len(self.model.stages())
-        self.group = list(group) if group is not None else list(range(n))
-        self.module = self.model if self.group == list(range(n)) else group_module(self.model, self.group).eval()
+        stages = self.model.stages()
+        self.group = list(group) if group is not None else list(range(len(stages)))
+        self.last = self.group[-1] == len(stages) - 1  # this group ends the model
+        self.stage_modules = [stages[i] for i in self.group]
+        whole = self.group == list(range(len(stages)))
+        self.module = self.model if whole else group_module(self.model, self.group).eval()
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -30,6 +34,16 @@ class ModelRunner:
             x = x.copy()
         out = self.module(torch.from_numpy(x).to(self.device))
         return out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def step(self, x: np.ndarray, cache: Cache, start: int) -> np.ndarray:
+        """One generation step of a language model's stages over x's positions, appended to
+        `cache` (reset first when start is 0). The group that ends the model returns the last
+        position's logits only, (batch, vocab); the others every position's hidden state."""
+        if start == 0:
+            cache.reset()
+        out = run_group(self.stage_modules, torch.from_numpy(np.ascontiguousarray(x)).to(self.device), cache)
+        return (out[:, -1] if self.last else out).float().cpu().numpy()
 
     def run_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """Many requests in one forward pass (what @serve.batch hands over); results split back."""

@@ -143,10 +143,13 @@ def make_trainer(
         # each rank's share goes to the object store once and its worker fetches only that (no Ray
         # Data pipeline, coordinator or stats actors running beside the training)
         n = cfg.train.num_workers
-        plan = dataclasses.replace(plan, shares={
-            "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
-            "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
-        })
+        plan = dataclasses.replace(
+            plan,
+            shares={
+                "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
+                "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
+            },
+        )
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),

@@ -1,0 +1,194 @@
+"""Language-model generation: the driver and its cache recovery (no Ray), then the `:generate`
+verb on a real local Serve app over HTTP on 127.0.0.1: streaming, split == monolithic, bad
+input, a client that disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from modelfoundry.artifacts import write_checkpoint
+from modelfoundry.config import DataSection
+from modelfoundry.data import load_splits
+from modelfoundry.data.text import CharTokenizer
+from modelfoundry.models import build_model
+from modelfoundry.models.transformer import Cache, generate
+from modelfoundry.serving.generation import CacheMiss, GenerateRequest, tokens
+from modelfoundry.store import export
+
+PORT = 18125
+URL = f"http://127.0.0.1:{PORT}"
+PROMPT = "The try statement "
+
+
+def lively_model(vocab_size: int, **overrides):
+    """A tiny transformer whose greedy output varies from token to token (random weights at
+    GPT's 0.02 init give nearly constant argmaxes, which would make equality tests weak)."""
+    torch.manual_seed(0)
+    model = build_model("transformer", "tiny", vocab_size=vocab_size, **overrides).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:  # matrices and embeddings; LayerNorms keep their identity init
+                p.normal_(0, 0.6)
+    return model
+
+
+def test_the_driver_equals_local_generation_even_when_caches_are_lost():
+    model = lively_model(40)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    expected = list(generate(model, prompt, 150))  # crosses the 64-token context twice
+    assert len(set(expected)) > 5
+    cache, calls = Cache(), {"n": 0}
+
+    async def step(ids, start):  # loses its cache every 7th call, as a replaced replica would
+        calls["n"] += 1
+        if start and (calls["n"] % 7 == 0 or cache.start != start):
+            cache.reset()
+            raise CacheMiss
+        if start == 0:
+            cache.reset()
+        with torch.inference_mode():
+            return model(torch.tensor([ids]), cache)[0, -1]
+
+    async def run():
+        request = GenerateRequest(prompt, 150, 0.0, None, None, True)
+        return [t async for t in tokens(step, request, model.config.context)]
+
+    assert asyncio.run(run()) == expected
+    sampled = [list(generate(model, prompt, 30, temperature=1.0, top_k=5, seed=s)) for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]
+
+
+@pytest.fixture(scope="module")
+def lm(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("lm")
+    store = str(tmp / "store")
+    splits = load_splits(DataSection(dataset="pydocs", window=64))
+    tokenizer = CharTokenizer.from_spec(splits.spec.tokenizer)
+    model = lively_model(len(tokenizer.vocab))
+    write_checkpoint(
+        tmp / "lm", model, dataset=splits.spec.to_dict(), metrics={"test_bpc": 9.9}, extra={"task": "language-model"}
+    )
+    export(str(tmp / "lm"), store, "lm")
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    expected = tokenizer.decode(list(generate(model, tokenizer.encode(PROMPT), 100)))
+    yield {"store": store, "model": model, "tokenizer": tokenizer, "expected": expected}
+    serve.shutdown()
+
+
+def deploy(lm, **args):
+    from ray import serve
+
+    from modelfoundry.serving.apps import build_app
+
+    serve.run(build_app({"store": lm["store"], "model": "lm", **args}), name="lm", route_prefix="/")
+    return httpx.Client(base_url=URL, timeout=120)
+
+
+def stream_lines(client, body):
+    with client.stream("POST", "/v1/models/lm:generate", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def test_greedy_generation_streams_and_split_equals_monolithic(lm):
+    texts = {}
+    for split in (None, "auto", "auto:4"):
+        c = deploy(lm, split=split)
+        meta = c.get("/v1/models/lm").json()
+        assert meta["verbs"] == ["generate"] and meta["generate"]["context"] == 64
+        lines = stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 100})
+        assert [x["index"] for x in lines[:-1]] == list(range(100))
+        summary = lines[-1]
+        assert summary["done"] and summary["tokens"] == 100
+        assert "".join(x["token"] for x in lines[:-1]) == summary["text"]
+        texts[str(split)] = summary["text"]
+        whole = c.post("/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 100, "stream": False})
+        assert whole.status_code == 200 and whole.json()["text"] == summary["text"]
+    assert texts == {k: lm["expected"] for k in texts}, texts
+
+
+def test_split_generation_survives_stage_replicas_that_lack_the_cache(lm):
+    """Two replicas per stage, concurrent requests: Serve's multiplexed routing keeps a request on
+    the replica holding its cache; when it does not, the request re-feeds its segment."""
+    c = deploy(lm, split="auto", stages={"num_replicas": 2, "num_cpus": 0.1})
+
+    async def one():
+        async with httpx.AsyncClient(base_url=URL, timeout=120) as ac:
+            body = {"prompt": PROMPT, "max_new_tokens": 100, "stream": False}
+            r = await ac.post("/v1/models/lm:generate", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+    async def many():
+        return await asyncio.gather(*(one() for _ in range(6)))
+
+    assert asyncio.run(many()) == [lm["expected"]] * 6
+    assert c.get("/healthz").status_code == 200
+
+
+def test_the_first_chunk_comes_before_the_end_and_a_disconnect_stops_the_work(lm):
+    c = deploy(lm)
+    before = c.get("/v1/models/lm").json()["generate"]["generated_tokens"]
+    with c.stream("POST", "/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 1024}) as r:
+        first = json.loads(next(r.iter_lines()))
+        assert first == {"token": first["token"], "index": 0}
+        # the stream is open and the replica is still generating it
+        assert c.get("/v1/models/lm").json()["generate"]["active"] == 1
+    # the client went away: the generation ends without finishing its 1024 tokens
+    deadline = time.monotonic() + 120
+    while (g := c.get("/v1/models/lm").json()["generate"])["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert g["active"] == 0
+    assert g["generated_tokens"] - before < 1024
+    assert stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 5})[-1]["tokens"] == 5
+
+
+BAD = [
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": 5}, "prompt must be a non-empty string"),
+    ({}, "prompt must be a non-empty string"),
+    ({"prompt": "snow \u2603"}, "characters the model does not know: ['\u2603']"),
+    ({"prompt": "x" * 65}, "prompt is 65 characters; this model's context is 64"),
+    ({"prompt": "a", "max_new_tokens": 0}, "max_new_tokens must be an integer from 1 to 200"),
+    ({"prompt": "a", "max_new_tokens": 201}, "max_new_tokens must be an integer from 1 to 200"),
+    ({"prompt": "a", "max_new_tokens": 2.5}, "max_new_tokens must be an integer"),
+    ({"prompt": "a", "temperature": -0.1}, "temperature must be a number from 0"),
+    ({"prompt": "a", "temperature": 2.5}, "temperature must be a number from 0"),
+    ({"prompt": "a", "temperature": "hot"}, "temperature must be a number from 0"),
+    ({"prompt": "a", "top_k": 0}, "top_k must be an integer from 1"),
+    ({"prompt": "a", "seed": -1}, "seed must be an integer from 0"),
+    ({"prompt": "a", "stream": "yes"}, "stream must be true or false"),
+    ({"prompt": "a", "max_tokens": 3}, "unknown field(s) ['max_tokens']"),
+    ([1, 2], "must be a JSON object"),
+]
+
+
+def test_bad_generate_requests_get_a_400_and_the_replica_survives(lm):
+    c = deploy(lm, max_new_tokens=200)
+    for body, fragment in BAD:
+        r = c.post("/v1/models/lm:generate", json=body)
+        assert r.status_code == 400 and fragment in r.json()["error"], (body, r.status_code, r.text)
+    r = c.post("/v1/models/lm:generate", content=b'{"prompt": NaN}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "NaN is not a JSON number" in r.json()["error"]
+    assert c.post("/v1/models/lm:predict", json={"instances": [[1]]}).status_code == 404
+    ok = c.post("/v1/models/lm:generate", json={"prompt": "a", "max_new_tokens": 3, "stream": False})
+    assert ok.status_code == 200 and ok.json()["tokens"] == 3
+
+
+def test_sampling_with_a_seed_is_reproducible_over_http(lm):
+    c = deploy(lm)
+    body = {"prompt": PROMPT, "max_new_tokens": 40, "temperature": 1.0, "top_k": 10, "stream": False}
+    a, b, other = (c.post("/v1/models/lm:generate", json={**body, "seed": s}).json()["text"] for s in (7, 7, 8))
+    assert a == b != other
+    expected = list(generate(lm["model"], lm["tokenizer"].encode(PROMPT), 40, 1.0, 10, seed=7))
+    assert a == lm["tokenizer"].decode(expected)
+    assert np.isfinite(c.get("/v1/models/lm").json()["metrics"]["test_bpc"])
