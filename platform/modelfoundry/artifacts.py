@@ -6,6 +6,11 @@ A checkpoint is a directory holding
                sha256 of model.pt (checked on every read: a mismatch is refused)
   state.pt     optional: optimizer state and epoch, for resuming training (not needed to serve)
 
+A training checkpoint of an FSDP run (train.strategy: fsdp) holds, instead of model.pt, the
+model's and the optimizer's shards as torch.distributed.checkpoint files under sharded/, each
+file's sha256 recorded in model.json ("sharded"); state.pt keeps the epoch and history.
+`consolidate()` makes one model.pt of it: what the model store publishes and serving loads.
+
 A compressed model (compression/) is a checkpoint like any other: a pruned model or a distilled
 student is a smaller model of its family (its own config); a quantized one records
 "quantization": {"scheme": ...} in model.json and stores int8 weights as plain int8 tensors with
@@ -32,6 +37,7 @@ from modelfoundry.storage import download_dir
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, STATE_FILE = "model.pt", "model.json", "state.pt"
+SHARDED_DIR = "sharded"
 
 
 class CheckpointError(ValueError):
@@ -73,16 +79,19 @@ def write_checkpoint(
     extra: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
     state: dict[str, torch.Tensor] | None = None,
+    shards: dict[str, str] | None = None,
 ) -> Path:
     """Write model.pt (+ state.pt) and then model.json, which names model.pt's sha256.
     `state`: the tensors to store instead of the model's own (a quantized model's; the model then
-    gives the family and config its structure is rebuilt from)."""
+    gives the family and config its structure is rebuilt from). `shards`: the model's weights are
+    already written as sharded files (path -> sha256, training/sharding.py); no model.pt."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     m = unwrap(model)
-    if state is None:
-        state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-    torch.save(state, d / MODEL_FILE)
+    if shards is None:
+        if state is None:
+            state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+        torch.save(state, d / MODEL_FILE)
     if train_state is not None:
         torch.save(train_state, d / STATE_FILE)
     meta = {
@@ -93,7 +102,8 @@ def write_checkpoint(
         "dataset": dataset,
         "metrics": metrics,
         "versions": library_versions(),
-        "sha256": sha256_file(d / MODEL_FILE),
+        "sha256": None if shards is not None else sha256_file(d / MODEL_FILE),
+        **({"sharded": shards} if shards is not None else {}),
         **({"state_sha256": sha256_file(d / STATE_FILE)} if train_state is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
@@ -122,19 +132,25 @@ def verify(directory: str | Path) -> dict[str, Any]:
     against the sha256 model.json records: a truncated or corrupt file is refused."""
     d = Path(directory)
     meta = read_meta(d)
-    weights = d / MODEL_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
-    for name, key in ((MODEL_FILE, "sha256"), (STATE_FILE, "state_sha256")):
-        if key not in meta:  # state.pt: only in training checkpoints, not in published models
+    files = [(STATE_FILE, meta.get("state_sha256"))]  # state.pt: in training checkpoints only
+    if "sharded" in meta:
+        if not isinstance(meta["sharded"], dict) or not meta["sharded"]:
+            raise CheckpointError(f"{d / META_FILE}: 'sharded' must map the shard files to their sha256")
+        files += list(meta["sharded"].items())
+    else:
+        if not (d / MODEL_FILE).is_file():
+            raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
+        files.append((MODEL_FILE, meta["sha256"]))
+    for name, expected in files:
+        if expected is None:
             continue
         if not (d / name).is_file():
             raise CheckpointError(f"{d} is not a complete checkpoint: {name} is missing")
         actual = sha256_file(d / name)
-        if actual != meta[key]:
+        if actual != expected:
             raise CheckpointError(
                 f"checkpoint {d} failed its integrity check: {name} has sha256 {actual[:16]}..., "
-                f"model.json records {meta[key][:16]}... (corrupt, truncated or tampered; refusing to load it)"
+                f"model.json records {expected[:16]}... (corrupt, truncated or tampered; refusing to load it)"
             )
     return meta
 
@@ -153,6 +169,8 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix="mf-ckpt-") as tmp:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
+        if "sharded" in meta:  # a training checkpoint of an FSDP run
+            meta = consolidate(local, local)
         model = build_model(meta["family"], "default", **meta["config"])
         scheme = (meta.get("quantization") or {}).get("scheme")
         if device == "auto":
@@ -170,6 +188,19 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
         except Exception as err:  # unpickling refused or shapes differ: the file is not ours
             raise CheckpointError(f"cannot load weights from {local / MODEL_FILE}: {err}") from None
     return LoadedModel(model.to(device).eval(), meta, str(location), device)
+
+
+def consolidate(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """One model.pt in `out` from a verified sharded checkpoint's model shards (all of them, read
+    on one process: what export and serving need); returns the model.json that goes with it."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    meta = read_meta(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    dcp_to_torch_save(str(checkpoint / SHARDED_DIR / "model"), str(out / MODEL_FILE))
+    meta.pop("sharded")
+    meta["sha256"] = sha256_file(out / MODEL_FILE)
+    return meta
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

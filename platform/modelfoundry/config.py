@@ -134,6 +134,10 @@ class TrainSection(_Frozen):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # ddp: a full replica per worker; fsdp: parameters, gradients and optimizer state sharded over
+    # the workers (PyTorch's fully_shard, sharded checkpoints), for models too big to replicate
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
     seed: int = 0
     storage: str = "runs"  # local directory or a pyarrow filesystem URI (s3://, gs://)
     model_store: str = "models"  # local directory or URI; shared storage on a cluster
@@ -168,6 +172,8 @@ class JobConfig(_Frozen):
                 f"family {self.model.family} does not learn from {kind} data (dataset {self.data.dataset}); "
                 f"its datasets: {fits}; families for {self.data.dataset}: {families}"
             )
+        if self.train.activation_checkpointing and not hasattr(spec.model, "set_activation_checkpointing"):
+            raise ValueError(f"train.activation_checkpointing applies to block models (transformer), not {spec.name}")
         if kind == "text":
             context = spec.build_config(self.model.preset, self.model.params).context
             if self.data.window is None:  # frozen: set once here, while the config is being built

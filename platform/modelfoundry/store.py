@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry.artifacts import CheckpointError, read_meta, verify
+from modelfoundry.artifacts import CheckpointError, consolidate, read_meta, verify
 from modelfoundry.storage import absolute, download_dir, filesystem, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,11 +58,13 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
     _check_name(name)
     with tempfile.TemporaryDirectory(prefix="mf-export-") as tmp:
         local = Path(download_dir(checkpoint_dir, f"{tmp}/src"))
-        verify(local)  # never publish a corrupt checkpoint
+        meta = verify(local)  # never publish a corrupt checkpoint
         staged = Path(tmp) / "staged"
         staged.mkdir()
-        shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
-        meta = json.loads((local / "model.json").read_text())
+        if "sharded" in meta:  # an FSDP run's checkpoint: its model shards become one model.pt
+            meta = consolidate(local, staged)
+        else:
+            shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
         meta.pop("state_sha256", None)
         meta.update(extra_meta or {})  # e.g. a Pareto-front member's objectives
         (staged / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

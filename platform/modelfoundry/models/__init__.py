@@ -44,7 +44,7 @@ def config_dict(model: nn.Module) -> dict[str, Any]:
 
 def family_of(model: nn.Module) -> str:
     for name, spec in REGISTRY.items():
-        if type(model) is spec.model:
+        if isinstance(model, spec.model):  # FSDP's fully_shard makes a subclass of it
             return name
     raise ValueError(f"{type(model).__name__} is not one of the model families {sorted(REGISTRY)}")
 

@@ -20,6 +20,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from modelfoundry.models.spec import Dropout, FamilyConfig, FamilySpec, PosInt
 
@@ -98,6 +99,7 @@ class Block(nn.Module):
             nn.Dropout(c.dropout),
         )
         self.drop = nn.Dropout(c.dropout)
+        self.checkpointing = False
 
     def attention(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         b, t, d = x.shape
@@ -119,6 +121,11 @@ class Block(nn.Module):
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
     def forward(self, h: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if self.checkpointing and self.training and cache is None:  # recompute in backward
+            return checkpoint(self._forward, h, None, use_reentrant=False)
+        return self._forward(h, cache)
+
+    def _forward(self, h: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         h = h + self.attention(self.ln1(h), cache)
         return h + self.mlp(self.ln2(h))
 
@@ -164,6 +171,14 @@ class Transformer(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return [self.embed, *self.blocks, self.head]
+
+    def shard_units(self) -> list[nn.Module]:
+        """What FSDP shards on its own (training/sharding.py): each block."""
+        return list(self.blocks)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        for block in self.blocks:
+            block.checkpointing = on
 
 
 def run_group(modules: list[nn.Module], x: torch.Tensor, cache: Cache | None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from modelfoundry.artifacts import MODEL_FILE, load_checkpoint, load_train_state
 from modelfoundry.config import JobConfig
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.storage import filesystem, join
+from modelfoundry.training import sharding
 from modelfoundry.training.plan import TeacherSpec, WorkerPlan
 from modelfoundry.training.tasks import batch_loss, distill_loss, summarize
 
@@ -102,15 +103,18 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     rank, world = session.rank_world()
     torch.manual_seed(cfg.train.seed)
 
-    # ---- model, optimiser (the same init on every rank; DDP also broadcasts rank 0's weights)
+    device = session.device()
+    # FSDP shards over the Train workers' process group (a one-process Tune trial has none)
+    fsdp = cfg.train.strategy == "fsdp" and dist.is_available() and dist.is_initialized()
+    if cfg.train.strategy == "fsdp" and not fsdp and rank == 0:
+        print(f"[{cfg.name}] train.strategy fsdp: one process without a process group; nothing to shard", flush=True)
+    use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+
+    # ---- model (the same init on every rank; DDP also broadcasts rank 0's weights)
     model = build_model(cfg.model.family, cfg.model.preset, **plan.model_fields, **cfg.model.params)
     set_normalization(model, stats)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs)
-        if cfg.train.lr_schedule == "cosine"
-        else None
-    )
+    if cfg.train.activation_checkpointing:
+        model.set_activation_checkpointing(True)
 
     # ---- resume from the latest checkpoint, if there is one (after a failure or with --resume);
     # else, when given, start from another run's checkpoint (a PBT exploit: the donor's weights and
@@ -119,32 +123,49 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
     if checkpoint is None and plan.start_from:
         checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            verify(d)  # a truncated or corrupt checkpoint is refused, never half-loaded
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
+        meta = verify(d) if d else {}  # a truncated or corrupt checkpoint is refused, never half-loaded
+        state = load_train_state(d) if d else None
+        sharded = "sharded" in meta
+        if sharded and not fsdp:
+            raise ValueError(
+                f"checkpoint {checkpoint.path} is sharded (an FSDP run's); resume it with train.strategy fsdp"
+            )
+        if d and not sharded:
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
-            state = load_train_state(d)
-        if state:
+        if fsdp:
+            model = sharding.shard(model, device, bf16=use_bf16)
+        optimizer = make_optimizer(cfg, model)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs)
+            if cfg.train.lr_schedule == "cosine"
+            else None
+        )
+        if sharded:
+            sharding.load(d, model, optimizer)
+        elif state:
             optimizer.load_state_dict(state["optimizer"])
-            if scheduler and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            start_epoch = state["epoch"] + 1
-            attempt, history = state["attempt"] + 1, state["history"]
+    if state:
+        if scheduler and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+        attempt, history = state["attempt"] + 1, state["history"]
+    if checkpoint:
         if seeded:
             set_hyperparameters(cfg, optimizer, keep_lr=scheduler is not None)
         if rank == 0 and not state:  # weights only: a pruned model to fine-tune
-            print(
-                f"[{cfg.name}] starting from the weights of {plan.start_from or 'the checkpoint'}",
-                flush=True,
-            )
+            print(f"[{cfg.name}] starting from the weights of {plan.start_from or 'the checkpoint'}", flush=True)
         elif rank == 0:
             source = "the checkpoint, with this config's hyperparameters" if seeded else "the checkpoint"
             print(f"[{cfg.name}] resuming from {source} (epoch {start_epoch - 1})", flush=True)
 
-    model = session.prepare(model)
-    device = session.device()
-    use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    if not fsdp:
+        model = session.prepare(model)
+    # bf16 on GPU: FSDP computes in bf16 by its mixed-precision policy, DDP under autocast
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 and not fsdp else contextlib.nullcontext
+    )
 
     if plan.shares:  # this rank's shares in the object store, held as tensors
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
@@ -200,7 +221,7 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
             **plan.baselines,
         }
         history.append({**metrics, "attempt": attempt})
-        report(session, plan, model, optimizer, scheduler, metrics, history, rank, world)
+        report(session, plan, model, optimizer, scheduler, metrics, history, rank, world, fsdp)
 
 
 def report(
@@ -213,35 +234,39 @@ def report(
     history: list,
     rank: int,
     world: int,
+    fsdp: bool = False,
 ) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (model.pt + model.json + state.pt)."""
+    """Every rank reports. DDP: rank 0 attaches the checkpoint (model.pt + model.json +
+    state.pt). FSDP: every rank attaches its shards, rank 0 also model.json and state.pt; Ray
+    Train gathers them into one checkpoint directory."""
     cfg = plan.job
     t0 = time.perf_counter()
-    if rank != 0:
+    if rank != 0 and not fsdp:
         session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="mf-report-") as tmp:
-        write_checkpoint(
-            tmp,
-            unwrap(model),
-            dataset=plan.dataset,
-            metrics=metrics,
-            extra={
-                "task": plan.task,
-                "run": cfg.name,
-                "epoch": metrics["epoch"],
-                "workers": world,
-                "history": history,
-            },
-            train_state={
-                "optimizer": optimizer.state_dict(),
+        shards = sharding.save(tmp, model, optimizer) if fsdp else None  # collective: every rank
+        if rank == 0:
+            train_state = {
+                **({} if fsdp else {"optimizer": optimizer.state_dict()}),
                 "scheduler": scheduler.state_dict() if scheduler else None,
                 "epoch": metrics["epoch"],
                 "attempt": history[-1]["attempt"],
                 "history": history,
-            },
-        )
+            }
+            extra = {"task": plan.task, "run": cfg.name, "epoch": metrics["epoch"], "workers": world}
+            write_checkpoint(
+                tmp,
+                unwrap(model),
+                dataset=plan.dataset,
+                metrics=metrics,
+                extra={**extra, "strategy": "fsdp" if fsdp else "ddp", "history": history},
+                train_state=train_state,
+                shards=shards,
+            )
         session.report(metrics, tmp)
+    if rank != 0:
+        return
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") or k == "train_loss"}
     print(
         f"[{cfg.name}] epoch {metrics['epoch']}/{cfg.train.epochs} {shown} "
