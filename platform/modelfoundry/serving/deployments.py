@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
 from modelfoundry.serving import auth
-from modelfoundry.serving.generation import CacheMiss, line, parse_generate, tokens
+from modelfoundry.serving.generation import CacheMiss, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
     RequestError,
     instances_array,
@@ -199,7 +199,7 @@ class Ingress:
         summary line), or as one JSON object with "stream": false."""
         context = self.spec.config["context"]
         request = parse_generate(data, self.tokenizer, context, self.spec.limits.max_new_tokens)
-        step, release = self._local_step() if self.local else self._split_step()
+        step, release = local_step(self.local) if self.local else self._split_step()
         if not request.stream:
             try:
                 ids = [t async for t in tokens(step, request, context)]
@@ -235,16 +235,6 @@ class Ingress:
             "model": self.name,
             "version": self.spec.version,
         }
-
-    def _local_step(self):
-        """Monolithic: the model runs here, with this request's own KV cache."""
-        cache = Cache()
-
-        async def step(ids: list[int], start: int) -> torch.Tensor:
-            x = np.asarray([ids], dtype=np.int64)
-            return torch.from_numpy((await asyncio.to_thread(self.local.step, x, cache, start))[0])
-
-        return step, lambda: None
 
     def _split_step(self):
         """Split: each stage service holds this request's cache for its blocks, found again by

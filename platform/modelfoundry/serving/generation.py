@@ -107,6 +107,24 @@ async def tokens(step: Step, request: GenerateRequest, context: int) -> AsyncIte
         yield token
 
 
+def local_step(runner) -> tuple[Step, Callable[[], None]]:
+    """Monolithic generation: the model runs in this process (a thread, off the event loop),
+    with one KV cache for this request. Returns (step, release)."""
+    import asyncio
+
+    import numpy as np
+
+    from modelfoundry.models.transformer import Cache
+
+    cache = Cache()
+
+    async def step(ids: list[int], start: int) -> torch.Tensor:
+        x = np.asarray([ids], dtype=np.int64)
+        return torch.from_numpy((await asyncio.to_thread(runner.step, x, cache, start))[0])
+
+    return step, cache.reset
+
+
 def line(obj: dict[str, Any]) -> bytes:
     """One JSON line of the stream (application/x-ndjson)."""
     return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
