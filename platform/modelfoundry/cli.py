@@ -277,7 +277,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(connect(args.address), flush=True)
         urls = [run_app(app_args, host=args.host, port=args.port)]
     for url in urls:
-        print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:predict, docs at {url}/docs)")
+        print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, docs at {url}/docs)")
     try:
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
