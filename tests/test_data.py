@@ -88,3 +88,45 @@ def test_augmentation_moves_pixels_but_keeps_range():
     assert not np.allclose(out, x)
     same = augment_images(x, max_shift=0, max_rotation=0, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(same, x)
+
+
+def test_pydocs_text_splits_by_position_with_the_tokenizer_and_a_unigram_baseline():
+    from modelfoundry.data.text import CharTokenizer, pydocs_text
+
+    s = load_splits(DataSection(dataset="pydocs", window=64))
+    text = pydocs_text()
+    tok = CharTokenizer.from_spec(s.spec.tokenizer)
+    assert s.spec.kind == "text" and s.spec.task == "language-model" and s.spec.num_classes == len(tok.vocab)
+    assert s.x_train.shape[1:] == s.y_train.shape[1:] == (64,) and s.x_train.dtype == np.int64
+    assert (s.x_train[:, 1:] == s.y_train[:, :-1]).all()  # targets are the inputs shifted by one
+    cut = int(round(len(text) * 0.9))
+    assert tok.decode(s.x_train[0].tolist()) == text[:64]
+    assert tok.decode(s.x_test[0].tolist()) == text[cut : cut + 64]  # the held-out tail, by position
+    assert abs(s.extras["unigram_bpc"] - 4.67) < 0.05
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        tok.encode("\u2603")
+
+
+def test_user_text_from_a_file_a_uri_and_a_parquet_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = "hello world, the quick brown fox. " * 40
+    (tmp_path / "c.txt").write_text(corpus)
+    a = load_splits(DataSection(dataset="text", path=str(tmp_path / "c.txt"), window=16))
+    b = load_splits(DataSection(dataset="text", path=f"file://{tmp_path}/c.txt", window=16))
+    assert a.spec.name == "c" and (a.x_train == b.x_train).all() and a.spec.tokenizer == b.spec.tokenizer
+    pq.write_table(pa.table({"body": [corpus[:700], corpus[700:]], "n": [1, 2]}), tmp_path / "t.parquet")
+    p = load_splits(DataSection(dataset="text", path=str(tmp_path / "t.parquet"), text_column="body", window=16))
+    assert p.spec.num_classes == len(set(corpus)) + 1  # rows are joined by blank lines: "\n" too
+
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not text")
+    for cfg, message in [
+        (DataSection(dataset="text", path=str(tmp_path / "none.txt")), "cannot read text data"),
+        (DataSection(dataset="text", path=str(tmp_path / "bin.txt")), "is not UTF-8 text"),
+        (DataSection(dataset="text", path=str(tmp_path / "t.parquet"), text_column="x"), "has no column 'x'"),
+        (DataSection(dataset="text", path=str(tmp_path / "t.parquet"), text_column="n"), "must hold strings"),
+        (DataSection(dataset="text", path=str(tmp_path / "c.txt"), window=1000), "fewer than one example"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_splits(cfg)

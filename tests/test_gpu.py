@@ -57,3 +57,35 @@ def test_gpu_quantization_schemes_load_and_agree_on_cuda(tmp_path, scheme):
                          extra={"quantization": {"scheme": "dynamic-int8"}},
                          state=quantize_model(parent, "dynamic-int8"))  # fmt: skip
         load_checkpoint(tmp_path / "d", device="cuda")
+
+
+def test_gpu_fsdp_transformer_with_bf16_mixed_precision_resumes_and_generates(ray_cluster, tmp_path):
+    """nccl, fully_shard with a bf16 MixedPrecisionPolicy, activation checkpointing, sharded
+    checkpoints; the exported model generates on the GPU through the same KV-cache path."""
+    from modelfoundry.data.text import CharTokenizer
+    from modelfoundry.models.transformer import generate
+
+    job = {
+        "name": "gpu-lm",
+        "model": {"family": "transformer", "preset": "tiny"},
+        "data": {"dataset": "pydocs", "limit": 2000},
+        "train": {
+            "epochs": 3,
+            "num_workers": 1,
+            "use_gpu": True,
+            "strategy": "fsdp",
+            "activation_checkpointing": True,
+            "lr": 0.003,
+            "optimizer": "adamw",
+            "storage": str(tmp_path / "runs"),
+            "model_store": str(tmp_path / "models"),
+        },
+    }
+    first = train(parse_config(job))
+    assert first.metrics["test_bpc"] < first.metrics["unigram_bpc"]
+    job["train"]["epochs"] = 4
+    resumed = train(parse_config(job), resume=True, allow_changes={"train.epochs"})
+    assert [h["epoch"] for h in load_checkpoint(resumed.last_checkpoint).meta["history"]] == [1, 2, 3, 4]
+    loaded = load_checkpoint(resumed.model["path"], device="cuda")
+    tok = CharTokenizer.from_spec(loaded.meta["dataset"]["tokenizer"])
+    assert len(list(generate(loaded.model, tok.encode("The "), 32))) == 32
