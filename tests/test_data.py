@@ -122,7 +122,9 @@ def test_user_text_from_a_file_a_uri_and_a_parquet_column(tmp_path):
 
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not text")
     for cfg, message in [
-        (DataSection(dataset="text", path=str(tmp_path / "none.txt")), "cannot read text data"),
+        (DataSection(dataset="text", path=str(tmp_path / "none.txt")), "does not exist"),
+        (DataSection(dataset="text", path=str(tmp_path)), "is not a file"),
+        (DataSection(dataset="text", path=str(tmp_path / "no.parquet"), text_column="b"), "cannot read text data"),
         (DataSection(dataset="text", path=str(tmp_path / "bin.txt")), "is not UTF-8 text"),
         (DataSection(dataset="text", path=str(tmp_path / "t.parquet"), text_column="x"), "has no column 'x'"),
         (DataSection(dataset="text", path=str(tmp_path / "t.parquet"), text_column="n"), "must hold strings"),

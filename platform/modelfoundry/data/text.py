@@ -74,6 +74,8 @@ def read_text(path: str, column: str | None = None) -> str:
                 raise ValueError(f"column {column!r} of {path!r} must hold strings only")
             return "\n\n".join(rows)
         info = fs.get_file_info(where)
+        if info.type == pafs.FileType.NotFound:
+            raise ValueError(f"text data {path!r} does not exist")
         if info.type != pafs.FileType.File:
             raise ValueError(f"text data {path!r} is not a file")
         if info.size > MAX_TEXT_BYTES:

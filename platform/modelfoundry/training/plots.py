@@ -1,4 +1,5 @@
-"""Learning-curve PNGs (and VAE sample/reconstruction grids) written next to a run."""
+"""Learning-curve PNGs (and VAE sample/reconstruction grids, language-model text samples)
+written next to a run."""
 
 from __future__ import annotations
 
@@ -39,9 +40,32 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         files = ["learning_curves.png"]
         if meta["family"] == "vae":
             files.append(_vae_grid(checkpoint, meta, out / "vae_samples.png", plt))
+        if meta.get("task") == "language-model":
+            files.append(_text_samples(checkpoint, out / "samples.txt"))
         if is_uri(run_path):
             upload_dir(str(out), run_path)
     return [f"{run_path.rstrip('/')}/{f}" for f in files]
+
+
+TEXT_PROMPTS = ("The ", "def ", "In Python, ")
+
+
+def _text_samples(checkpoint: str, path: Path) -> str:
+    """Greedy and sampled continuations of a few prompts: what the model learnt, at a glance."""
+    from modelfoundry.data.text import CharTokenizer
+    from modelfoundry.models.transformer import generate
+
+    loaded = load_checkpoint(checkpoint)
+    tok = CharTokenizer.from_spec(loaded.meta["dataset"]["tokenizer"])
+    lines = [f"# {loaded.meta.get('run', '')}: test_bpc {loaded.meta['metrics'].get('test_bpc', float('nan')):.3f}"]
+    for prompt in TEXT_PROMPTS:
+        if tok.unknown(prompt):
+            continue
+        for label, kwargs in (("greedy", {}), ("T=0.8 top_k=20 seed=0", {"temperature": 0.8, "top_k": 20, "seed": 0})):
+            text = tok.decode(list(generate(loaded.model, tok.encode(prompt), 200, **kwargs)))
+            lines.append(f"\n## {prompt!r} ({label})\n{prompt}{text}")
+    path.write_text("\n".join(lines) + "\n")
+    return path.name
 
 
 def _vae_grid(checkpoint: str, meta: dict, path: Path, plt) -> str:
