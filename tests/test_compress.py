@@ -436,3 +436,12 @@ def test_a_multi_objective_compression_sweep_returns_a_non_dominated_front(teach
         parse_sweep(
             {"job": job, "search": {"compress.prune_ratio": {"choice": [1.5]}}, "tune": {"scheduler": "fifo"}}, "t", tmp
         )
+
+
+def test_a_language_model_is_refused_by_name_before_any_work(tmp_path):
+    lm = build_model("transformer", "tiny", vocab_size=12)
+    write_checkpoint(tmp_path / "lm", lm, dataset={}, metrics={}, extra={"task": "language-model"})
+    store.export(str(tmp_path / "lm"), str(tmp_path / "models"), "lm")
+    cfg = parse_compress({"method": "quantize", "train": {"model_store": str(tmp_path / "models")}})
+    with pytest.raises(ValueError, match="lm is a language model"):
+        plan("lm", cfg)

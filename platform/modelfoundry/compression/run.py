@@ -56,6 +56,11 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
         meta = read_meta(download_dir(path, tmp))
     family, task = meta["family"], meta.get("task")
+    if task == "language-model":
+        raise ValueError(
+            f"{parent_ref} is a language model; compression here measures classifiers, regressors and VAEs "
+            "(quantizing and distilling the transformer family is not built yet)"
+        )
     if meta.get("quantization"):
         raise ValueError(f"{parent_ref} is already quantized ({meta['quantization']['scheme']}); compress its parent")
     data_cfg = (meta.get("dataset") or {}).get("config")

@@ -18,6 +18,13 @@ TASK_METRIC: dict[str, tuple[str, str]] = {
     "generative": ("test_neg_elbo", "min"),
     "language-model": ("test_bpc", "min"),  # bits per character on the held-out text
 }
+# what sweeps show per trial, by task
+TASK_METRICS: dict[str, list[str]] = {
+    "classification": ["test_accuracy", "test_loss", "train_accuracy", "train_loss"],
+    "regression": ["test_mae", "test_loss", "train_mae", "train_loss"],
+    "generative": ["test_neg_elbo", "test_recon", "test_kl", "test_loss", "train_loss"],
+    "language-model": ["test_bpc", "test_loss", "train_bpc", "train_loss"],
+}
 
 
 def task_of(family: str, dataset_task: str) -> Task:

@@ -17,15 +17,10 @@ import pyarrow.fs as pafs
 
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.storage import absolute, check_writable, filesystem, join
-from modelfoundry.training.tasks import TASK_METRIC, task_of
+from modelfoundry.training.tasks import TASK_METRIC, TASK_METRICS, task_of
 from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
 TRIAL_DRIVER_CPUS = 0.1
-TASK_METRICS = {
-    "classification": ["test_accuracy", "test_loss", "train_accuracy", "train_loss"],
-    "regression": ["test_mae", "test_loss", "train_mae", "train_loss"],
-    "generative": ["test_neg_elbo", "test_recon", "test_kl", "test_loss", "train_loss"],
-}
 
 
 class SweepInterrupted(RuntimeError):
