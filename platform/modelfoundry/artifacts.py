@@ -169,8 +169,10 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix="mf-ckpt-") as tmp:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
-        if "sharded" in meta:  # a training checkpoint of an FSDP run
-            meta = consolidate(local, local)
+        weights = local / MODEL_FILE
+        if "sharded" in meta:  # a training checkpoint of an FSDP run: consolidated in the temp dir
+            meta = consolidate(local, Path(tmp) / "consolidated")  # (a local checkpoint is never written to)
+            weights = Path(tmp) / "consolidated" / MODEL_FILE
         model = build_model(meta["family"], "default", **meta["config"])
         scheme = (meta.get("quantization") or {}).get("scheme")
         if device == "auto":
@@ -178,7 +180,7 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
 
             device = "cuda" if torch.cuda.is_available() and scheme not in CPU_ONLY else "cpu"
         try:
-            state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
             if scheme:
                 from modelfoundry.compression.quantize import load_quantized
 
@@ -186,7 +188,7 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
             else:
                 model.load_state_dict(state)
         except Exception as err:  # unpickling refused or shapes differ: the file is not ours
-            raise CheckpointError(f"cannot load weights from {local / MODEL_FILE}: {err}") from None
+            raise CheckpointError(f"cannot load weights from {weights}: {err}") from None
     return LoadedModel(model.to(device).eval(), meta, str(location), device)
 
 
