@@ -116,9 +116,10 @@ def test_greedy_generation_streams_and_split_equals_monolithic(lm):
     assert texts == {k: lm["expected"] for k in texts}, texts
 
 
-def test_split_generation_survives_stage_replicas_that_lack_the_cache(lm):
+def test_split_generation_with_two_replicas_per_stage_equals_monolithic(lm):
     """Two replicas per stage, concurrent requests: Serve's multiplexed routing keeps a request on
-    the replica holding its cache; when it does not, the request re-feeds its segment."""
+    the replica holding its cache, and when it does not the request re-feeds its segment (that
+    recovery is tested directly, losing caches on purpose, in the driver test above)."""
     c = deploy(lm, split="auto", stages={"num_replicas": 2, "num_cpus": 0.1})
 
     async def one():
