@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -156,7 +157,11 @@ def test_ctrl_c_ends_a_sweep_with_what_finished_and_how_to_resume(tmp_path):
             proc.wait()
         kill_cluster(env["RAY_TMPDIR"])  # anything of its cluster still running: this test started it
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "TypeError" not in err, err[-3000:]
+    # the driver's own output: Ray forwards its worker processes' output prefixed "(name pid=N)",
+    # and a trial process torn down by the same Ctrl-C may print Python's "Exception ignored"
+    # traceback from Ray's SIGTERM handler (seen once in CI): noise of the teardown, not the CLI's
+    own = "\n".join(line for line in err.splitlines() if not re.search(r"\(\S+ pid=\d+(, ip=\S+)?\)", line))
+    assert "Traceback" not in own and "TypeError" not in own, own[-3000:]
     assert "trial(s) finished" in err and f"foundry tune --config {path} --resume" in err, err[-3000:]
     assert "finished: {" in err  # the finished trial is listed with its config
 
