@@ -6,7 +6,6 @@ or a URI), cut into training examples with a held-out split by position: the las
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +126,3 @@ def text_splits(name: str, text: str, length: int, test_fraction: float) -> Spli
     extras = {"unigram_bpc": unigram_bits(train, test, len(vocab)), "chars": len(text)}
     return Splits(spec, x_train, y_train, x_test, y_test, extras)
 
-
-def bits(nats: float) -> float:
-    return nats / math.log(2)

@@ -33,10 +33,6 @@ def build_model(family: str, preset: str = "default", **overrides: Any) -> nn.Mo
     return spec.model(spec.build_config(preset, overrides))
 
 
-def config_fields(family: str) -> list[str]:
-    return family_spec(family).fields
-
-
 def config_dict(model: nn.Module) -> dict[str, Any]:
     """The model's hyperparameters as plain JSON-able values (tuples become lists)."""
     return model.config.model_dump(mode="json")
@@ -73,7 +69,6 @@ __all__ = [
     "Task",
     "build_model",
     "config_dict",
-    "config_fields",
     "family_of",
     "family_spec",
     "input_spec",

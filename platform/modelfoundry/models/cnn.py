@@ -87,5 +87,4 @@ SPEC = FamilySpec(
     CNNConfig,
     PRESETS,
     inputs=frozenset({"image", "table"}),  # a table whose data.input_shape is (C, H, W)
-    description="convolutional image classifier",
 )

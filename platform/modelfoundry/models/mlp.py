@@ -55,5 +55,4 @@ SPEC = FamilySpec(
     MLPConfig,
     PRESETS,
     inputs=frozenset({"image", "series", "table"}),
-    description="feedforward classifier or regressor",
 )

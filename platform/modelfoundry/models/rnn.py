@@ -87,5 +87,4 @@ SPEC = FamilySpec(
     RNNConfig,
     PRESETS,
     inputs=frozenset({"image", "series", "table"}),
-    description="LSTM/GRU sequence classifier or one-step forecaster",
 )

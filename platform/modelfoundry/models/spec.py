@@ -71,7 +71,6 @@ class FamilySpec:
     # serving: named stage groups the ingress calls by verb (the VAE's encoder and decoder);
     # None: the ingress runs the model (or its split stages) as one function
     services: tuple[tuple[str, tuple[int, ...]], ...] | None = None
-    description: str = ""
 
     def build_config(self, preset: str, overrides: dict[str, Any]) -> FamilyConfig:
         if preset not in self.presets:

@@ -278,5 +278,4 @@ SPEC = FamilySpec(
     verbs=("generate",),
     data_fields=("vocab_size",),
     from_dataset=lambda spec: {"vocab_size": spec.num_classes},
-    description="decoder-only Transformer language model (GPT-style)",
 )

@@ -114,5 +114,4 @@ SPEC = FamilySpec(
     data_fields=("input_shape",),
     from_dataset=lambda spec: {"input_shape": tuple(spec.input_shape)},
     services=(("encoder", (0,)), ("decoder", (2,))),
-    description="variational autoencoder for images",
 )
