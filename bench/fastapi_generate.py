@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from modelfoundry.data.text import CharTokenizer
-from modelfoundry.serving.generation import MAX_NEW_TOKENS, line, local_step, parse_generate, tokens
+from modelfoundry.serving.generation import MAX_NEW_TOKENS, json_lines, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import RequestError, parse_json_body
 from modelfoundry.serving.runner import ModelRunner
 
@@ -29,13 +29,13 @@ async def generate(target: str, request: Request):
         return JSONResponse({"error": err.message}, status_code=err.status)
     step, release = local_step(runner)
 
+    def summary(ids: list[int]) -> dict:
+        return {"done": True, "text": tokenizer.decode(ids), "tokens": len(ids)}
+
     async def stream():
-        ids = []
         try:
-            async for t in tokens(step, req, context):
-                ids.append(t)
-                yield line({"token": tokenizer.decode([t]), "index": len(ids) - 1})
-            yield line({"done": True, "text": tokenizer.decode(ids), "tokens": len(ids)})
+            async for chunk in json_lines(tokens(step, req, context), tokenizer, summary):
+                yield chunk
         finally:
             release()
 

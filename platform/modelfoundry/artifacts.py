@@ -37,7 +37,7 @@ from modelfoundry.storage import download_dir
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, STATE_FILE = "model.pt", "model.json", "state.pt"
-SHARDED_DIR = "sharded"
+SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR = "sharded/model", "sharded/optimizer"  # FSDP checkpoints
 
 
 class CheckpointError(ValueError):
@@ -171,7 +171,7 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
         meta = verify(local)
         weights = local / MODEL_FILE
         if "sharded" in meta:  # a training checkpoint of an FSDP run: consolidated in the temp dir
-            meta = consolidate(local, Path(tmp) / "consolidated")  # (a local checkpoint is never written to)
+            meta = consolidate(local, meta, Path(tmp) / "consolidated")  # (a local checkpoint is never written to)
             weights = Path(tmp) / "consolidated" / MODEL_FILE
         model = build_model(meta["family"], "default", **meta["config"])
         scheme = (meta.get("quantization") or {}).get("scheme")
@@ -192,17 +192,14 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model.to(device).eval(), meta, str(location), device)
 
 
-def consolidate(checkpoint: Path, out: Path) -> dict[str, Any]:
+def consolidate(checkpoint: Path, meta: dict[str, Any], out: Path) -> dict[str, Any]:
     """One model.pt in `out` from a verified sharded checkpoint's model shards (all of them, read
-    on one process: what export and serving need); returns the model.json that goes with it."""
+    on one process: what export and serving need); returns `meta` (its model.json) made to fit."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    meta = read_meta(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    dcp_to_torch_save(str(checkpoint / SHARDED_DIR / "model"), str(out / MODEL_FILE))
-    meta.pop("sharded")
-    meta["sha256"] = sha256_file(out / MODEL_FILE)
-    return meta
+    dcp_to_torch_save(str(checkpoint / SHARDED_MODEL_DIR), str(out / MODEL_FILE))
+    return {**{k: v for k, v in meta.items() if k != "sharded"}, "sha256": sha256_file(out / MODEL_FILE)}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

@@ -62,7 +62,7 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
         staged = Path(tmp) / "staged"
         staged.mkdir()
         if "sharded" in meta:  # an FSDP run's checkpoint: its model shards become one model.pt
-            meta = consolidate(local, staged)
+            meta = consolidate(local, meta, staged)
         else:
             shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
         meta.pop("state_sha256", None)

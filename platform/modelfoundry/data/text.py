@@ -125,4 +125,3 @@ def text_splits(name: str, text: str, length: int, test_fraction: float) -> Spli
     spec = DatasetSpec(name, "language-model", (length,), len(vocab), "text", tokenizer.spec())
     extras = {"unigram_bpc": unigram_bits(train, test, len(vocab)), "chars": len(text)}
     return Splits(spec, x_train, y_train, x_test, y_test, extras)
-

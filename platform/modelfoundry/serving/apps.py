@@ -67,14 +67,6 @@ def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str
     return path, read_meta(path)
 
 
-def _common(args: AppArgs) -> dict[str, Any]:
-    return {
-        "batching": args.batching.model_dump() if args.batching else None,
-        "api_keys_env": args.api_keys_env,
-        "api_keys_file": args.api_keys_file,
-    }
-
-
 def build_app(args: AppArgs | dict) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     if args.api_keys_env or args.api_keys_file:  # fail here, not in a replica that never starts
@@ -83,6 +75,7 @@ def build_app(args: AppArgs | dict) -> Application:
     batching = args.batching.model_dump() if args.batching else None
     ingress = Ingress.options(**args.ingress.serve_options())
     limits = Limits(args.max_instances, args.max_body_bytes, args.max_new_tokens)
+    common = {"batching": batching, "api_keys_env": args.api_keys_env, "api_keys_file": args.api_keys_file}
 
     if args.kind == "ensemble":
         members, metas = [], []
@@ -111,7 +104,7 @@ def build_app(args: AppArgs | dict) -> Application:
             dataset=(metas[0].get("dataset") or {}).get("name"),
             limits=limits,
             members=args.models,
-            **_common(args),
+            **common,
         )
         return ingress.bind(spec, None, members)
 
@@ -127,13 +120,13 @@ def build_app(args: AppArgs | dict) -> Application:
         ]
         groups = [list(g) for _, g in family.services]
         return ingress.bind(
-            IngressSpec.from_meta(name, "services", path, meta, limits, groups=groups, **_common(args)), services
+            IngressSpec.from_meta(name, "services", path, meta, limits, groups=groups, **common), services
         )
 
     model = build_model(meta["family"], "default", **meta["config"])  # structure only, to cut it
     groups = resolve_split(model, args.split)
     if len(groups) == 1:
-        return ingress.bind(IngressSpec.from_meta(name, "model", path, meta, limits, groups=groups, **_common(args)))
+        return ingress.bind(IngressSpec.from_meta(name, "model", path, meta, limits, groups=groups, **common))
     placement = args.stage_placement or [{}] * len(groups)
     if len(placement) != len(groups):
         raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
@@ -144,9 +137,7 @@ def build_app(args: AppArgs | dict) -> Application:
         )
         for i, g in enumerate(groups)
     ]
-    return ingress.bind(
-        IngressSpec.from_meta(name, "split", path, meta, limits, groups=groups, **_common(args)), stages
-    )
+    return ingress.bind(IngressSpec.from_meta(name, "split", path, meta, limits, groups=groups, **common), stages)
 
 
 def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
 from modelfoundry.serving import auth
-from modelfoundry.serving.generation import CacheMiss, line, local_step, parse_generate, tokens
+from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
     RequestError,
     instances_array,
@@ -202,10 +202,9 @@ class Ingress:
         step, release = local_step(self.local) if self.local else self._split_step()
         if not request.stream:
             try:
-                ids = [t async for t in tokens(step, request, context)]
+                ids = [t async for t in self._counted(tokens(step, request, context))]
             finally:
                 release()
-            self.generated_tokens += len(ids)
             return JSONResponse(self._summary(ids))
         return StreamingResponse(self._stream(step, release, request), media_type="application/x-ndjson")
 
@@ -213,18 +212,21 @@ class Ingress:
         # a client that disconnects cancels this generator at its next await (Serve cancels the
         # request): the finally block frees the request's caches and no more steps run
         self.active_generations += 1
-        ids: list[int] = []
         try:
-            async for t in tokens(step, request, self.spec.config["context"]):
-                ids.append(t)
-                self.generated_tokens += 1
-                yield line({"token": self.tokenizer.decode([t]), "index": len(ids) - 1})
-            yield line(self._summary(ids))
+            token_ids = self._counted(tokens(step, request, self.spec.config["context"]))
+            async for chunk in json_lines(token_ids, self.tokenizer, self._summary):
+                yield chunk
         except Exception as err:  # headers are sent: the error goes in the stream, as JSON
             yield line({"error": f"generation failed ({type(err).__name__}: {err})"[:500]})
         finally:
             self.active_generations -= 1
             release()
+
+    async def _counted(self, token_ids):
+        """The tokens, counted as they are made (metadata's generated_tokens)."""
+        async for t in token_ids:
+            self.generated_tokens += 1
+            yield t
 
     def _summary(self, ids: list[int]) -> dict:
         return {

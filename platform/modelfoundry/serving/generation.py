@@ -125,6 +125,17 @@ def local_step(runner) -> tuple[Step, Callable[[], None]]:
     return step, cache.reset
 
 
+async def json_lines(
+    token_ids: AsyncIterator[int], tokenizer, summary: Callable[[list[int]], dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """The stream: one {"token", "index"} line per token as it comes, then summary(ids)."""
+    ids: list[int] = []
+    async for t in token_ids:
+        ids.append(t)
+        yield line({"token": tokenizer.decode([t]), "index": len(ids) - 1})
+    yield line(summary(ids))
+
+
 def line(obj: dict[str, Any]) -> bytes:
     """One JSON line of the stream (application/x-ndjson)."""
     return (json.dumps(obj, ensure_ascii=False) + "\n").encode()

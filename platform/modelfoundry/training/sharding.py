@@ -22,9 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modelfoundry.artifacts import SHARDED_DIR, sha256_file
-
-MODEL_PART, OPTIMIZER_PART = "model", "optimizer"
+from modelfoundry.artifacts import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, sha256_file
 
 
 def shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
@@ -52,10 +50,15 @@ def save(directory: str, model: nn.Module, optimizer) -> dict[str, str]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
-    root = Path(directory) / SHARDED_DIR
-    dcp.save(model_state, checkpoint_id=str(root / MODEL_PART))
-    dcp.save({"optimizer": optim_state}, checkpoint_id=str(root / OPTIMIZER_PART))
-    mine = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    root = Path(directory)
+    dcp.save(model_state, checkpoint_id=str(root / SHARDED_MODEL_DIR))
+    dcp.save({"optimizer": optim_state}, checkpoint_id=str(root / SHARDED_OPTIMIZER_DIR))
+    mine = {
+        str(p.relative_to(root)): sha256_file(p)
+        for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR)
+        for p in sorted((root / part).rglob("*"))
+        if p.is_file()
+    }
     everyone: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(everyone, mine)
     return {k: v for files in everyone for k, v in files.items()}
@@ -68,8 +71,7 @@ def load(directory: str, model: nn.Module, optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)  # initialises the optimizer's state
-    root = Path(directory) / SHARDED_DIR
-    dcp.load(model_state, checkpoint_id=str(root / MODEL_PART))
+    dcp.load(model_state, checkpoint_id=str(Path(directory) / SHARDED_MODEL_DIR))
     wrapped = {"optimizer": optim_state}
-    dcp.load(wrapped, checkpoint_id=str(root / OPTIMIZER_PART))
+    dcp.load(wrapped, checkpoint_id=str(Path(directory) / SHARDED_OPTIMIZER_DIR))
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=wrapped["optimizer"])
