@@ -137,13 +137,20 @@ def test_split_generation_with_two_replicas_per_stage_equals_monolithic(lm):
 
 
 def test_the_first_chunk_comes_before_the_end_and_a_disconnect_stops_the_work(lm):
-    c = deploy(lm)
+    # split into 4 stage services: each token takes 4 hops, so 1024 tokens take seconds (the tiny
+    # model alone makes them in well under one, which could end before the first check), and the
+    # disconnect also has to release the stages' caches
+    c = deploy(lm, split="auto:4")
     before = c.get("/v1/models/lm").json()["generate"]["generated_tokens"]
     with c.stream("POST", "/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 1024}) as r:
-        first = json.loads(next(r.iter_lines()))
+        it = r.iter_lines()
+        first = json.loads(next(it))
         assert first == {"token": first["token"], "index": 0}
         # the stream is open and the replica is still generating it
-        assert c.get("/v1/models/lm").json()["generate"]["active"] == 1
+        now = c.get("/v1/models/lm").json()["generate"]
+        if now["active"] != 1:  # say what the stream held, to tell an early end from an error
+            rest = list(it)
+            raise AssertionError(f"active {now['active']}, made {now['generated_tokens']}, then {rest[-3:]}")
     # the client went away: the generation ends without finishing its 1024 tokens
     deadline = time.monotonic() + 120
     while (g := c.get("/v1/models/lm").json()["generate"])["active"] and time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """The language-model family on a real local Ray cluster: it learns the held-out text below the
 unigram baseline, FSDP and DDP agree, FSDP checkpoints are sharded, verified, consolidated on
-export, and an FSDP run resumes from its sharded checkpoint after a worker is killed."""
+export, and an FSDP run on URI storage resumes from its sharded checkpoint after a worker is killed."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_fsdp_resumes_from_its_sharded_checkpoint_after_a_worker_is_killed(ray_c
     def complete() -> list[Path]:
         return [c for c in sorted(root.glob("run-*/checkpoint_2*")) if (c / "model.json").is_file()]
 
-    cfg = parse_config(lm_job(tmp_path, "lm-kill", strategy="fsdp", epochs=6, max_failures=2))
+    # storage as a URI (what a cluster uses): every worker uploads its shards through pyarrow
+    storage = {"storage": f"file://{tmp_path}/runs", "model_store": f"file://{tmp_path}/models"}
+    cfg = parse_config(lm_job(tmp_path, "lm-kill", strategy="fsdp", epochs=6, max_failures=2, **storage))
     with kill_a_train_worker_when(lambda: len(complete()) >= 2) as killed:
         outcome = train(cfg)
     assert killed, "no worker was found to kill"
@@ -90,3 +92,4 @@ def test_fsdp_resumes_from_its_sharded_checkpoint_after_a_worker_is_killed(ray_c
     assert [e for e, _ in hist] == list(range(1, 7)), hist  # every epoch once: resumed, not restarted
     assert hist[-1][1] >= 1
     assert "sharded" in verify(outcome.last_checkpoint)
+    assert load_checkpoint(outcome.model["path"]).meta["sha256"]  # exported to a URI store, consolidated
