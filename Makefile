@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean lock
+.PHONY: setup run test bench bench-peers lint clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# BentoML and LitServe for bench/serve_load.py, in their own venv (bench/peers/requirements.txt says why)
+PEERS := .venv-peers
+$(PEERS)/.installed: bench/peers/requirements.txt constraints.txt
+	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --upgrade pip
+	$(PEERS)/bin/pip install -q -c constraints.txt torch==2.13.0
+	$(PEERS)/bin/pip install -q -r bench/peers/requirements.txt
+	$(PEERS)/bin/pip install -q --no-deps -e .
+	touch $@
+
+bench-peers: $(PEERS)/.installed
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests jobs serve_apps bench

@@ -1,26 +1,34 @@
-"""Serving throughput and latency, side by side in one run, loopback only, bounded in time.
+"""Serving throughput and latency against the tools users would pick instead, side by side in one
+run, loopback only, bounded in time.
 
-For the tiny digits CNN and the MNIST CNN: (a) a hand-written single-process FastAPI + torch
-server, (b) the classifier app, (c) the classifier with @serve.batch, (d) the classifier split
-into 2 stage services, (e) an ensemble of 3 models. Each at concurrency 1, 16 and 32, one
-instance per request, for --seconds each. The client is wrk (C, `apt install wrk`) when it is on
-PATH, else an aiohttp client; on 2 cores the client shares the CPU with the servers, and a Python
-client takes much more of it.
+For the tiny digits CNN and the MNIST CNN (default preset), the same checkpoint served by:
+  fastapi     a hand-written single-process FastAPI + torch server (bench/fastapi_baseline.py)
+  litserve    LitServe 0.2 (bench/peers/litserve_server.py: API server + inference worker)
+  bentoml     BentoML 1.4 (bench/peers/bentoml_service.py: one worker)
+  classifier  the platform's app (monolithic: the model runs in the ingress replica)
+  batched     the same with adaptive batching (max_batch_size 16, wait up to 2 ms with company)
+  split-2     the model split into 2 stage services (2 network hops per request)
+every one with the platform's request validation. The peers run from the `.venv-peers`
+environment (`make bench-peers`; they are absent from the project's, where BentoML's pins would
+break Ray's dashboard), and are left out, with a note, when it is missing.
 
-    python bench/serve_load.py [--seconds 5] [--client wrk|aiohttp]
-It trains its own models into a temp store (1 epoch each, tiny preset on digits: quality is not
-what is measured). The Ray cluster is the platform's default local one (Serve's HAProxy ingress
-and throughput settings on: modelfoundry.cluster.serve_env).
+All servers are up together; each round measures every setup (order reversed every other round)
+at concurrency 1 (one keep-alive connection, p50 latency) and 16 and 32 (an aiohttp client,
+req/s). Reported: medians over rounds, and ratios as the median of per-round ratios. The machine's
+load before and after is recorded and a busy run flagged (bench/machine.py).
+
+    python bench/serve_load.py [--seconds 3] [--rounds 3] [--models cnn-digits,cnn-mnist]
+It trains its own models into a temp store (1 epoch each: quality is not what is measured). The
+Ray cluster is the platform's default local one (modelfoundry.cluster.serve_env).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,66 +36,49 @@ import tempfile
 import time
 from pathlib import Path
 
-PORT_SERVE, PORT_BASE = 18400, 18401
-CONCURRENCY = (1, 16, 32)
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open(os.getenv("BODY_FILE"), "r"); wrk.body = f:read("*a"); f:close()
-"""
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` imports when run as a script
+
+from bench.machine import alternating, finish, median_ratio, quiet_start  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
+PORT_SERVE = 18400
+PORTS = {"fastapi": 18401, "litserve": 18402, "bentoml": 18403}
+LOADS = (16, 32)
+APPS = {
+    "classifier": {},
+    "batched": {"batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
+    "split-2": {"split": "auto"},
+}
 
 
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * UNITS[unit]
+def c1_p50(url: str, body: bytes, seconds: float) -> float:
+    """p50 latency (ms) of one keep-alive client sending one request at a time."""
+    host, port = url.split("/")[2].split(":")
+    path = "/" + url.split("/", 3)[3]
+    conn = http.client.HTTPConnection(host, int(port))
+    lat = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        conn.request("POST", path, body, {"content-type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url} answered {r.status}")
+        lat.append(time.perf_counter() - t0)
+    conn.close()
+    return 1000 * statistics.median(lat)
 
 
-def load_wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "body.json").write_bytes(body)
-        Path(tmp, "post.lua").write_text(WRK_SCRIPT)
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{concurrency}",
-                f"-d{seconds}s",
-                "--timeout",
-                "10s",
-                "--latency",
-                "-s",
-                f"{tmp}/post.lua",
-                url,
-            ],
-            env={**os.environ, "BODY_FILE": f"{tmp}/body.json"},
-            capture_output=True,
-            text=True,
-            timeout=seconds + 30,
-        ).stdout
-    lat = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
-    if "50" not in lat or "99" not in lat:  # nothing (or too little) answered in time
-        raise RuntimeError(f"wrk got no latency distribution from {url}:\n{out}")
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: (.*)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _ms(lat["50"]),
-        "p99_ms": _ms(lat["99"]),
-        "errors": int(errors.group(1)) if errors else 0,
-        "socket_errors": sock.group(1) if sock else "",
-        "n": total,
-    }
-
-
-async def load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(headers={"content-type": "application/json"}) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
 
         async def worker():
             nonlocal errors
@@ -95,66 +86,121 @@ async def load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float) 
                 t0 = time.perf_counter()
                 async with session.post(url, data=body) as r:
                     await r.read()
-                    if r.status != 200:
-                        errors += 1
+                    errors += r.status != 200
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    return {
-        "rps": len(lat) / wall,
-        "p50_ms": 1000 * lat[len(lat) // 2],
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-        "errors": errors,
-        "n": len(lat),
+    return {"rps": len(lat) / wall, "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": errors}
+
+
+def measure(url: str, body: bytes, seconds: float) -> dict:
+    out = {"c1_p50_ms": c1_p50(url, body, seconds)}
+    for c in LOADS:
+        r = asyncio.run(_load(url, body, c, seconds))
+        if r["errors"]:
+            raise RuntimeError(f"{url}: {r['errors']} failed requests at c{c}")
+        out[f"c{c}_rps"], out[f"c{c}_p99_ms"] = r["rps"], r["p99_ms"]
+    return out
+
+
+def wait_ready(url: str, body: bytes, proc: subprocess.Popen | None, what: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before answering")
+        try:
+            c1_p50(url, body, 0.0)  # one request
+            return
+        except (OSError, RuntimeError, http.client.HTTPException):
+            time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer {url} within 180 s")
+
+
+def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
+    env = {**os.environ, "MODEL_PATH": path, "MODEL_NAME": model, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmds = {
+        "fastapi": [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--port", str(PORTS["fastapi"])]
+        + ["--log-level", "warning"],
     }
+    if PEERS_PY.exists():
+        cmds["litserve"] = [str(PEERS_PY), "bench/peers/litserve_server.py"]
+        cmds["bentoml"] = [str(PEERS_PY), "-m", "bentoml", "serve", "bench.peers.bentoml_service:Classifier"]
+        cmds["bentoml"] += ["--host", "127.0.0.1", "--port", str(PORTS["bentoml"])]
+    else:
+        print(f"NOTE: {PEERS_PY} is missing (`make bench-peers`): LitServe and BentoML left out", flush=True)
+    procs = {}
+    for name, cmd in cmds.items():
+        log = open(Path(tempfile.gettempdir()) / f"serve_load-{name}.log", "w")  # noqa: SIM115
+        procs[name] = subprocess.Popen(
+            cmd, env={**env, "PORT": str(PORTS[name])}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+    return procs
 
 
-def measure(url: str, body: bytes, seconds: float, client: str) -> dict:
-    if client == "wrk":
-        load_wrk(url, body, 4, 1)  # warm-up
-        out = {}
-        for c in CONCURRENCY:
-            out[c] = load_wrk(url, body, c, seconds)
-            print(f"  c{c}: {out[c]}", flush=True)
-        return out
-    asyncio.run(load_aiohttp(url, body, 4, 1.0))
-    return {c: asyncio.run(load_aiohttp(url, body, c, seconds)) for c in CONCURRENCY}
+def stop(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
-def publish(store: str, tmp: str) -> None:
-    """Tiny trained models for the bench (1 epoch: quality is not what is measured)."""
+def publish(store: str, tmp: str, models: list[str]) -> None:
+    """Trained models for the bench (1 epoch: quality is not what is measured)."""
     from modelfoundry.config import load_config
     from modelfoundry.training import train
 
-    tiny = {"model.preset": "tiny"}
-    for cfg_path, extra in [
-        ("jobs/configs/cnn_digits.yaml", tiny),
-        ("jobs/configs/mlp_digits.yaml", tiny),
-        ("jobs/configs/rnn_digits.yaml", tiny),
-        ("jobs/configs/cnn_mnist.yaml", {"data.limit": 2000}),
-    ]:
-        cfg = load_config(
-            cfg_path,
-            {
-                "train.epochs": 1,
-                "train.num_workers": 1,
-                "train.storage": f"{tmp}/runs",
-                "train.model_store": store,
-                **extra,
-            },
-        )
-        train(cfg)
+    configs = {
+        "cnn-digits": ("jobs/configs/cnn_digits.yaml", {"model.preset": "tiny"}),
+        "cnn-mnist": ("jobs/configs/cnn_mnist.yaml", {"data.limit": 2000}),
+    }
+    for model in models:
+        cfg_path, extra = configs[model]
+        overrides = {"train.epochs": 1, "train.num_workers": 1, "train.storage": f"{tmp}/runs", **extra}
+        train(load_config(cfg_path, {**overrides, "train.model_store": store}))
+
+
+def summarize(model: str, rounds: list[dict[str, dict]]) -> dict:
+    setups = list(rounds[0])
+    per = {s: [r[s] for r in rounds] for s in setups}
+    out: dict = {"setups": {}}
+    for s in setups:
+        out["setups"][s] = {k: statistics.median(x[k] for x in per[s]) for k in per[s][0]}
+        if s != "fastapi":
+            out["setups"][s]["vs_fastapi"] = {
+                f"c{c}": median_ratio([x[f"c{c}_rps"] for x in per[s]], [x[f"c{c}_rps"] for x in per["fastapi"]])
+                for c in LOADS
+            }
+    peers = [p for p in ("litserve", "bentoml") if p in setups]
+    if peers:  # per round, the better peer at that load
+        for s in ("classifier", "batched", "split-2"):
+            out["setups"][s]["vs_best_peer"] = {
+                f"c{c}": median_ratio(
+                    [x[f"c{c}_rps"] for x in per[s]],
+                    [max(r[p][f"c{c}_rps"] for p in peers) for r in rounds],
+                )
+                for c in LOADS
+            }
+    mono, split = per["classifier"], per["split-2"]
+    out["hop_ms_c1"] = statistics.median((b["c1_p50_ms"] - a["c1_p50_ms"]) / 2 for a, b in zip(mono, split))
+    out["split_vs_mono_c16"] = median_ratio([x["c16_rps"] for x in split], [x["c16_rps"] for x in mono])
+    out["rounds"] = rounds
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default="cnn-digits,cnn-mnist")
     args = ap.parse_args()
-    print(f"client: {args.client}")
+    models = args.models.split(",")
     from ray import serve
 
     from modelfoundry.cluster import connect
@@ -164,67 +210,62 @@ def main() -> None:
     from modelfoundry.store import resolve
 
     connect()
-    results: dict = {}
+    results: dict = {"args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         store = f"{tmp}/models"
-        publish(store, tmp)
+        publish(store, tmp, models)
+        start = quiet_start()  # after training: what follows is the measurement
         serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
-        for model, dataset in (("cnn-digits", "digits"), ("cnn-mnist", "mnist")):
-            x = load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1]
-            body = json.dumps({"instances": x.tolist()}).encode()
-            env = {**os.environ, "MODEL_PATH": resolve(store, model), "OMP_NUM_THREADS": "1"}
-            base = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "bench.fastapi_baseline:app",
-                    "--port",
-                    str(PORT_BASE),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-            )
+        for model in models:
+            dataset = {"cnn-digits": "digits", "cnn-mnist": "mnist"}[model]
+            body = json.dumps({"instances": load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1].tolist()})
+            body = body.encode()
+            procs = start_servers(model, resolve(store, model))
+            urls = {name: f"http://127.0.0.1:{PORTS[name]}/v1/models/{model}:predict" for name in procs}
             try:
-                time.sleep(6)
-                results[f"{model} (a) fastapi"] = measure(
-                    f"http://127.0.0.1:{PORT_BASE}/v1/models/{model}:predict", body, args.seconds, args.client
-                )
+                for name, app_args in APPS.items():
+                    app = build_app({"store": store, "model": model, **app_args})
+                    serve.run(app, name=name, route_prefix=f"/{name}", logging_config=QUIET_LOGS)
+                    urls[name] = f"http://127.0.0.1:{PORT_SERVE}/{name}/v1/models/{model}:predict"
+                for name, url in urls.items():
+                    wait_ready(url, body, procs.get(name), name)
+                    measure(url, body, 1.0)  # warm-up
+                rounds: list[dict] = [{} for _ in range(args.rounds)]
+                for r, name in alternating(list(urls), args.rounds):
+                    rounds[r][name] = measure(urls[name], body, args.seconds)
+                    cells = " ".join(f"{k} {v:.2f}" for k, v in rounds[r][name].items())
+                    print(f"{model} round {r} {name:10} {cells}", flush=True)
+                rounds = [{name: rd[name] for name in urls} for rd in rounds]
+                results[model] = summarize(model, rounds)
             finally:
-                base.terminate()
-                base.wait()
-            variants = {
-                "(b) classifier": {"model": model},
-                "(c) batched": {"model": model, "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
-                "(d) split-2": {"model": model, "split": "auto"},
-            }
-            if model == "cnn-digits":
-                variants["(e) ensemble"] = {
-                    "kind": "ensemble",
-                    "models": ["mlp-digits", "cnn-digits", "rnn-digits"],
-                    "name": model,
-                }
-            for label, app_args in variants.items():
-                serve.run(
-                    build_app({"store": store, **app_args}), name="bench", route_prefix="/", logging_config=QUIET_LOGS
-                )
-                results[f"{model} {label}"] = measure(
-                    f"http://127.0.0.1:{PORT_SERVE}/v1/models/{model}:predict", body, args.seconds, args.client
-                )
-                serve.delete("bench")
+                stop(procs)
+                for name in APPS:
+                    serve.delete(name)
         serve.shutdown()
-    print(f"\n{'setup':32} " + " ".join(f"{'c' + str(c) + ' req/s':>10} {'p50':>6} {'p99':>6}" for c in CONCURRENCY))
-    for label, r in results.items():
-        base = results[label.split(" ")[0] + " (a) fastapi"]
-        cells = " ".join(f"{r[c]['rps']:10.0f} {r[c]['p50_ms']:6.1f} {r[c]['p99_ms']:6.1f}" for c in CONCURRENCY)
-        ratio = statistics.mean(r[c]["rps"] / base[c]["rps"] for c in (16, 32))
-        print(f"{label:32} {cells}   {ratio:.2f}x (a) at c16/c32, {r[32]['rps'] / base[32]['rps']:.2f}x at c32")
-    for model in ("cnn-digits", "cnn-mnist"):
-        mono, split = results[f"{model} (b) classifier"][1], results[f"{model} (d) split-2"][1]
-        print(f"{model}: the added stage hop costs {split['p50_ms'] - mono['p50_ms']:.2f} ms at p50 (c1)")
+    results["machine"] = finish(start)
+    report(results, models)
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/serve_load.json").write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict, models: list[str]) -> None:
+    head = f"{'setup':22} {'c1 p50 ms':>9} {'c16 req/s':>9} {'c32 req/s':>9} {'c32 p99':>8}  vs fastapi c16/c32  vs best peer"
+    print("\n" + head)
+    for model in models:
+        for name, s in results[model]["setups"].items():
+            vs = s.get("vs_fastapi", {})
+            peer = s.get("vs_best_peer", {})
+            print(
+                f"{model + ' ' + name:22} {s['c1_p50_ms']:9.2f} {s['c16_rps']:9.0f} {s['c32_rps']:9.0f} "
+                f"{s['c32_p99_ms']:8.1f}  "
+                + (f"{vs['c16']:.2f}x / {vs['c32']:.2f}x" if vs else "1.00x / 1.00x")
+                + (f"   {peer['c16']:.2f}x / {peer['c32']:.2f}x" if peer else "")
+            )
+        m = results[model]
+        print(
+            f"{model}: split adds {m['hop_ms_c1']:.2f} ms per hop at c1 (p50, median of rounds); "
+            f"split-2 c16 = {m['split_vs_mono_c16']:.2f}x the classifier's"
+        )
 
 
 if __name__ == "__main__":

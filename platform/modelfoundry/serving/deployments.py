@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
 from modelfoundry.serving import auth
+from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
     RequestError,
@@ -45,25 +46,49 @@ async def _call(handle, x: np.ndarray) -> np.ndarray:
     return await handle.remote(x)
 
 
+async def run_model(runner: ModelRunner, x: np.ndarray) -> np.ndarray:
+    """The model on x: on the event loop when that is cheaper than a thread handoff, else in a
+    thread (runner.INLINE_BELOW_S)."""
+    return runner.run(x) if runner.inline(len(x)) else await asyncio.to_thread(runner.run, x)
+
+
+async def run_model_batch(runner: ModelRunner, xs: list[np.ndarray]) -> list[np.ndarray]:
+    if runner.inline(sum(len(x) for x in xs)):
+        return runner.run_batch(xs)
+    return await asyncio.to_thread(runner.run_batch, xs)
+
+
+def batcher(runner: ModelRunner, batching: dict | None) -> AdaptiveBatcher | None:
+    if not batching:
+        return None
+    return AdaptiveBatcher(
+        lambda xs: run_model_batch(runner, xs), batching["max_batch_size"], batching["batch_wait_timeout_s"]
+    )
+
+
+def replica_transport(handle):
+    """The handle, calling the way THIS replica's Serve settings say. A handle given to a
+    deployment as an init argument keeps the transport chosen in the process that built the app,
+    fixed when that process imported `ray.serve`: a driver that imported it before the platform's
+    Serve settings were in its environment (`foundry serve`, any script that imports Serve before
+    `connect()`, a client of a remote cluster) gave every stage hop Ray's actor-call path, ~2x the
+    cost of the gRPC path the fast path sets (docs/results.md, issue 17). The replica's own
+    setting is the cluster's."""
+    from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
+
+    return handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)
+
+
 @serve.deployment
 class Stage:
     """One group of a model's stages as a service: numpy in, numpy out."""
 
     def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
         self.runner = ModelRunner(model_path, group)
-        self.batching = batching
-        if batching:
-            self._batched.set_max_batch_size(batching["max_batch_size"])
-            self._batched.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self.runner.run_batch, xs)
+        self.batcher = batcher(self.runner, batching)
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
-        # the model runs in a thread: the replica's event loop (which its metrics pusher and
-        # health checks share) stays free even when the replica is saturated
-        return await self._batched(x) if self.batching else await asyncio.to_thread(self.runner.run, x)
+        return await self.batcher(x) if self.batcher else await run_model(self.runner, x)
 
     # ---- language-model generation: the request's cache lives on this replica; Serve's
     # multiplexed routing (the session id as model id) sends the request's later steps here
@@ -110,15 +135,13 @@ class Ingress:
         self.task = spec.task
         self.input_shape = tuple(spec.input_spec["shape"])
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
-        self.stages = stages or []
-        self.members = members or []
+        self.stages = [replica_transport(s) for s in stages or []]
+        self.members = [replica_transport(m) for m in members or []]
         self.local = ModelRunner(spec.model_path) if spec.kind == "model" else None
         self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
         self.active_generations = 0  # streams in progress on this replica
         self.generated_tokens = 0  # tokens produced on this replica since it started
-        if self.local and spec.batching:
-            self._batched.set_max_batch_size(spec.batching["max_batch_size"])
-            self._batched.set_batch_wait_timeout_s(spec.batching["batch_wait_timeout_s"])
+        self.batcher = batcher(self.local, spec.batching) if self.local else None
 
     # ---- routes
     @app.get("/healthz")
@@ -261,16 +284,10 @@ class Ingress:
     # ---- helpers
     async def forward(self, x: np.ndarray) -> np.ndarray:
         if self.local is not None:
-            # in a thread: model work on the event loop starved the replica's autoscaling metrics
-            # pusher under sustained load (a saturated replica reported no load and never scaled)
-            return await self._batched(x) if self.spec.batching else await asyncio.to_thread(self.local.run, x)
+            return await self.batcher(x) if self.batcher else await run_model(self.local, x)
         for stage in self.stages:  # split: each hop is a call to another service
             x = await stage.remote(x)
         return x
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self.local.run_batch, xs)
 
     def _check_name(self, name: str) -> None:
         if name != self.name:

@@ -3,6 +3,7 @@ the same code runs in a Serve replica, in the hand-written FastAPI baseline and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,13 @@ import torch
 from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.models.stages import group_module
 from modelfoundry.models.transformer import Cache, run_group
+
+# Model work expected to take less than this runs on the replica's event loop, the rest in a
+# thread. Handing a call to a thread and back costs ~0.5-0.8 ms on a 2-core machine (measured:
+# docs/results.md, "Serving"), more than a small model's whole forward pass; long work still goes
+# to a thread, so the loop keeps answering health checks and reporting load (a saturated replica
+# that ran a heavy model on its loop reported no load and never scaled up).
+INLINE_BELOW_S = 0.001
 
 
 class ModelRunner:
@@ -26,14 +34,24 @@ class ModelRunner:
         self.stage_modules = [stages[i] for i in self.group]
         whole = self.group == list(range(len(stages)))
         self.module = self.model if whole else group_module(self.model, self.group).eval()
+        self.instance_s: float | None = None  # measured seconds per instance (moving average)
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
         x = np.ascontiguousarray(x, dtype=np.float32)
         if not x.flags.writeable:  # arrays arriving through Ray's object store are read-only
             x = x.copy()
-        out = self.module(torch.from_numpy(x).to(self.device))
-        return out.float().cpu().numpy()
+        out = self.module(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        per = (time.perf_counter() - t0) / max(1, len(x))
+        self.instance_s = per if self.instance_s is None else 0.8 * self.instance_s + 0.2 * per
+        return out
+
+    def inline(self, n: int) -> bool:
+        """Whether running n instances is expected to take less than INLINE_BELOW_S (never before
+        a first measurement). The per-instance figure includes the call's fixed cost, so larger
+        requests are over-estimated: they err towards the thread."""
+        return self.instance_s is not None and self.instance_s * n < INLINE_BELOW_S
 
     @torch.inference_mode()
     def step(self, x: np.ndarray, cache: Cache, start: int) -> np.ndarray:

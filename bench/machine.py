@@ -1,0 +1,71 @@
+"""What every bench records about the machine it ran on, and how it compares setups fairly.
+
+- `quiet_start()`: the load average and CPU count before the run. It waits (up to `patience_s`)
+  for the 1-minute load average to fall to `max_load` (1.0 by default), and flags the run when it
+  does not: on a 2-core box a busy start made the serving table 2-4x too pessimistic.
+- `finish(record)`: the same figures after the run, and the flag when the load rose past the bar.
+- `alternating(setups, rounds)`: the order to measure in: every setup once per round, the order
+  reversed every other round (ABBA...), so a drift in the machine's speed hits all setups alike.
+- `median_ratio(a, b)`: the median over rounds of a[i] / b[i], the figure to report for "a vs b"
+  (a ratio of medians mixes rounds taken at different speeds).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+
+MAX_LOAD = 1.0
+
+
+def snapshot() -> dict:
+    one, five, fifteen = os.getloadavg()
+    return {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load": [round(one, 2), round(five, 2), round(fifteen, 2)],
+        "cpus": os.cpu_count(),
+    }
+
+
+def quiet_start(max_load: float = MAX_LOAD, patience_s: float = 120.0) -> dict:
+    """The machine before a run: waits up to patience_s for the 1-minute load average to drop to
+    max_load; the record says `busy_at_start` when it did not (the run goes on, flagged)."""
+    deadline = time.monotonic() + patience_s
+    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    start = snapshot()
+    start["busy_at_start"] = start["load"][0] > max_load
+    if start["busy_at_start"]:
+        print(
+            f"WARNING: load average {start['load'][0]} > {max_load} at start ({start['cpus']} CPUs): "
+            "the figures of this run are flagged as taken on a busy machine",
+            flush=True,
+        )
+    else:
+        print(f"machine: load {start['load']} with {start['cpus']} CPUs at {start['time']}", flush=True)
+    return start
+
+
+def finish(start: dict, max_load: float = MAX_LOAD) -> dict:
+    end = snapshot()
+    record = {"before": start, "after": end, "flagged": start["busy_at_start"] or end["load"][0] > max_load}
+    print(f"machine: load {start['load']} before, {end['load']} after ({end['cpus']} CPUs)", flush=True)
+    if record["flagged"]:
+        print(f"FLAGGED: the load average passed {max_load}; rerun on a quiet machine before quoting", flush=True)
+    return record
+
+
+def alternating(setups: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, setup) in measuring order: forward in even rounds, reversed in odd ones."""
+    order = []
+    for r in range(rounds):
+        order += [(r, s) for s in (setups if r % 2 == 0 else list(reversed(setups)))]
+    return order
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"per-round figures must pair up, got {len(a)} and {len(b)}")
+    return statistics.median(x / y for x, y in zip(a, b))
