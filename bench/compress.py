@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,8 +58,8 @@ def main() -> int:
     models, runs = str(work / "models"), str(work / "runs")
     if not args.measure_only:  # measuring needs no cluster (its idle processes would only add load)
         print(connect(), flush=True)
-    load_before = os.getloadavg()
-    results: dict = {"dataset": args.dataset, "load_before": load_before, "families": {}}
+    start = quiet_start()
+    results: dict = {"dataset": args.dataset, "families": {}}
     t0 = time.perf_counter()
 
     def c(parent: str, name: str, **data) -> dict:
@@ -105,11 +106,11 @@ def main() -> int:
         results["families"][family] = rows
         print(table(family, rows), flush=True)
 
-    results["load_after"] = os.getloadavg()
+    results["machine"] = finish(start)
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"load average before {load_before}, after {results['load_after']}; {results['wall_s']} s; {args.out}")
+    print(f"{results['wall_s']} s; {args.out}")
     return 0
 
 

@@ -17,6 +17,8 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
+
 BODY = json.dumps({"instances": [[0.0] * 64]}).encode()
 OUT = {"predictions": [{"class": 1}]}
 
@@ -84,12 +86,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
     args = ap.parse_args()
+    start = quiet_start()
     rows = {"fastapi": [], "bare asgi": []}
     for _ in range(2):  # interleaved, twice
         rows["fastapi"].append(asyncio.run(drive(app, args.requests)))
         rows["bare asgi"].append(asyncio.run(drive(bare, args.requests)))
     for name, us in rows.items():
         print(f"{name:10} {min(us):7.1f} us/request (best of 2 x {args.requests})")
+    finish(start)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
+
 PORT_SERVE, PORT_BASE = 18450, 18451
 PROMPT = "The with statement is used to wrap the execution of a block "
 CONCURRENCY = (1, 8)
@@ -180,12 +182,8 @@ def main() -> None:
     args = ap.parse_args()
     from modelfoundry.cluster import connect
 
-    load_before = os.getloadavg()
-    if load_before[0] > 1.0:
-        print(f"WARNING: load average {load_before[0]:.2f} > 1.0 at start: figures will be pessimistic; rerun quiet")
+    start = quiet_start()
     results: dict = {
-        "cpus": os.cpu_count(),
-        "load_before": load_before,
         "serving": {},
         "training": {},
         "args": vars(args),
@@ -194,10 +192,9 @@ def main() -> None:
     serving(args, results)
     if args.train_rounds:
         training(args, results)
-    results["load_after"] = os.getloadavg()
+    results["machine"] = finish(start)
 
     s = results["serving"]
-    print(f"\nload average {load_before[0]:.2f} -> {results['load_after'][0]:.2f} on {results['cpus']} CPUs")
     print(f"{'setup':14} {'c':>2} {'TTFT ms':>8} {'decode tok/s':>12} {'aggregate tok/s':>15} {'vs (a)':>7}")
     for label in s:
         for c in map(str, CONCURRENCY):

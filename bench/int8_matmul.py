@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import torch
 from torch import nn
+
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 
 
 class IntMMLinear(nn.Module):
@@ -40,7 +41,7 @@ def main() -> None:
     from modelfoundry.compression.measure import latencies_ms
     from modelfoundry.compression.quantize import _dynamic_convert
 
-    load_before = os.getloadavg()
+    start = quiet_start()
     torch.manual_seed(0)
     fp32 = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
     intmm = nn.Sequential(*[IntMMLinear(m) if isinstance(m, nn.Linear) else m for m in fp32]).eval()
@@ -49,7 +50,7 @@ def main() -> None:
     ao = _dynamic_convert(copy.deepcopy(fp32))
     models = {"fp32": fp32, "torch.ao dynamic int8": ao, "torch._int_mm": intmm}
     out = {b: latencies_ms(models, (784,), b, args.rounds) for b in (1, 64)}
-    result = {"p50_ms": out, "load_before": load_before, "load_after": os.getloadavg()}
+    result = {"p50_ms": out, "machine": finish(start)}
     print(json.dumps(result, indent=1))
 
 

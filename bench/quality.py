@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 from modelfoundry.cluster import connect
 from modelfoundry.config import load_config
 from modelfoundry.training import train
@@ -34,6 +35,7 @@ def main(paths: list[str]) -> None:
     out = Path("bench/results/quality.json")
     results = json.loads(out.read_text()) if out.exists() else {}
     connect()
+    start = quiet_start()
     for path in paths:
         cfg = load_config(
             path, {"train.storage": "/tmp/mf-quality/runs", "train.model_store": "/tmp/mf-quality/models"}
@@ -48,6 +50,7 @@ def main(paths: list[str]) -> None:
             "epoch": m["epoch"],
             "wall_s": round(time.time() - t0, 1),
             "metrics": m,
+            "machine": finish(start),
         }
         if cfg.name in BARS:
             metric, bar, direction = BARS[cfg.name]

@@ -13,8 +13,8 @@ environment (`make bench-peers`; they are absent from the project's, where Bento
 break Ray's dashboard), and are left out, with a note, when it is missing.
 
 All servers are up together; each round measures every setup (order reversed every other round)
-at concurrency 1 (one keep-alive connection, p50 latency) and 16 and 32 (an aiohttp client,
-req/s). Reported: medians over rounds, and ratios as the median of per-round ratios. The machine's
+at concurrency 1 (one keep-alive connection, p50 latency) and 16 and 32 (req/s, p99; with wrk when
+it is on PATH, `apt install wrk`, else an aiohttp client, which takes far more of the shared CPU). Reported: medians over rounds, and ratios as the median of per-round ratios. The machine's
 load before and after is recorded and a busy run flagged (bench/machine.py).
 
     python bench/serve_load.py [--seconds 3] [--rounds 3] [--models cnn-digits,cnn-mnist]
@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,9 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` imports when run as a script
-
-from bench.machine import alternating, finish, median_ratio, quiet_start  # noqa: E402
+from machine import alternating, finish, median_ratio, quiet_start  # bench/machine.py (the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
@@ -59,7 +61,7 @@ def c1_p50(url: str, body: bytes, seconds: float) -> float:
     conn = http.client.HTTPConnection(host, int(port))
     lat = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while not lat or time.perf_counter() < deadline:  # at least one request
         t0 = time.perf_counter()
         conn.request("POST", path, body, {"content-type": "application/json"})
         r = conn.getresponse()
@@ -96,10 +98,44 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict
     return {"rps": len(lat) / wall, "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": errors}
 
 
-def measure(url: str, body: bytes, seconds: float) -> dict:
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "r"); wrk.body = f:read("*a"); f:close()
+"""
+
+
+def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    """wrk (C, one thread): far less of the shared 2 cores than a Python client."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "body.json").write_bytes(body)
+        Path(tmp, "post.lua").write_text(WRK_SCRIPT)
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "--latency"]
+        out = subprocess.run(
+            [*cmd, "-s", f"{tmp}/post.lua", url],
+            env={**os.environ, "BODY_FILE": f"{tmp}/body.json"},
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        ).stdout
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not (p99 and rps):
+        raise RuntimeError(f"wrk got no result from {url}:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)  # connect N, read N, write N, timeout N
+    return {
+        "rps": float(rps.group(1)),
+        "p99_ms": float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)],
+        "errors": (int(errors.group(1)) if errors else 0)
+        + sum(map(int, re.findall(r"\d+", sock.group(1) if sock else ""))),
+    }
+
+
+def measure(url: str, body: bytes, seconds: float, client: str) -> dict:
     out = {"c1_p50_ms": c1_p50(url, body, seconds)}
     for c in LOADS:
-        r = asyncio.run(_load(url, body, c, seconds))
+        r = _wrk(url, body, c, seconds) if client == "wrk" else asyncio.run(_load(url, body, c, seconds))
         if r["errors"]:
             raise RuntimeError(f"{url}: {r['errors']} failed requests at c{c}")
         out[f"c{c}_rps"], out[f"c{c}_p99_ms"] = r["rps"], r["p99_ms"]
@@ -135,20 +171,30 @@ def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
     for name, cmd in cmds.items():
         log = open(Path(tempfile.gettempdir()) / f"serve_load-{name}.log", "w")  # noqa: SIM115
         procs[name] = subprocess.Popen(
-            cmd, env={**env, "PORT": str(PORTS[name])}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            cmd,
+            env={**env, "PORT": str(PORTS[name])},
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() ends it with its workers
         )
     return procs
 
 
 def stop(procs: dict[str, subprocess.Popen]) -> None:
+    """Each server with the processes it spawned (LitServe's and BentoML's workers): its own
+    process group, started by start_servers, so nothing else is touched."""
     for p in procs.values():
-        p.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
     for p in procs.values():
         try:
             p.wait(30)
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)  # workers that outlived their parent
+        p.wait()
 
 
 def publish(store: str, tmp: str, models: list[str]) -> None:
@@ -199,6 +245,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="cnn-digits,cnn-mnist")
+    ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp")
     args = ap.parse_args()
     models = args.models.split(",")
     from ray import serve
@@ -229,10 +276,10 @@ def main() -> None:
                     urls[name] = f"http://127.0.0.1:{PORT_SERVE}/{name}/v1/models/{model}:predict"
                 for name, url in urls.items():
                     wait_ready(url, body, procs.get(name), name)
-                    measure(url, body, 1.0)  # warm-up
+                    measure(url, body, 1.0, args.client)  # warm-up
                 rounds: list[dict] = [{} for _ in range(args.rounds)]
                 for r, name in alternating(list(urls), args.rounds):
-                    rounds[r][name] = measure(urls[name], body, args.seconds)
+                    rounds[r][name] = measure(urls[name], body, args.seconds, args.client)
                     cells = " ".join(f"{k} {v:.2f}" for k, v in rounds[r][name].items())
                     print(f"{model} round {r} {name:10} {cells}", flush=True)
                 rounds = [{name: rd[name] for name in urls} for rd in rounds]

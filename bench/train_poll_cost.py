@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
+
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
@@ -90,6 +92,7 @@ def main() -> None:
 
     connect()
     time.sleep(5)
+    start = quiet_start()
     rows = {}
     with tempfile.TemporaryDirectory() as storage:
         for interval in args.intervals:
@@ -103,7 +106,7 @@ def main() -> None:
         print(f"{k:12} {v:7.3f} {v - rows['no run']:13.3f}")
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/train_poll_cost.json").write_text(
-        json.dumps({"window_s": args.window, "cores": rows}, indent=2)
+        json.dumps({"window_s": args.window, "cores": rows, "machine": finish(start)}, indent=2)
     )
 
 

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn import functional as F
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 from modelfoundry.config import DataSection, load_config
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
@@ -161,6 +162,7 @@ def main() -> None:
         help="rounds of ddp-2, ray-2, plain, ray-1 with the cluster up (parity figures: medians of per-round ratios)",
     )
     args = ap.parse_args()
+    start = quiet_start()
     splits = load_splits(DataSection(dataset="mnist", limit=args.limit))
     rows = {"plain": plain(splits, args.epochs), "ddp-2": ddp(args.limit, args.epochs)}
     from modelfoundry.cluster import connect
@@ -209,6 +211,7 @@ def main() -> None:
         "ray1_vs_plain_per_round": pairs["1"],
         "ray1_vs_plain_median": statistics.median(pairs["1"]),
         "idle_cluster_cpu_cores": idle,
+        "machine": finish(start),
     }
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/train_throughput.json").write_text(json.dumps(result, indent=2))

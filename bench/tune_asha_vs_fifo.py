@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 from modelfoundry.cluster import connect
 from modelfoundry.tuning import parse_sweep, run_sweep
 
@@ -30,6 +31,7 @@ def main() -> None:
     path = Path(args.config)
     data = yaml.safe_load(path.read_text())
     connect()
+    start = quiet_start()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scheduler in ("fifo", "asha"):
@@ -49,6 +51,7 @@ def main() -> None:
                 "metric": s["metric"],
                 "stopped_early": s["stopped_early"],
             }
+    machine = finish(start)
     f, a = rows["fifo"], rows["asha"]
     print(f"\n{'scheduler':9} {'wall s':>8} {'epochs':>7} {'best ' + f['metric']:>20} {'stopped':>8}")
     for k, r in rows.items():
@@ -58,7 +61,7 @@ def main() -> None:
         f"best metric difference {100 * (a['best'] - f['best']):+.2f} points"
     )
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/tune_asha_vs_fifo.json").write_text(json.dumps(rows, indent=2))
+    Path("bench/results/tune_asha_vs_fifo.json").write_text(json.dumps({**rows, "machine": machine}, indent=2))
 
 
 if __name__ == "__main__":

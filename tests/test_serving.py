@@ -464,3 +464,36 @@ def test_killing_one_of_two_replicas_under_load_loses_no_request(served):
     )
     assert len({a.actor_id for a in replicas()}) == 2
     assert counts["ok"] > killed_at + 1500 and not failures, (total, failures[:5])
+
+
+def test_stage_handles_call_the_way_the_replica_is_set_not_the_driver(ray_cluster, monkeypatch):
+    """A handle bound into an app carries the transport of the process that built it (fixed when
+    it imported ray.serve); the ingress re-options its stage handles with its own replica's
+    setting, so a driver that imported Serve before the fast-path settings costs no hop extra."""
+    from ray.serve._private import constants
+    from ray.serve.handle import DeploymentHandle
+
+    from modelfoundry.serving.deployments import replica_transport
+
+    for grpc in (True, False):
+        monkeypatch.setattr(constants, "RAY_SERVE_USE_GRPC_BY_DEFAULT", grpc)
+        stale = DeploymentHandle("stage-0", "app").options(_by_reference=grpc)  # the other transport
+        assert replica_transport(stale).handle_options._by_reference is (not grpc)
+
+
+def test_small_models_run_on_the_event_loop_and_large_ones_in_a_thread(served, tmp_path):
+    """ModelRunner.inline: unknown cost -> thread; after measuring, a request is inline only when
+    its expected time is under INLINE_BELOW_S."""
+    from modelfoundry.serving import runner as runner_module
+    from modelfoundry.serving.runner import ModelRunner
+    from modelfoundry.store import resolve
+
+    r = ModelRunner(resolve(served["store"], "cnn-d"))
+    assert not r.inline(1)  # nothing measured yet
+    shape = tuple(r.meta["input_spec"]["shape"])
+    r.run(np.zeros((4, *shape), dtype=np.float32))
+    per = r.instance_s
+    assert per is not None and per > 0
+    for n in (1, 10, 1000, 10**6):
+        assert r.inline(n) == (per * n < runner_module.INLINE_BELOW_S)
+    assert not r.inline(10**9)  # a large enough request always goes to a thread
