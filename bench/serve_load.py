@@ -8,6 +8,7 @@ For the tiny digits CNN and the MNIST CNN (default preset), the same checkpoint 
   classifier  the platform's app (monolithic: the model runs in the ingress replica)
   batched     the same with adaptive batching (max_batch_size 16, wait up to 2 ms with company)
   split-2     the model split into 2 stage services (2 network hops per request)
+  floor-0/1   Ray Serve's own hop cost: trivial apps without and with one hop (bench/serve_floor.py)
 every one with the platform's request validation. The peers run from the `.venv-peers`
 environment (`make bench-peers`; they are absent from the project's, where BentoML's pins would
 break Ray's dashboard), and are left out, with a note, when it is missing.
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 
 from machine import alternating, finish, median_ratio, quiet_start  # bench/machine.py (the script's folder)
+from serve_floor import floor_apps
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
@@ -132,9 +134,9 @@ def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     }
 
 
-def measure(url: str, body: bytes, seconds: float, client: str) -> dict:
+def measure(url: str, body: bytes, seconds: float, client: str, loads: tuple[int, ...] = LOADS) -> dict:
     out = {"c1_p50_ms": c1_p50(url, body, seconds)}
-    for c in LOADS:
+    for c in loads:
         r = _wrk(url, body, c, seconds) if client == "wrk" else asyncio.run(_load(url, body, c, seconds))
         if r["errors"]:
             raise RuntimeError(f"{url}: {r['errors']} failed requests at c{c}")
@@ -212,8 +214,12 @@ def publish(store: str, tmp: str, models: list[str]) -> None:
         train(load_config(cfg_path, {**overrides, "train.model_store": store}))
 
 
+def loads(name: str) -> tuple[int, ...]:
+    return () if name.startswith("floor") else LOADS  # the floor apps: the c1 hop cost only
+
+
 def summarize(model: str, rounds: list[dict[str, dict]]) -> dict:
-    setups = list(rounds[0])
+    setups = [s for s in rounds[0] if not s.startswith("floor")]
     per = {s: [r[s] for r in rounds] for s in setups}
     out: dict = {"setups": {}}
     for s in setups:
@@ -235,6 +241,9 @@ def summarize(model: str, rounds: list[dict[str, dict]]) -> dict:
             }
     mono, split = per["classifier"], per["split-2"]
     out["hop_ms_c1"] = statistics.median((b["c1_p50_ms"] - a["c1_p50_ms"]) / 2 for a, b in zip(mono, split))
+    f0, f1 = [r["floor-0"]["c1_p50_ms"] for r in rounds], [r["floor-1"]["c1_p50_ms"] for r in rounds]
+    out["floor_ms_c1"] = {"floor-0": statistics.median(f0), "floor-1": statistics.median(f1)}
+    out["floor_hop_ms_c1"] = statistics.median(b - a for a, b in zip(f0, f1))
     out["split_vs_mono_c16"] = median_ratio([x["c16_rps"] for x in split], [x["c16_rps"] for x in mono])
     out["rounds"] = rounds
     return out
@@ -270,23 +279,23 @@ def main() -> None:
             procs = start_servers(model, resolve(store, model))
             urls = {name: f"http://127.0.0.1:{PORTS[name]}/v1/models/{model}:predict" for name in procs}
             try:
-                for name, app_args in APPS.items():
-                    app = build_app({"store": store, "model": model, **app_args})
+                apps = {name: build_app({"store": store, "model": model, **a}) for name, a in APPS.items()}
+                for name, app in {**apps, **floor_apps()}.items():
                     serve.run(app, name=name, route_prefix=f"/{name}", logging_config=QUIET_LOGS)
                     urls[name] = f"http://127.0.0.1:{PORT_SERVE}/{name}/v1/models/{model}:predict"
                 for name, url in urls.items():
                     wait_ready(url, body, procs.get(name), name)
-                    measure(url, body, 1.0, args.client)  # warm-up
+                    measure(url, body, 1.0, args.client, loads(name))  # warm-up
                 rounds: list[dict] = [{} for _ in range(args.rounds)]
                 for r, name in alternating(list(urls), args.rounds):
-                    rounds[r][name] = measure(urls[name], body, args.seconds, args.client)
+                    rounds[r][name] = measure(urls[name], body, args.seconds, args.client, loads(name))
                     cells = " ".join(f"{k} {v:.2f}" for k, v in rounds[r][name].items())
                     print(f"{model} round {r} {name:10} {cells}", flush=True)
                 rounds = [{name: rd[name] for name in urls} for rd in rounds]
                 results[model] = summarize(model, rounds)
             finally:
                 stop(procs)
-                for name in APPS:
+                for name in [*APPS, *floor_apps()]:
                     serve.delete(name)
         serve.shutdown()
     results["machine"] = finish(start)
@@ -310,7 +319,8 @@ def report(results: dict, models: list[str]) -> None:
             )
         m = results[model]
         print(
-            f"{model}: split adds {m['hop_ms_c1']:.2f} ms per hop at c1 (p50, median of rounds); "
+            f"{model}: split adds {m['hop_ms_c1']:.2f} ms per hop at c1 (p50, median of rounds); Ray Serve's "
+            f"own hop (trivial apps, same run) {m['floor_hop_ms_c1']:.2f} ms; "
             f"split-2 c16 = {m['split_vs_mono_c16']:.2f}x the classifier's"
         )
 

@@ -15,10 +15,12 @@ from modelfoundry.models.stages import group_module
 from modelfoundry.models.transformer import Cache, run_group
 
 # Model work expected to take less than this runs on the replica's event loop, the rest in a
-# thread. Handing a call to a thread and back costs ~0.5-0.8 ms on a 2-core machine (measured:
-# docs/results.md, "Serving"), more than a small model's whole forward pass; long work still goes
-# to a thread, so the loop keeps answering health checks and reporting load (a saturated replica
-# that ran a heavy model on its loop reported no load and never scaled up).
+# thread. Handing a call to a thread and back costs ~0.2 ms on a quiet 2-core machine and more in
+# a busy replica, as much as a small model's whole forward pass; long work still goes to a thread,
+# so the loop keeps answering health checks and reporting load (a saturated replica that ran a
+# heavy model on its loop reported no load and never scaled up). Not "inline when the replica is
+# otherwise idle": tried, and under load a loop busy with one inline request never starts the
+# next, so every request looked alone, ran inline, and the autoscaling test saw no scale-up.
 INLINE_BELOW_S = 0.001
 
 
