@@ -6,9 +6,8 @@ route shape and JSON body, no model.
   floor-1: the same, plus one hop: the array goes to a second deployment that returns it
 
 floor-1 minus floor-0 at c1 is what one hop costs in Ray Serve itself, on this machine, now.
+(No `from __future__ import annotations` here: FastAPI must see `Request` as a class.)
 """
-
-from __future__ import annotations
 
 import numpy as np
 from fastapi import FastAPI, Request

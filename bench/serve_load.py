@@ -146,15 +146,17 @@ def measure(url: str, body: bytes, seconds: float, client: str, loads: tuple[int
 
 def wait_ready(url: str, body: bytes, proc: subprocess.Popen | None, what: str) -> None:
     deadline = time.monotonic() + 180
+    last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before answering")
         try:
             c1_p50(url, body, 0.0)  # one request
             return
-        except (OSError, RuntimeError, http.client.HTTPException):
+        except (OSError, RuntimeError, http.client.HTTPException) as err:
+            last = err
             time.sleep(0.5)
-    raise RuntimeError(f"{what} did not answer {url} within 180 s")
+    raise RuntimeError(f"{what} did not answer {url} with 200 within 180 s; last: {last!r}")
 
 
 def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
