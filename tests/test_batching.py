@@ -30,6 +30,15 @@ class Gate:
         return [2 * x for x in xs]
 
 
+async def _held(max_batch_size: int, wait_s: float) -> tuple[Gate, AdaptiveBatcher, asyncio.Future]:
+    """A batcher whose first batch, [0], is running and held until gate.release is set."""
+    gate = Gate(hold=True)
+    batcher = AdaptiveBatcher(gate, max_batch_size=max_batch_size, wait_s=wait_s)
+    first = asyncio.ensure_future(batcher(0))
+    await gate.started.wait()
+    return gate, batcher, first
+
+
 async def _queued(batcher: AdaptiveBatcher, n: int) -> None:
     """Until n requests wait in the batcher's queue (each task needs a turn of the loop)."""
     while batcher.queue.qsize() < n:
@@ -49,10 +58,7 @@ def test_a_lone_request_runs_at_once_even_with_a_long_wait_bound():
 
 def test_requests_queued_while_a_batch_runs_go_together_up_to_max_batch_size():
     async def main():
-        gate = Gate(hold=True)
-        batcher = AdaptiveBatcher(gate, max_batch_size=4, wait_s=0.0)
-        first = asyncio.ensure_future(batcher(0))
-        await gate.started.wait()  # batch [0] is running and held
+        gate, batcher, first = await _held(max_batch_size=4, wait_s=0.0)
         rest = [asyncio.ensure_future(batcher(i)) for i in range(1, 10)]
         await _queued(batcher, 9)
         gate.release.set()
@@ -65,10 +71,7 @@ def test_requests_queued_while_a_batch_runs_go_together_up_to_max_batch_size():
 
 def test_a_batch_with_company_waits_for_more_until_it_is_full():
     async def main():
-        gate = Gate(hold=True)
-        batcher = AdaptiveBatcher(gate, max_batch_size=3, wait_s=HOUR)
-        first = asyncio.ensure_future(batcher(0))
-        await gate.started.wait()
+        gate, batcher, first = await _held(max_batch_size=3, wait_s=HOUR)
         two = [asyncio.ensure_future(batcher(i)) for i in (1, 2)]
         await _queued(batcher, 2)
         gate.release.set()  # [1, 2] is formed with company: it waits for a third
@@ -111,10 +114,7 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
 
 def test_a_caller_that_went_away_is_left_out_of_the_next_batch():
     async def main():
-        gate = Gate(hold=True)
-        batcher = AdaptiveBatcher(gate, max_batch_size=8, wait_s=0.0)
-        first = asyncio.ensure_future(batcher(0))
-        await gate.started.wait()
+        gate, batcher, first = await _held(max_batch_size=8, wait_s=0.0)
         gone, kept = asyncio.ensure_future(batcher(1)), asyncio.ensure_future(batcher(2))
         await _queued(batcher, 2)
         gone.cancel()  # the client disconnected while its request waited
