@@ -28,6 +28,10 @@ class Strict(BaseModel):
 
 
 class BatchingOptions(Strict):
+    """serving/batching.AdaptiveBatcher: up to max_batch_size requests per forward pass; a batch
+    that already holds more than one request may wait up to batch_wait_timeout_s to fill (a lone
+    request never waits)."""
+
     max_batch_size: int = Field(default=32, gt=0)
     batch_wait_timeout_s: float = Field(default=0.002, ge=0.0)
 

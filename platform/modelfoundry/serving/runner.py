@@ -66,7 +66,7 @@ class ModelRunner:
         return (out[:, -1] if self.last else out).float().cpu().numpy()
 
     def run_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        """Many requests in one forward pass (what @serve.batch hands over); results split back."""
+        """Many requests in one forward pass (what the batcher hands over); results split back."""
         sizes = [len(x) for x in xs]
         out = self.run(np.concatenate(xs))
         return np.split(out, np.cumsum(sizes)[:-1])
