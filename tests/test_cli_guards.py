@@ -1,5 +1,5 @@
 """CLI guards that need no cluster: a model exposed beyond loopback without API keys is refused
-before Ray starts."""
+before Ray starts; --help and --version answer without loading torch or Ray."""
 
 from __future__ import annotations
 
@@ -28,3 +28,28 @@ def test_keys_insecure_or_loopback_pass_the_guard(capsys, tmp_path, extra):
     assert main(args) == 2  # the next check fails: the store is empty, so Ray never starts
     err = capsys.readouterr().err
     assert "is not in the store" in err and "exposes the model" not in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["train", "--help"], ["serve", "--help"], ["tune", "--help"]]
+)
+def test_help_and_version_answer_without_loading_torch_or_ray(argv):
+    """A fresh interpreter: what `foundry --help` imports is what the user waits for."""
+    import subprocess
+    import sys
+
+    probe = "\n".join(
+        [
+            "import sys",
+            "from modelfoundry.cli import main",
+            "try:",
+            f"    main({argv!r})",
+            "except SystemExit as e:",
+            "    assert not e.code, e.code",
+            "print('LOADED', sorted(m for m in ('torch', 'ray') if m in sys.modules))",
+        ]
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout, out.stdout[-500:]
+    assert ("foundry " in out.stdout) if argv == ["--version"] else ("usage: foundry" in out.stdout)

@@ -7,7 +7,16 @@ import json
 import sys
 from typing import Any
 
-from modelfoundry.config import ConfigError, load_config
+# nothing heavy at import: `foundry --help` and `--version` answer without loading torch or Ray
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelfoundry")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -17,6 +26,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundry", description="Train, tune and serve model families on Ray.")
+    parser.add_argument("--version", action="version", version=f"foundry {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model with Ray Train (data-parallel)")
@@ -124,6 +134,7 @@ def print_json(obj: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from modelfoundry.cluster import connect
+    from modelfoundry.config import load_config
     from modelfoundry.training import train
 
     cfg = load_config(args.config, train_overrides(args))
@@ -226,6 +237,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from modelfoundry.cluster import connect
+    from modelfoundry.config import load_config
     from modelfoundry.quickstart import train_serve_query
 
     cfg = load_config(args.config, train_overrides(args))
@@ -354,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "submit":
             return cmd_submit(args, rest)  # the rest are the train/tune job's own options
         return COMMANDS[args.command](args)
-    except (ConfigError, ValueError) as err:
+    except ValueError as err:  # config.ConfigError is one
         print(f"foundry {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
