@@ -3,7 +3,8 @@
 - `quiet_start()`: the load average and CPU count before the run. It waits (up to `patience_s`)
   for the 1-minute load average to fall to `max_load` (1.0 by default), and flags the run when it
   does not: on a 2-core box a busy start made the serving table 2-4x too pessimistic.
-- `finish(record)`: the same figures after the run, and the flag when the load rose past the bar.
+- `finish(start)`: the same figures after the run, with the start's flag (the load after a run
+  is mostly the run's own: a saturating bench ends near 2 on 2 cores).
 - `alternating(setups, rounds)`: the order to measure in: every setup once per round, the order
   reversed every other round (ABBA...), so a drift in the machine's speed hits all setups alike.
 - `median_ratio(a, b)`: the median over rounds of a[i] / b[i], the figure to report for "a vs b"
@@ -36,6 +37,7 @@ def quiet_start(max_load: float = MAX_LOAD, patience_s: float = 120.0) -> dict:
     while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
         time.sleep(5)
     start = snapshot()
+    start["max_load"] = max_load
     start["busy_at_start"] = start["load"][0] > max_load
     if start["busy_at_start"]:
         print(
@@ -48,14 +50,12 @@ def quiet_start(max_load: float = MAX_LOAD, patience_s: float = 120.0) -> dict:
     return start
 
 
-def finish(start: dict, max_load: float = MAX_LOAD) -> dict:
+def finish(start: dict) -> dict:
     end = snapshot()
-    # the load after a run is its own load too (a saturating bench ends near 2 on 2 cores): recorded,
-    # and the flag is the start's
     record = {"before": start, "after": end, "flagged": start["busy_at_start"]}
     print(f"machine: load {start['load']} before, {end['load']} after ({end['cpus']} CPUs)", flush=True)
     if record["flagged"]:
-        print(f"FLAGGED: the load average was above {max_load} at start; rerun on a quiet machine", flush=True)
+        print(f"FLAGGED: the load average was above {start['max_load']} at start; rerun on a quiet machine", flush=True)
     return record
 
 

@@ -15,8 +15,9 @@ break Ray's dashboard), and are left out, with a note, when it is missing.
 
 All servers are up together; each round measures every setup (order reversed every other round)
 at concurrency 1 (one keep-alive connection, p50 latency) and 16 and 32 (req/s, p99; with wrk when
-it is on PATH, `apt install wrk`, else an aiohttp client, which takes far more of the shared CPU). Reported: medians over rounds, and ratios as the median of per-round ratios. The machine's
-load before and after is recorded and a busy run flagged (bench/machine.py).
+it is on PATH, `apt install wrk`, else an aiohttp client, which takes far more of the shared CPU).
+Reported: medians over rounds, and ratios as the median of per-round ratios. The machine's load
+before and after is recorded and a busy start flagged (bench/machine.py).
 
     python bench/serve_load.py [--seconds 3] [--rounds 3] [--models cnn-digits,cnn-mnist]
 It trains its own models into a temp store (1 epoch each: quality is not what is measured). The
@@ -173,15 +174,15 @@ def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
         print(f"NOTE: {PEERS_PY} is missing (`make bench-peers`): LitServe and BentoML left out", flush=True)
     procs = {}
     for name, cmd in cmds.items():
-        log = open(Path(tempfile.gettempdir()) / f"serve_load-{name}.log", "w")  # noqa: SIM115
-        procs[name] = subprocess.Popen(
-            cmd,
-            env={**env, "PORT": str(PORTS[name])},
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() ends it with its workers
-        )
+        with open(Path(tempfile.gettempdir()) / f"serve_load-{name}.log", "w") as log:  # the child keeps its copy
+            procs[name] = subprocess.Popen(
+                cmd,
+                env={**env, "PORT": str(PORTS[name])},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends it with its workers
+            )
     return procs
 
 
@@ -220,7 +221,7 @@ def loads(name: str) -> tuple[int, ...]:
     return () if name.startswith("floor") else LOADS  # the floor apps: the c1 hop cost only
 
 
-def summarize(model: str, rounds: list[dict[str, dict]]) -> dict:
+def summarize(rounds: list[dict[str, dict]]) -> dict:
     setups = [s for s in rounds[0] if not s.startswith("floor")]
     per = {s: [r[s] for r in rounds] for s in setups}
     out: dict = {"setups": {}}
@@ -280,9 +281,11 @@ def main() -> None:
             body = body.encode()
             procs = start_servers(model, resolve(store, model))
             urls = {name: f"http://127.0.0.1:{PORTS[name]}/v1/models/{model}:predict" for name in procs}
+            apps: dict = {}
             try:
-                apps = {name: build_app({"store": store, "model": model, **a}) for name, a in APPS.items()}
-                for name, app in {**apps, **floor_apps()}.items():
+                apps.update({name: build_app({"store": store, "model": model, **a}) for name, a in APPS.items()})
+                apps.update(floor_apps())
+                for name, app in apps.items():
                     serve.run(app, name=name, route_prefix=f"/{name}", logging_config=QUIET_LOGS)
                     urls[name] = f"http://127.0.0.1:{PORT_SERVE}/{name}/v1/models/{model}:predict"
                 for name, url in urls.items():
@@ -294,10 +297,10 @@ def main() -> None:
                     cells = " ".join(f"{k} {v:.2f}" for k, v in rounds[r][name].items())
                     print(f"{model} round {r} {name:10} {cells}", flush=True)
                 rounds = [{name: rd[name] for name in urls} for rd in rounds]
-                results[model] = summarize(model, rounds)
+                results[model] = summarize(rounds)
             finally:
                 stop(procs)
-                for name in [*APPS, *floor_apps()]:
+                for name in apps:  # built ones; deleting one never deployed is a no-op
                     serve.delete(name)
         serve.shutdown()
     results["machine"] = finish(start)
