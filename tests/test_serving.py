@@ -330,6 +330,11 @@ def test_api_keys_401_without_403_wrong_200_right(served, tmp_path):
     )
     assert c.post("/v1/models/mlp-d:predict", json=body, headers={"X-API-Key": "s3cret-key-1"}).status_code == 200
     assert c.get("/healthz").status_code == 200  # probes need no key
+    v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    assert c.post("/v2/models/mlp-d/infer", json=v2).status_code == 401
+    assert c.get("/v2/models/mlp-d").status_code == 401
+    assert c.post("/v2/models/mlp-d/infer", json=v2, headers={"X-API-Key": "s3cret-key-1"}).status_code == 200
+    assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
     from modelfoundry.serving.apps import build_app
 
     with pytest.raises(ValueError, match="not set in the replica's environment"):
@@ -497,3 +502,89 @@ def test_small_models_run_on_the_event_loop_and_large_ones_in_a_thread(served, t
     for n in (1, 10, 1000, 10**6):
         assert r.inline(n) == (per * n < runner_module.INLINE_BELOW_S)
     assert not r.inline(10**9)  # a large enough request always goes to a thread
+
+
+def _v2_bad_bodies():
+    """(body, headers, status, fragment) for POST /v2/models/mlp-d/infer (max_instances 10)."""
+    good = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}
+    js = {"content-type": "application/json"}
+
+    def req(**changes):
+        return json.dumps({"inputs": [{**good, **changes}]}), js, 400
+
+    raw = np.zeros(64, np.float32).tobytes()
+    head = json.dumps({"inputs": [{**good, "data": None, "parameters": {"binary_data_size": 256}}]}).encode()
+    return [
+        (*req(name="x"), "unknown input 'x'"),
+        (*req(datatype="BYTES"), "datatype 'BYTES' is not one of"),
+        (*req(shape=[1, 63]), "must be [n, 1, 8, 8] or [n, 64]"),
+        (*req(shape=[1, "64"]), "'shape' must be a list of non-negative integers"),
+        (*req(shape=[0, 64], data=[]), "holds no instances"),
+        (*req(data=[0.0] * 63), "holds 63 values; its shape needs 64"),
+        (*req(data=["a"] * 64), "numbers only"),
+        (*req(data=[1e39] + [0.0] * 63), "beyond float32"),
+        (json.dumps({"inputs": [{**good, "shape": [11, 64], "data": [0.0] * 704}]}), js, 413, "the limit is 10"),
+        (json.dumps({"inputs": [good, good]}), js, 400, "a list of one tensor"),
+        (json.dumps({"inputs": [good], "outputs": [{"name": "logits"}]}), js, 400, "unknown output(s) ['logits']"),
+        (b"{not json", js, 400, "not valid JSON"),
+        # the binary extension: a header length beyond the body, a size that does not match the bytes
+        (head + raw, {"Inference-Header-Content-Length": "99999"}, 400, "Inference-Header-Content-Length"),
+        (head + raw[:-4], {"Inference-Header-Content-Length": str(len(head))}, 400, "binary_data_size 256 with 252"),
+        (json.dumps({"inputs": [good]}).encode() + raw, {"Inference-Header-Content-Length": "x"}, 400, "must be"),
+    ]
+
+
+def test_open_inference_protocol_v2_with_tritonclient(served):
+    """The v2 protocol beside v1, driven by Triton's own HTTP client with its defaults (binary
+    tensors) and with JSON tensors; answers equal the model's; every bad request a 4xx."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    c = deploy(served, model="mlp-d", max_instances=10)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{PORT}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp-d")
+    assert client.get_server_metadata()["name"] == "modelfoundry"
+    meta = client.get_model_metadata("mlp-d")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "class"]
+    assert meta["versions"] == [c.get("/v1/models/mlp-d").json()["version"]]
+
+    x = served["digits"].x_test[:7]
+    expected = local_probs(served["models"]["mlp"], x)
+    for binary in (True, False):
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "class")]
+        res = client.infer("mlp-d", [inp], outputs=outs, request_id="r1")
+        np.testing.assert_allclose(res.as_numpy("probabilities"), expected, atol=1e-5)
+        np.testing.assert_array_equal(res.as_numpy("class"), expected.argmax(1))
+        assert res.get_response()["id"] == "r1"
+    # no outputs named: all of them (binary by the client's default); other datatypes convert
+    inp = triton.InferInput("input", [7, 64], "FP64")
+    inp.set_data_from_numpy(x.reshape(7, 64).astype(np.float64))
+    res = client.infer("mlp-d", [inp], model_version=meta["versions"][0])
+    np.testing.assert_allclose(res.as_numpy("probabilities"), expected, atol=1e-5)
+
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_metadata("nope")
+    with pytest.raises(InferenceServerException, match="has no version '999'"):
+        client.infer("mlp-d", [inp], model_version="999")
+    for body, headers, status, fragment in _v2_bad_bodies():
+        r = c.post("/v2/models/mlp-d/infer", content=body, headers=headers)
+        assert r.status_code == status, (body[:60], r.text)
+        assert fragment in r.json()["error"], (fragment, r.text)
+
+    # a regressor and the VAE (its tensor verb: reconstruct); a language model has none
+    deploy(served, model="sun")
+    xs = served["sun"].x_test[:3]
+    inp = triton.InferInput("input", list(xs.shape), "FP32")
+    inp.set_data_from_numpy(xs)
+    with torch.no_grad():
+        want = served["models"]["sun"](torch.from_numpy(xs)).numpy()[:, 0]
+    np.testing.assert_allclose(client.infer("sun", [inp]).as_numpy("prediction"), want, rtol=1e-5)
+    deploy(served, model="vae-d")
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with torch.no_grad():
+        want = torch.sigmoid(served["models"]["vae"](torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(client.infer("vae-d", [inp]).as_numpy("reconstruction"), want, atol=1e-5)

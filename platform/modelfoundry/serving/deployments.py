@@ -20,9 +20,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import modelfoundry
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth
+from modelfoundry.serving import auth, oip
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
@@ -37,6 +38,7 @@ from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softm
 from modelfoundry.serving.spec import IngressSpec
 
 MAX_SAMPLES = 64
+
 # generation requests whose KV cache one stage replica holds at once (least recently used go
 # first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
 MAX_SESSIONS_PER_REPLICA = 64
@@ -184,13 +186,70 @@ class Ingress:
             x = instances_array(data, shape, limits.max_instances)
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
+    # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
+    @app.get("/v2")
+    async def v2_server(self, request: Request) -> dict:
+        auth.check(self.keys, request.headers)
+        return {"name": "modelfoundry", "version": modelfoundry.__version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(self) -> dict:
+        return {"ready": True}
+
+    @app.get("/v2/models/{target}")
+    @app.get("/v2/models/{target}/versions/{version}")
+    async def v2_metadata(self, target: str, request: Request, version: str | None = None) -> dict:
+        auth.check(self.keys, request.headers)
+        self._check_v2(target, version)
+        s = self.spec
+        return oip.metadata(self.name, s.version, self.task, list(self.input_shape), s.config)
+
+    @app.get("/v2/models/{target}/ready")
+    @app.get("/v2/models/{target}/versions/{version}/ready")
+    async def v2_model_ready(self, target: str, request: Request, version: str | None = None) -> dict:
+        auth.check(self.keys, request.headers)
+        self._check_v2(target, version)
+        return {"name": self.name, "ready": True}
+
+    @app.post("/v2/models/{target}/infer")
+    @app.post("/v2/models/{target}/versions/{version}/infer")
+    async def v2_infer(self, target: str, request: Request, version: str | None = None) -> Response:
+        auth.check(self.keys, request.headers)
+        self._check_v2(target, version)
+        verb = oip.TENSOR_VERB.get(self.task)
+        if verb is None or verb not in self.spec.verbs:
+            raise RequestError(
+                400,
+                f"model {self.name} is a {self.task} model with no tensor verb; use POST /v1/models/{self.name}:{self.spec.verbs[0]}",
+            )
+        limits = self.spec.limits
+        body = await read_body(request, limits.max_body_bytes)
+        req = oip.parse_infer(body, request.headers, self.input_shape, limits.max_instances, limits.max_body_bytes)
+        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x))
+        content, headers = oip.response(self.name, self.spec.version, req, oip.tensors(self.task, out))
+        return Response(content, headers=headers, media_type=headers.pop("content-type"))
+
+    def _check_v2(self, target: str, version: str | None) -> None:
+        self._check_name(target)
+        if version not in (None, "", self.spec.version):
+            raise RequestError(
+                404, f"model {self.name} has no version {version!r} here; it serves {self.spec.version!r}"
+            )
+
     # ---- verbs
     async def verb_predict(self, x: np.ndarray) -> dict:
+        return {"predictions": predictions(self.task, await self.logits(x))}
+
+    async def logits(self, x: np.ndarray) -> np.ndarray:
+        """The model's output (an ensemble: the log of its members' mean probabilities)."""
         if self.members:
             outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
-            probs = np.mean([softmax(o) for o in outs], axis=0)
-            return {"predictions": predictions("classification", np.log(probs + 1e-12))}
-        return {"predictions": predictions(self.task, await self.forward(x))}
+            return np.log(np.mean([softmax(o) for o in outs], axis=0) + 1e-12)
+        return await self.forward(x)
 
     async def verb_encode(self, x: np.ndarray) -> dict:
         stats = await self.stages[0].remote(x)
@@ -201,8 +260,11 @@ class Ingress:
         return {"predictions": sigmoid(await self.stages[1].remote(z)).tolist()}
 
     async def verb_reconstruct(self, x: np.ndarray) -> dict:
+        return {"predictions": (await self.reconstruction(x)).tolist()}
+
+    async def reconstruction(self, x: np.ndarray) -> np.ndarray:
         mu = np.split(await self.stages[0].remote(x), 2, axis=1)[0]  # the latent's mean (eval mode)
-        return {"predictions": sigmoid(await self.stages[1].remote(mu)).tolist()}
+        return sigmoid(await self.stages[1].remote(mu))
 
     async def sample(self, data: dict, request: Request) -> Response:
         n = data.get("n", 8)

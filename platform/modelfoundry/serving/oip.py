@@ -1,0 +1,217 @@
+"""Open Inference Protocol v2 (KServe v2 / Triton's HTTP protocol) for the same ingress that
+serves v1: request parsing with the binary tensor extension, metadata and response building.
+
+A v2 `infer` runs the model's tensor verb (a classifier's or regressor's `predict`, the VAE's
+`reconstruct`): one input tensor named "input" of shape [n, *input_shape] (or [n, size]), any
+numeric datatype (converted to FP32, checked finite). Outputs: a classifier gives "probabilities"
+FP32 [n, classes] and "class" INT64 [n]; a regressor "prediction" FP32 [n]; the VAE
+"reconstruction" FP32 [n, *input_shape]. Tensors travel as JSON `data` or, with the binary
+extension (`Inference-Header-Content-Length`), as raw little-endian bytes after the JSON header,
+as tritonclient sends them by default. Everything a client can get wrong is a RequestError (4xx)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelfoundry.serving.requests import RequestError, parse_json_body
+from modelfoundry.serving.runner import softmax
+
+HEADER_LENGTH = "inference-header-content-length"
+INPUT_NAME = "input"
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+NUMERIC = [t for t in DATATYPES if t != "BOOL"]
+# the tensor verb a v2 infer runs, by task; None: the model has no tensor-in/tensor-out verb
+TENSOR_VERB = {"classification": "predict", "regression": "predict", "generative": "reconstruct"}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    x: np.ndarray  # float32, (n, *input_shape), finite
+    outputs: list[str] | None  # requested output names (None: all)
+    binary: set[str]  # outputs to return as binary data
+
+
+def output_specs(task: str, input_shape: list[int], config: dict[str, Any]) -> list[dict[str, Any]]:
+    if task == "classification":
+        classes = config.get("output_dim", -1)
+        return [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "class", "datatype": "INT64", "shape": [-1]},
+        ]
+    if task == "regression":
+        return [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+    if task == "generative":
+        return [{"name": "reconstruction", "datatype": "FP32", "shape": [-1, *input_shape]}]
+    return []
+
+
+def metadata(name: str, version: str, task: str, input_shape: list[int], config: dict[str, Any]) -> dict[str, Any]:
+    outputs = output_specs(task, input_shape, config)
+    return {
+        "name": name,
+        "versions": [version] if version else [],
+        "platform": "pytorch_modelfoundry",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}] if outputs else [],
+        "outputs": outputs,
+    }
+
+
+def _split_body(body: bytes, headers: Any, max_body_bytes: int) -> tuple[dict[str, Any], bytes]:
+    declared = headers.get(HEADER_LENGTH)
+    if declared is None:
+        return parse_json_body(body, max_body_bytes), b""
+    if not declared.isdigit() or int(declared) > len(body):
+        raise RequestError(
+            400,
+            f"Inference-Header-Content-Length is {declared!r}; it must be the JSON header's byte count, at most {len(body)}",
+        )
+    n = int(declared)
+    return parse_json_body(body[:n], max_body_bytes), body[n:]
+
+
+def _numeric_data(data: Any, count: int, name: str) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) as float64, numbers only."""
+    if not isinstance(data, list):
+        raise RequestError(400, f"input {name!r}: 'data' must be a list of numbers, got {type(data).__name__}")
+    try:
+        obj = np.asarray(data, dtype=object).reshape(-1)
+        numeric = set(map(type, obj)) <= {int, float}
+    except ValueError:
+        numeric = False
+    if not numeric:
+        raise RequestError(400, f"input {name!r}: 'data' must hold numbers only (got ragged or non-numeric values)")
+    if obj.size != count:
+        raise RequestError(400, f"input {name!r}: 'data' holds {obj.size} values; its shape needs {count}")
+    return obj.astype(np.float64)
+
+
+def parse_infer(
+    body: bytes, headers: Any, input_shape: tuple[int, ...], max_instances: int, max_body_bytes: int
+) -> InferRequest:
+    req, binary = _split_body(body, headers, max_body_bytes)
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(400, f"'inputs' must be a list of one tensor named {INPUT_NAME!r}")
+    t = inputs[0]
+    name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+    if name != INPUT_NAME:
+        raise RequestError(400, f"unknown input {name!r}; this model takes one input named {INPUT_NAME!r}")
+    if datatype not in NUMERIC:
+        raise RequestError(400, f"input {name!r}: datatype {datatype!r} is not one of {NUMERIC}")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    n, size = shape[0], math.prod(input_shape)
+    if n == 0:
+        raise RequestError(400, f"input {name!r} holds no instances; send at least one")
+    if n > max_instances:
+        raise RequestError(413, f"{n} instances in one request; the limit is {max_instances}")
+    if list(shape[1:]) not in (list(input_shape), [size]):
+        raise RequestError(
+            400, f"input {name!r}: shape {shape} must be [n, {', '.join(map(str, input_shape))}] or [n, {size}]"
+        )
+    count = n * size
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, f"input {name!r}: 'parameters' must be an object")
+    if "binary_data_size" in params:
+        nbytes = params["binary_data_size"]
+        dtype = DATATYPES[datatype]
+        if nbytes != count * dtype.itemsize or len(binary) != nbytes:
+            raise RequestError(
+                400,
+                f"input {name!r}: binary_data_size {nbytes!r} with {len(binary)} bytes after the header; "
+                f"shape {shape} of {datatype} needs {count * dtype.itemsize}",
+            )
+        values = np.frombuffer(binary, dtype=dtype).astype(np.float64)
+    else:
+        if binary:
+            raise RequestError(400, "binary data follows the header but no input declares binary_data_size")
+        values = _numeric_data(t.get("data"), count, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = values.astype(np.float32).reshape(n, *input_shape)
+    if not np.isfinite(x).all():
+        raise RequestError(400, f"input {name!r} holds NaN or infinite values, or numbers beyond float32's range")
+    return InferRequest(req.get("id") if isinstance(req.get("id"), str) else None, x, *_requested(req))
+
+
+def _requested(req: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+    outputs = req.get("outputs")
+    params = req.get("parameters") or {}
+    binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    if outputs is None:
+        return None, {"*"} if binary_all else set()
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise RequestError(400, "'outputs' must be a list of objects with a 'name'")
+    binary = {
+        o["name"]
+        for o in outputs
+        if binary_all or (isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True)
+    }
+    return [o["name"] for o in outputs], binary
+
+
+def tensors(task: str, output: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's raw output as the named v2 output tensors of its task."""
+    if task == "classification":
+        probs = softmax(output).astype(np.float32)
+        return {"probabilities": probs, "class": probs.argmax(axis=1).astype(np.int64)}
+    if task == "regression":
+        return {"prediction": output.reshape(len(output), -1)[:, 0].astype(np.float32)}
+    return {"reconstruction": output.astype(np.float32)}
+
+
+def response(
+    name: str, version: str, request: InferRequest, outs: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (binary outputs follow the JSON header)."""
+    wanted = request.outputs if request.outputs is not None else list(outs)
+    unknown = [o for o in wanted if o not in outs]
+    if unknown:
+        raise RequestError(400, f"unknown output(s) {unknown}; this model gives {list(outs)}")
+    entries, chunks = [], []
+    for o in wanted:
+        arr = outs[o]
+        datatype = "INT64" if arr.dtype == np.int64 else "FP32"
+        entry: dict[str, Any] = {"name": o, "datatype": datatype, "shape": list(arr.shape)}
+        if o in request.binary or "*" in request.binary:
+            raw = np.ascontiguousarray(arr, dtype=DATATYPES[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = arr.reshape(-1).tolist()
+        entries.append(entry)
+    head = {"model_name": name, "model_version": version, "outputs": entries}
+    if request.id is not None:
+        head["id"] = request.id
+    header = json.dumps(head).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
