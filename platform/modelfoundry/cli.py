@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("job_id", nargs="?")
     j.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
 
+    e = sub.add_parser(
+        "export",
+        help="write a model-store version as ONNX, safetensors or TorchScript, checked against PyTorch",
+        description="Write NAME[:VERSION] from the model store in a format other runtimes load, next to it "
+        "(<store>/NAME/VERSION/exports/FORMAT/). The export is run on a batch of another size and must match "
+        "the PyTorch model before it is published; export.json records the difference and the lineage.",
+        epilog="example: foundry export cnn-digits --format onnx --store models",
+    )
+    e.add_argument("model", help="NAME or NAME:VERSION in the model store (default version: latest)")
+    e.add_argument("--format", required=True, dest="fmt", choices=["onnx", "safetensors", "torchscript"])
+    e.add_argument("--store", default="models", help="model store directory or URI (default: models)")
+    e.add_argument("--json", action="store_true", help="print export.json as one JSON line")
+
     m = sub.add_parser("models", help="the model store")
     msub = m.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="list exported models")
@@ -329,6 +342,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from modelfoundry.export_formats import export_format
+    from modelfoundry.store import parse_ref
+
+    name, version = parse_ref(args.model)
+    m = export_format(args.store, name, version, args.fmt)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    src, parity = m["source"], m["parity"]
+    print(f"{src['name']} v{src['version']} ({src['family']}) -> {m['format']}: {m['path']}/{m['file']}")
+    print(f"   {m['bytes']:,} bytes, sha256 {m['sha256'][:16]}...")
+    print(f"   max |{parity['runtime']} - torch| = {parity['max_abs_diff']:.2e} (limit {parity['atol']:g})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from modelfoundry.store import list_models
 
@@ -351,6 +380,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "run": cmd_run,
     "compress": cmd_compress,
+    "export": cmd_export,
     "serve": cmd_serve,
     "jobs": cmd_jobs,
     "models": cmd_models,

@@ -114,10 +114,9 @@ class Block(nn.Module):
         if past and t > 1:  # new queries over old + new keys: causal within the new part
             mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:  # one new query sees every key; a fresh sequence is plainly causal
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=not past and t > 1, dropout_p=self.p if self.training else 0.0
-            )
+        else:  # one new query sees every key; a fresh sequence is plainly causal (for t == 1 too: a
+            # 1x1 causal mask masks nothing, and no test on t keeps a symbolic t exportable to ONNX)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=not past, dropout_p=self.p if self.training else 0.0)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
     def forward(self, h: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
