@@ -34,3 +34,23 @@ def ray_cluster():
     connect(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's chromium, which .ci/run installs) driven by Playwright."""
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "the browser tests need Chromium: apt-get install chromium (.ci/run installs it)"
+    expect.set_options(timeout=120_000)  # a condition to wait for, on a busy machine; not a time limit
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=exe,
+            args=["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        yield b
+        b.close()

@@ -200,3 +200,28 @@ def test_sampling_with_a_seed_is_reproducible_over_http(lm):
     expected = list(generate(lm["model"], lm["tokenizer"].encode(PROMPT), 40, 1.0, 10, seed=7))
     assert a == lm["tokenizer"].decode(expected)
     assert np.isfinite(c.get("/v1/models/lm").json()["metrics"]["test_bpc"])
+
+
+def test_the_web_page_streams_generation_under_a_route_prefix(lm, browser):
+    from playwright.sync_api import expect
+    from ray import serve
+
+    from modelfoundry.serving.apps import build_app
+
+    serve.run(build_app({"store": lm["store"], "model": "lm"}), name="writer", route_prefix="/writer")
+    page = browser.new_page()
+    page.goto(f"{URL}/writer")  # the page and its API calls under the app's prefix
+    expect(page.locator("#panel-generate")).to_be_visible()
+    page.fill("#prompt", PROMPT)
+    page.fill("#max-new", "100")
+    page.click("#generate")
+    out = page.locator("#generated")
+    expect(out).to_have_attribute("data-done", "true")
+    assert out.inner_text() == PROMPT + lm["expected"]
+    assert out.get_attribute("data-text") == lm["expected"]
+    assert int(out.get_attribute("data-chunks")) > 1  # read as a stream, not as one body
+    page.fill("#prompt", "caf\u00e9 \u20ac")
+    page.click("#generate")
+    expect(page.locator("#message")).to_contain_text("The service answered 400: prompt holds characters")
+    page.close()
+    serve.delete("writer")

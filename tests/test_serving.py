@@ -588,3 +588,92 @@ def test_open_inference_protocol_v2_with_tritonclient(served):
     with torch.no_grad():
         want = torch.sigmoid(served["models"]["vae"](torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(client.infer("vae-d", [inp]).as_numpy("reconstruction"), want, atol=1e-5)
+
+
+def test_the_web_page_draws_a_digit_and_shows_the_models_answer_with_keys_on(served, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from modelfoundry.serving.requests import png_array
+
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("page-key-1\n")
+    deploy(served, model="cnn-d", api_keys_file=str(keyfile))
+    page = browser.new_page()
+    sent: list[bytes] = []
+    page.on(
+        "request", lambda r: sent.append(r.post_data_buffer) if r.url.endswith("/v1/models/cnn-d:predict") else None
+    )
+    page.goto(URL + "/")
+    message = page.locator("#message")
+    expect(message).to_contain_text("needs an API key")
+    page.fill("#key", "not-the-key")
+    page.click("#key-apply")
+    expect(message).to_have_text("The API key was not accepted.")
+    page.fill("#key", "page-key-1")
+    page.click("#key-apply")
+    expect(page.locator("#panel-draw")).to_be_visible()
+    expect(page.locator("#model-name")).to_have_text("cnn-d v1")
+    page.click("#predict")  # nothing drawn yet
+    expect(message).to_have_text("The canvas is empty: draw a digit first.")
+    assert sent == []  # refused in the page, not sent
+
+    box = page.locator("#pad").bounding_box()
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    for stroke in ([(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)], [(0.35, 0.5), (0.65, 0.5)]):  # a crossed seven
+        page.mouse.move(*at(*stroke[0]))
+        page.mouse.down()
+        for point in stroke[1:]:
+            page.mouse.move(*at(*point), steps=12)
+        page.mouse.up()
+    expect(page.locator("#prediction")).not_to_have_text("-")
+    expect(message).to_have_text("")
+    # what the page shows is what the model says about the PNG the page sent
+    png = sent[-1]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    expected = local_probs(served["models"]["cnn"], png_array(png, (1, 8, 8), 10**6))[0]
+    shown = [float(p) for p in page.locator(".bar").evaluate_all("rows => rows.map(r => r.dataset.p)")]
+    np.testing.assert_allclose(shown, expected, atol=1e-5)
+    assert page.locator("#prediction").inner_text() == str(int(expected.argmax()))
+    assert page.locator(".bar.top").get_attribute("data-class") == str(int(expected.argmax()))
+    page.screenshot(path=str(tmp_path / "digit.png"))
+    assert (tmp_path / "digit.png").read_bytes()[:4] == b"\x89PNG"
+    page.click("#clear")
+    expect(page.locator("#prediction")).to_have_text("-")
+    page.close()
+
+
+def test_the_web_page_samples_and_walks_the_vae_and_plots_a_forecast(served, browser):
+    from playwright.sync_api import expect
+
+    deploy(served, model="vae-d")
+    page = browser.new_page()
+    page.goto(URL + "/")
+    expect(page.locator("#panel-vae")).to_be_visible()
+    page.wait_for_function("() => document.getElementById('samples').naturalWidth === 8 * 8")  # 16 in a 8x2 grid
+    page.locator('input[data-dim="0"]').fill("2")
+    expect(page.locator("#decoded")).to_have_attribute(
+        "data-z", json.dumps([2] + [0] * (served["models"]["vae"].config.latent_dim - 1), separators=(",", ":"))
+    )
+    page.close()
+
+    deploy(served, model="sun")
+    page = browser.new_page()
+    page.goto(URL + "/")
+    expect(page.locator("#panel-forecast")).to_be_visible()
+    window = served["sun"].x_test[0, :, 0]
+    page.fill("#history", ", ".join(f"{v:.6g}" for v in window))
+    page.fill("#horizon", "3")
+    page.click("#forecast")
+    expect(page.locator("#forecast-values")).not_to_be_empty()
+    series, expected = [float(f"{v:.6g}") for v in window], []
+    for _ in range(3):  # fed back step by step, as the page does
+        with torch.no_grad():
+            x = torch.tensor(series[-len(window) :], dtype=torch.float32)[None, :, None]
+            expected.append(float(served["models"]["sun"](x)[0, 0]))
+        series.append(expected[-1])
+    shown = [float(v) for v in page.locator("#forecast-values").inner_text().split(",")]
+    np.testing.assert_allclose(shown, expected, atol=0.006, rtol=1e-5)
+    page.fill("#history", "1, 2, x")
+    page.click("#forecast")
+    expect(page.locator("#message")).to_have_text("History must be numbers separated by commas.")
+    page.close()

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import modelfoundry
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth, oip
+from modelfoundry.serving import auth, oip, webpage
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
@@ -146,6 +146,16 @@ class Ingress:
         self.batcher = batcher(self.local, spec.batching) if self.local else None
 
     # ---- routes
+    @app.get("/", response_class=HTMLResponse)
+    async def page(self, request: Request) -> HTMLResponse:
+        """The demo page (serving/web/). It holds nothing secret: its API calls carry the key."""
+        return HTMLResponse(webpage.index(request.scope.get("root_path", "")))
+
+    @app.get("/ui/{name}")
+    async def page_asset(self, name: str) -> Response:
+        text, media_type = webpage.asset(name)
+        return Response(text, media_type=media_type)
+
     @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "model": self.name}
@@ -370,6 +380,8 @@ class Ingress:
             "members": s.members,
             "verbs": list(s.verbs),
         }
+        if "decode" in s.verbs:
+            out["latent_dim"] = s.config["latent_dim"]
         if "generate" in s.verbs:
             out["generate"] = {
                 "context": s.config["context"],
