@@ -4,6 +4,7 @@ VAE verbs, ensemble, forecaster, PNG upload, autoscaling up and back down."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import time
@@ -677,3 +678,83 @@ def test_the_web_page_samples_and_walks_the_vae_and_plots_a_forecast(served, bro
     page.click("#forecast")
     expect(page.locator("#message")).to_have_text("History must be numbers separated by commas.")
     page.close()
+
+
+def test_multiplexed_models_share_one_replica_with_an_lru_of_two(served, browser, tmp_path):
+    """Three digits models, one replica that holds two: each request answered by the model it
+    names (in the URL or in Serve's header), loaded on first use, the least recently used evicted."""
+    from ray import serve
+
+    from modelfoundry.serving.apps import build_app
+
+    digits, store, models = served["digits"], str(tmp_path / "mx"), {}
+    for i in range(3):
+        torch.manual_seed(100 + i)  # three different models
+        m = build_model("mlp", "tiny", input_shape=digits.spec.input_shape, output_dim=digits.spec.output_dim)
+        set_normalization(m, digits.stats())
+        write_checkpoint(
+            tmp_path / f"m{i}", m, dataset=digits.spec.to_dict(), metrics={}, extra={"task": "classification"}
+        )
+        export(str(tmp_path / f"m{i}"), store, f"digits-{i}")
+        models[f"digits-{i}"] = m.eval()
+    app = {"store": store, "kind": "multiplex", "models": list(models), "max_models_per_replica": 2}
+    serve.run(build_app(app), name="t", route_prefix="/")
+    c = httpx.Client(base_url=URL, timeout=60)
+    x = digits.x_test[:4]
+    body = {"instances": x.tolist()}
+    for i, mid in enumerate(["digits-0", "digits-1", "digits-2", "digits-0", "digits-2", "digits-1"]):
+        if i % 2:
+            r = c.post("/v1/models/multiplex:predict", json=body, headers={"serve_multiplexed_model_id": mid})
+        else:
+            r = c.post(f"/v1/models/{mid}:predict", json=body)
+        assert r.json()["model_id"] == mid
+        np.testing.assert_allclose(probs(r), local_probs(models[mid], x), atol=1e-5)
+
+    async def replica_stats():  # this driver's handles route on its event loop (Serve's fast path)
+        return await serve.get_deployment_handle("models", app_name="t").stats.remote()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own (Playwright's runs on this thread)
+        stats = pool.submit(lambda: asyncio.new_event_loop().run_until_complete(replica_stats())).result()
+    # 0, 1 loaded; 2 evicts 0; 0 evicts 1; 2 is resident; 1 evicts 0
+    assert stats["loads"] == ["digits-0", "digits-1", "digits-2", "digits-0", "digits-1"]
+
+    v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 64], "data": x.reshape(-1).tolist()}]}
+    r = c.post("/v2/models/digits-2/infer", json=v2)
+    assert r.status_code == 200 and r.json()["model_name"] == "digits-2"
+    got = np.array(r.json()["outputs"][0]["data"]).reshape(4, 10)
+    np.testing.assert_allclose(got, local_probs(models["digits-2"], x), atol=1e-5)
+    for path, headers, status, fragment in (
+        ("/v1/models/multiplex:predict", {}, 400, "name a model"),
+        ("/v1/models/digits-9:predict", {}, 404, "unknown model 'digits-9'"),
+        ("/v1/models/digits-0:predict", {"serve_multiplexed_model_id": "digits-1"}, 400, "the URL names model"),
+        ("/v1/models/multiplex:predict", {"serve_multiplexed_model_id": "../x"}, 404, "unknown model '../x'"),
+    ):
+        r = c.post(path, json=body, headers=headers)
+        assert r.status_code == status and fragment in r.json()["error"], (path, r.text)
+    assert c.post("/v2/models/digits-1/versions/1/infer", json=v2).status_code == 404
+    assert c.get("/v1/models/multiplex").json()["members"] == list(models)
+
+    page = browser.new_page()  # the page picks one of the models
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url) if r.method == "POST" else None)
+    page.goto(URL + "/")
+    page.select_option("#model-select", "digits-1")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] - 20, steps=10)
+    page.mouse.up()
+    from playwright.sync_api import expect
+
+    expect(page.locator("#prediction")).not_to_have_text("-")
+    assert urls == [URL + "/v1/models/digits-1:predict"]
+    page.close()
+    for bad, fragment in (
+        ({**app, "models": ["digits-0", "digits-0"]}, "lists a model twice"),
+        ({**app, "models": ["mlp-d", "cnn-d"], "store": served["store"]}, "must share family, task and input shape"),
+        ({**app, "models": ["mlp-d", "vae-d"], "store": served["store"]}, "'vae-d' is a generative model"),
+        ({**app, "models": []}, "kind multiplex needs models"),
+        ({**app, "max_models_per_replica": 0}, "greater than 0"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            build_app(bad)

@@ -15,6 +15,7 @@ from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.auth import load_keys
 from modelfoundry.serving.deployments import Ingress, Stage
 from modelfoundry.serving.generation import MAX_NEW_TOKENS
+from modelfoundry.serving.multiplex import models_deployment
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
 from modelfoundry.serving.spec import IngressSpec, Limits
 from modelfoundry.storage import absolute
@@ -26,9 +27,12 @@ QUIET_LOGS = {"log_level": "WARNING", "enable_access_log": False}
 
 
 class AppArgs(Strict):
-    kind: Literal["model", "ensemble", "vae"] = "model"
+    kind: Literal["model", "ensemble", "vae", "multiplex"] = "model"
     model: str | None = None  # a model-store name (kind model / vae)
-    models: list[str] | None = None  # ensemble members (model-store names)
+    # ensemble members, or the models a multiplexed app serves (NAME or NAME:VERSION each)
+    models: list[str] | None = None
+    # kind multiplex: models loaded at once on one replica of the models deployment (LRU beyond)
+    max_models_per_replica: int = Field(default=3, gt=0)
     version: int | Literal["latest"] = "latest"
     store: str = "models"
     name: str | None = None  # the route name: /v1/models/<name>:<verb>
@@ -55,6 +59,11 @@ class AppArgs(Strict):
         if self.kind == "ensemble":
             if not self.models or len(self.models) < 2:
                 raise ValueError("an ensemble needs models: a list of at least 2 model-store names")
+        elif self.kind == "multiplex":
+            if not self.models:
+                raise ValueError("kind multiplex needs models: the model-store names (NAME or NAME:VERSION) it serves")
+            if len(set(self.models)) != len(self.models):
+                raise ValueError(f"models lists a model twice: {self.models}")
         elif not self.model:
             raise ValueError(f"kind {self.kind} needs model: a model-store name")
         if self.stage_models is not None and (self.kind != "model" or self.split is None):
@@ -108,6 +117,9 @@ def build_app(args: AppArgs | dict) -> Application:
         )
         return ingress.bind(spec, None, members)
 
+    if args.kind == "multiplex":
+        return _multiplex_app(args, store, ingress, limits, common)
+
     path, meta = _load_meta(store, args.model or "", args.version)
     name = args.name or args.model or ""
     family = family_spec(meta["family"])
@@ -138,6 +150,40 @@ def build_app(args: AppArgs | dict) -> Application:
         for i, g in enumerate(groups)
     ]
     return ingress.bind(IngressSpec.from_meta(name, "split", path, meta, limits, groups=groups, **common), stages)
+
+
+def _multiplex_app(args: AppArgs, store: str, ingress, limits: Limits, common: dict[str, Any]) -> Application:
+    """Many models of one family behind one ingress, on the shared replicas of one deployment."""
+    paths, metas = {}, []
+    for ref in args.models or []:
+        name, version = parse_ref(ref)
+        path, meta = _load_meta(store, name, version if ":" in ref else args.version)
+        if meta.get("task") not in ("classification", "regression"):
+            raise ValueError(f"multiplexed model {ref!r} is a {meta.get('task')} model; only predict models multiplex")
+        paths[ref] = path
+        metas.append(meta)
+    kinds = {(m["family"], m.get("task"), tuple(m["input_spec"]["shape"])) for m in metas}
+    if len(kinds) > 1:
+        raise ValueError(f"multiplexed models must share family, task and input shape; they have {sorted(kinds)}")
+    models = models_deployment(args.max_models_per_replica).options(**args.stages.serve_options()).bind(paths)
+    first = metas[0]
+    spec = IngressSpec(
+        name=args.name or "multiplex",
+        kind="multiplex",
+        family=first["family"],
+        task=first["task"],
+        verbs=("predict",),
+        version="",
+        model_path="",
+        input_spec=first["input_spec"],
+        config={},
+        metrics={},
+        dataset=(first.get("dataset") or {}).get("name"),
+        limits=limits,
+        members=list(paths),
+        **common,
+    )
+    return ingress.bind(spec, [models])
 
 
 def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import modelfoundry
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth, oip, webpage
+from modelfoundry.serving import auth, multiplex, oip, webpage
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.requests import (
@@ -34,7 +34,7 @@ from modelfoundry.serving.requests import (
     png_grid,
     read_body,
 )
-from modelfoundry.serving.runner import ModelRunner, predictions, sigmoid, softmax
+from modelfoundry.serving.runner import ModelRunner, predictions, run_model, sigmoid, softmax
 from modelfoundry.serving.spec import IngressSpec
 
 MAX_SAMPLES = 64
@@ -46,12 +46,6 @@ MAX_SESSIONS_PER_REPLICA = 64
 
 async def _call(handle, x: np.ndarray) -> np.ndarray:
     return await handle.remote(x)
-
-
-async def run_model(runner: ModelRunner, x: np.ndarray) -> np.ndarray:
-    """The model on x: on the event loop when that is cheaper than a thread handoff, else in a
-    thread (runner.INLINE_BELOW_S)."""
-    return runner.run(x) if runner.inline(len(x)) else await asyncio.to_thread(runner.run, x)
 
 
 async def run_model_batch(runner: ModelRunner, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -168,8 +162,8 @@ class Ingress:
     @app.get("/v1/models/{target}")
     async def get_model(self, target: str, request: Request) -> dict:
         auth.check(self.keys, request.headers)
-        self._check_name(target)
-        return self.metadata()
+        model_id = self._route(target, request.headers, require=False)
+        return {**self.metadata(), **({"model_id": model_id} if model_id else {})}
 
     @app.post("/v1/models/{target}")
     async def post(self, target: str, request: Request) -> Response:
@@ -178,7 +172,7 @@ class Ingress:
         verbs = list(self.spec.verbs)
         if not name:
             raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {verbs}")
-        self._check_name(name)
+        model_id = self._route(name, request.headers)
         if verb not in verbs:
             raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {verbs}")
         limits = self.spec.limits
@@ -194,6 +188,8 @@ class Ingress:
             data = parse_json_body(body, limits.max_body_bytes)
             shape = (self.spec.config["latent_dim"],) if verb == "decode" else self.input_shape
             x = instances_array(data, shape, limits.max_instances)
+        if model_id is not None:  # multiplexed: predict is its one verb
+            return JSONResponse({**await self.verb_predict(x, model_id), "model_id": model_id})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
     # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
@@ -214,22 +210,22 @@ class Ingress:
     @app.get("/v2/models/{target}/versions/{version}")
     async def v2_metadata(self, target: str, request: Request, version: str | None = None) -> dict:
         auth.check(self.keys, request.headers)
-        self._check_v2(target, version)
+        model_id = self._check_v2(target, version, request.headers)
         s = self.spec
-        return oip.metadata(self.name, s.version, self.task, list(self.input_shape), s.config)
+        return oip.metadata(model_id or self.name, s.version, self.task, list(self.input_shape), s.config)
 
     @app.get("/v2/models/{target}/ready")
     @app.get("/v2/models/{target}/versions/{version}/ready")
     async def v2_model_ready(self, target: str, request: Request, version: str | None = None) -> dict:
         auth.check(self.keys, request.headers)
-        self._check_v2(target, version)
-        return {"name": self.name, "ready": True}
+        model_id = self._check_v2(target, version, request.headers)
+        return {"name": model_id or self.name, "ready": True}
 
     @app.post("/v2/models/{target}/infer")
     @app.post("/v2/models/{target}/versions/{version}/infer")
     async def v2_infer(self, target: str, request: Request, version: str | None = None) -> Response:
         auth.check(self.keys, request.headers)
-        self._check_v2(target, version)
+        model_id = self._check_v2(target, version, request.headers)
         verb = oip.TENSOR_VERB.get(self.task)
         if verb is None or verb not in self.spec.verbs:
             raise RequestError(
@@ -239,23 +235,29 @@ class Ingress:
         limits = self.spec.limits
         body = await read_body(request, limits.max_body_bytes)
         req = oip.parse_infer(body, request.headers, self.input_shape, limits.max_instances, limits.max_body_bytes)
-        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x))
-        content, headers = oip.response(self.name, self.spec.version, req, oip.tensors(self.task, out))
+        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x, model_id))
+        content, headers = oip.response(model_id or self.name, self.spec.version, req, oip.tensors(self.task, out))
         return Response(content, headers=headers, media_type=headers.pop("content-type"))
 
-    def _check_v2(self, target: str, version: str | None) -> None:
-        self._check_name(target)
-        if version not in (None, "", self.spec.version):
+    def _check_v2(self, target: str, version: str | None, headers) -> str | None:
+        model_id = self._route(target, headers)
+        if model_id is not None and version not in (None, ""):
+            raise RequestError(404, f"{model_id} is served at one version here; drop /versions/{version}")
+        if model_id is None and version not in (None, "", self.spec.version):
             raise RequestError(
                 404, f"model {self.name} has no version {version!r} here; it serves {self.spec.version!r}"
             )
+        return model_id
 
     # ---- verbs
-    async def verb_predict(self, x: np.ndarray) -> dict:
-        return {"predictions": predictions(self.task, await self.logits(x))}
+    async def verb_predict(self, x: np.ndarray, model_id: str | None = None) -> dict:
+        return {"predictions": predictions(self.task, await self.logits(x, model_id))}
 
-    async def logits(self, x: np.ndarray) -> np.ndarray:
-        """The model's output (an ensemble: the log of its members' mean probabilities)."""
+    async def logits(self, x: np.ndarray, model_id: str | None = None) -> np.ndarray:
+        """The model's output (an ensemble: the log of its members' mean probabilities; a
+        multiplexed app: model_id's, from a replica of the models deployment that holds it)."""
+        if model_id is not None:
+            return await self.stages[0].options(multiplexed_model_id=model_id).remote(x)
         if self.members:
             outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
             return np.log(np.mean([softmax(o) for o in outs], axis=0) + 1e-12)
@@ -361,9 +363,29 @@ class Ingress:
             x = await stage.remote(x)
         return x
 
-    def _check_name(self, name: str) -> None:
+    def _route(self, name: str, headers, require: bool = True) -> str | None:
+        """Check the model a request names; for a multiplexed app, return the model id (from the
+        URL, or from Serve's header when the URL names the app; None for the app itself when not
+        `require`d), else None."""
+        if self.spec.kind != "multiplex":
+            if name != self.name:
+                raise RequestError(404, f"unknown model {name!r}; this service serves {self.name!r}")
+            return None
+        models = self.spec.members or []
+        header = headers.get(multiplex.HEADER)
         if name != self.name:
-            raise RequestError(404, f"unknown model {name!r}; this service serves {self.name!r}")
+            if header and header != name:
+                raise RequestError(400, f"the URL names model {name!r} and the {multiplex.HEADER} header {header!r}")
+            header = name
+        if not header and not require:
+            return None
+        if not header:
+            raise RequestError(
+                400, f"name a model: /v1/models/<model>:predict or the {multiplex.HEADER} header; models: {models}"
+            )
+        if header not in models:
+            raise RequestError(404, f"unknown model {header[:100]!r}; this service serves {models}")
+        return header
 
     def metadata(self) -> dict[str, Any]:
         s = self.spec

@@ -3,6 +3,7 @@ the same code runs in a Serve replica, in the hand-written FastAPI baseline and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -70,6 +71,12 @@ class ModelRunner:
         sizes = [len(x) for x in xs]
         out = self.run(np.concatenate(xs))
         return np.split(out, np.cumsum(sizes)[:-1])
+
+
+async def run_model(runner: ModelRunner, x: np.ndarray) -> np.ndarray:
+    """The model on x: on the event loop when that is cheaper than a thread handoff, else in a
+    thread (INLINE_BELOW_S)."""
+    return runner.run(x) if runner.inline(len(x)) else await asyncio.to_thread(runner.run, x)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

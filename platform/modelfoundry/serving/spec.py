@@ -19,7 +19,7 @@ class Limits:
 @dataclass(frozen=True)
 class IngressSpec:
     name: str  # the route: /v1/models/<name>:<verb>
-    kind: Literal["model", "split", "ensemble", "services"]
+    kind: Literal["model", "split", "ensemble", "services", "multiplex"]
     family: str  # "ensemble" for an ensemble
     task: str
     verbs: tuple[str, ...]
@@ -32,7 +32,7 @@ class IngressSpec:
     limits: Limits
     tokenizer: dict[str, Any] | None = None  # language models
     groups: list[list[int]] | None = None  # split: stage index groups
-    members: list[str] | None = None  # ensemble: model-store names
+    members: list[str] | None = None  # ensemble: model-store names; multiplex: the model ids
     batching: dict[str, Any] | None = None
     api_keys_env: str | None = None
     api_keys_file: str | None = None

@@ -40,7 +40,9 @@ function explain(err) {
   return err.status ? `The service answered ${err.status}: ${err.message}` : err.message;
 }
 
-const verb = (v) => `${BASE}v1/models/${encodeURIComponent(meta.name)}:${v}`;
+// a multiplexed app serves several models: the one picked in the list
+const target = () => (meta.kind === "multiplex" ? $("model-select").value : meta.name);
+const verb = (v) => `${BASE}v1/models/${encodeURIComponent(target())}:${v}`;
 const postJSON = (v, body) => api(verb(v), { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 
 async function connect() {
@@ -56,6 +58,11 @@ async function connect() {
   const metrics = Object.entries(meta.metrics || {}).filter(([k, v]) => k.startsWith("test_") && typeof v === "number")
     .map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
   $("model-info").textContent = `${meta.family} ${meta.task} (${meta.kind})${metrics ? "; " + metrics : ""}`;
+  $("model-pick").hidden = meta.kind !== "multiplex";
+  if (meta.kind === "multiplex") {
+    $("model-select").replaceChildren(...meta.members.map((m) => new Option(m, m)));
+    $("model-name").textContent = `${meta.name} (${meta.members.length} models)`;
+  }
   for (const s of document.querySelectorAll("section")) s.hidden = true;
   const shape = meta.input_spec.shape;
   if (meta.verbs.includes("generate")) return startGenerate();
