@@ -22,6 +22,13 @@ before and after is recorded and a busy start flagged (bench/machine.py).
     python bench/serve_load.py [--seconds 3] [--rounds 3] [--models cnn-digits,cnn-mnist]
 It trains its own models into a temp store (1 epoch each: quality is not what is measured). The
 Ray cluster is the platform's default local one (modelfoundry.cluster.serve_env).
+
+    python bench/serve_load.py --multiplex [--seconds 5] [--rounds 3]
+Model multiplexing instead: 20 tiny digits CNNs (distinct weights) in one `kind: multiplex` app,
+its models deployment on 2 replicas holding at most 4 models each (8 of the 20 resident), asked
+with each request's model drawn uniformly, from a Zipf law (s = 1.1: a few models take most
+requests) or always the same one; beside the one-model app (the model in 2 ingress replicas, no
+multiplexing) as the baseline. The model sequence is fixed per setup (seeded), cycled by the client.
 """
 
 from __future__ import annotations
@@ -57,27 +64,32 @@ APPS = {
 }
 
 
-def c1_p50(url: str, body: bytes, seconds: float) -> float:
-    """p50 latency (ms) of one keep-alive client sending one request at a time."""
-    host, port = url.split("/")[2].split(":")
-    path = "/" + url.split("/", 3)[3]
+def c1_p50(url: str | list[str], body: bytes, seconds: float) -> float:
+    """p50 latency (ms) of one keep-alive client sending one request at a time (to the URLs in
+    turn when given several: one server, the paths differ)."""
+    urls = [url] if isinstance(url, str) else url
+    host, port = urls[0].split("/")[2].split(":")
+    paths = ["/" + u.split("/", 3)[3] for u in urls]
     conn = http.client.HTTPConnection(host, int(port))
     lat = []
     deadline = time.perf_counter() + seconds
     while not lat or time.perf_counter() < deadline:  # at least one request
         t0 = time.perf_counter()
-        conn.request("POST", path, body, {"content-type": "application/json"})
+        conn.request("POST", paths[len(lat) % len(paths)], body, {"content-type": "application/json"})
         r = conn.getresponse()
         r.read()
         if r.status != 200:
-            raise RuntimeError(f"{url} answered {r.status}")
+            raise RuntimeError(f"{urls[0]} answered {r.status}")
         lat.append(time.perf_counter() - t0)
     conn.close()
     return 1000 * statistics.median(lat)
 
 
-async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+async def _load(url: str | list[str], body: bytes, concurrency: int, seconds: float) -> dict:
     import aiohttp
+
+    urls = [url] if isinstance(url, str) else url
+    sent = 0
 
     latencies: list[float] = []
     errors = 0
@@ -86,10 +98,11 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
 
         async def worker():
-            nonlocal errors
+            nonlocal errors, sent
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                async with session.post(url, data=body) as r:
+                sent += 1
+                async with session.post(urls[sent % len(urls)], data=body) as r:
                     await r.read()
                     errors += r.status != 200
                 latencies.append(time.perf_counter() - t0)
@@ -105,18 +118,24 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open(os.getenv("BODY_FILE"), "r"); wrk.body = f:read("*a"); f:close()
+local paths, i = {}, 0
+for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
+request = function() i = i % #paths + 1; return wrk.format(nil, paths[i]) end
 """
 
 
-def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    """wrk (C, one thread): far less of the shared 2 cores than a Python client."""
+def _wrk(url: str | list[str], body: bytes, concurrency: int, seconds: float) -> dict:
+    """wrk (C, one thread): far less of the shared 2 cores than a Python client. Several URLs
+    (one server): each connection takes the next path of the list in turn."""
+    urls = [url] if isinstance(url, str) else url
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "body.json").write_bytes(body)
+        Path(tmp, "paths.txt").write_text("".join("/" + u.split("/", 3)[3] + "\n" for u in urls))
         Path(tmp, "post.lua").write_text(WRK_SCRIPT)
         cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "--latency"]
         out = subprocess.run(
-            [*cmd, "-s", f"{tmp}/post.lua", url],
-            env={**os.environ, "BODY_FILE": f"{tmp}/body.json"},
+            [*cmd, "-s", f"{tmp}/post.lua", urls[0]],
+            env={**os.environ, "BODY_FILE": f"{tmp}/body.json", "PATHS_FILE": f"{tmp}/paths.txt"},
             capture_output=True,
             text=True,
             timeout=seconds + 60,
@@ -135,12 +154,12 @@ def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     }
 
 
-def measure(url: str, body: bytes, seconds: float, client: str, loads: tuple[int, ...] = LOADS) -> dict:
+def measure(url: str | list[str], body: bytes, seconds: float, client: str, loads: tuple[int, ...] = LOADS) -> dict:
     out = {"c1_p50_ms": c1_p50(url, body, seconds)}
     for c in loads:
         r = _wrk(url, body, c, seconds) if client == "wrk" else asyncio.run(_load(url, body, c, seconds))
         if r["errors"]:
-            raise RuntimeError(f"{url}: {r['errors']} failed requests at c{c}")
+            raise RuntimeError(f"{url if isinstance(url, str) else url[0]}: {r['errors']} failed requests at c{c}")
         out[f"c{c}_rps"], out[f"c{c}_p99_ms"] = r["rps"], r["p99_ms"]
     return out
 
@@ -258,7 +277,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="cnn-digits,cnn-mnist")
     ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp")
+    ap.add_argument("--multiplex", action="store_true", help="the model-multiplexing bench instead (see above)")
     args = ap.parse_args()
+    if args.multiplex:
+        return multiplex_main(args)
     models = args.models.split(",")
     from ray import serve
 
@@ -307,6 +329,110 @@ def main() -> None:
     report(results, models)
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/serve_load.json").write_text(json.dumps(results, indent=2))
+
+
+MX_MODELS, MX_REPLICAS, MX_PER_REPLICA, MX_ZIPF_S = 20, 2, 4, 1.1
+
+
+def publish_many(store: str, tmp: str, n: int) -> list[str]:
+    """n tiny digits CNNs with distinct random weights (what is measured is the serving of many
+    models, not their quality), written straight to the store."""
+    import torch
+
+    from modelfoundry.artifacts import write_checkpoint
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+    from modelfoundry.models import build_model, set_normalization
+    from modelfoundry.store import export
+
+    digits = load_splits(DataSection(dataset="digits"))
+    names = []
+    for i in range(n):
+        torch.manual_seed(i)
+        model = build_model("cnn", "tiny", input_shape=digits.spec.input_shape, output_dim=digits.spec.output_dim)
+        set_normalization(model, digits.stats())
+        write_checkpoint(
+            f"{tmp}/m{i}", model, dataset=digits.spec.to_dict(), metrics={}, extra={"task": "classification"}
+        )
+        names.append(export(f"{tmp}/m{i}", store, f"digits-{i:02d}")["name"])
+    return names
+
+
+def model_sequence(kind: str, n: int, length: int = 4000, seed: int = 0) -> list[int]:
+    """Which of n models each request asks for: uniform, Zipf (rank r drawn with weight r^-s) or one."""
+    import random
+
+    rng = random.Random(seed)
+    if kind == "one":
+        return [0] * length
+    weights = [1.0] * n if kind == "uniform" else [1.0 / (r + 1) ** MX_ZIPF_S for r in range(n)]
+    return rng.choices(range(n), weights=weights, k=length)
+
+
+def multiplex_main(args: argparse.Namespace) -> None:
+    from ray import serve
+
+    from modelfoundry.cluster import connect
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+    from modelfoundry.serving.apps import QUIET_LOGS, build_app
+
+    connect()
+    results: dict = {"args": vars(args), "models": MX_MODELS, "replicas": MX_REPLICAS, "per_replica": MX_PER_REPLICA}
+    body = json.dumps({"instances": load_splits(DataSection(dataset="digits")).x_test[:1].tolist()}).encode()
+    base = f"http://127.0.0.1:{PORT_SERVE}"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"{tmp}/models"
+        names = publish_many(store, tmp, MX_MODELS)
+        start = quiet_start()
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
+        try:
+            mx = {"store": store, "kind": "multiplex", "models": names, "max_models_per_replica": MX_PER_REPLICA}
+            mx["stages"] = {"num_replicas": MX_REPLICAS}
+            one = {"store": store, "model": names[0], "ingress": {"num_replicas": MX_REPLICAS}}
+            serve.run(build_app(mx), name="mx", route_prefix="/mx", logging_config=QUIET_LOGS)
+            serve.run(build_app(one), name="one", route_prefix="/one", logging_config=QUIET_LOGS)
+            shares = {}
+            urls = {"one-model app": [f"{base}/one/v1/models/{names[0]}:predict"]}
+            for kind in ("one", "zipf", "uniform"):
+                seq = model_sequence(kind, MX_MODELS)
+                urls[f"multiplex {kind}"] = [f"{base}/mx/v1/models/{names[i]}:predict" for i in seq]
+                top = sorted((seq.count(i) for i in set(seq)), reverse=True)
+                shares[f"multiplex {kind}"] = sum(top[: MX_REPLICAS * MX_PER_REPLICA]) / len(seq)
+            for name, url in urls.items():
+                wait_ready(url[0], body, None, name)
+                measure(url, body, 1.0, args.client, (16,))  # warm-up (and the models' first loads)
+            rounds: list[dict] = [{} for _ in range(args.rounds)]
+            for r, name in alternating(list(urls), args.rounds):
+                rounds[r][name] = measure(urls[name], body, args.seconds, args.client, (16,))
+                cells = " ".join(f"{k} {v:.2f}" for k, v in rounds[r][name].items())
+                print(f"round {r} {name:18} {cells}", flush=True)
+            rounds = [{name: rd[name] for name in urls} for rd in rounds]
+            base_name = "one-model app"
+            results["setups"] = {
+                name: {
+                    **{k: statistics.median(rd[name][k] for rd in rounds) for k in rounds[0][name]},
+                    "vs_one_model_app_c16": median_ratio(
+                        [rd[name]["c16_rps"] for rd in rounds], [rd[base_name]["c16_rps"] for rd in rounds]
+                    ),
+                    "requests_to_top8_models": shares.get(name, 1.0),
+                }
+                for name in urls
+            }
+            results["rounds"] = rounds
+        finally:
+            for name in ("mx", "one"):
+                serve.delete(name)
+            serve.shutdown()
+    results["machine"] = finish(start)
+    print(f"\n{'setup':18} {'c1 p50 ms':>9} {'c16 req/s':>9} {'c16 p99':>8} {'vs one-model':>12} {'top-8 share':>11}")
+    for name, s in results["setups"].items():
+        print(
+            f"{name:18} {s['c1_p50_ms']:9.2f} {s['c16_rps']:9.0f} {s['c16_p99_ms']:8.1f} "
+            f"{s['vs_one_model_app_c16']:11.2f}x {s['requests_to_top8_models']:11.2f}"
+        )
+    Path("bench/results").mkdir(parents=True, exist_ok=True)
+    Path("bench/results/serve_multiplex.json").write_text(json.dumps(results, indent=2))
 
 
 def report(results: dict, models: list[str]) -> None:

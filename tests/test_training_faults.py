@@ -59,7 +59,7 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint(tmp_path):
     env, _ = driver_env(tmp_path, "mfd")
     cmd = foundry_cmd("train", "--config", str(path))
     root = tmp_path / "runs" / "driver-kill"
-    kill_driver_when(cmd, env, tmp_path / "driver.log", lambda: len(complete(root)) >= 2)
+    kill_driver_when([*cmd, "--verbose"], env, tmp_path / "driver.log", lambda: len(complete(root)) >= 2)
     before = complete(root)
     assert 2 <= len(before) and not list((tmp_path / "models").glob("*/*")), (tmp_path / "driver.log").read_text()[
         -3000:
@@ -69,11 +69,26 @@ def test_a_killed_train_driver_resumes_from_its_last_checkpoint(tmp_path):
     out = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])  # the JSON is the last line
+    # the console: one line per epoch from the driver (off a terminal), none of Ray Train's own
+    # per-report lines, which --verbose shows and Ray's log files keep
+    assert "[driver-kill] epoch 12/12 " in out.stdout, out.stdout[-3000:]
+    for internal in ("Reporting training result", "TrainingReport(", "Checkpoint successfully created"):
+        assert internal not in out.stdout + out.stderr
+        assert internal in (tmp_path / "driver.log").read_text()  # the first driver ran with --verbose
+    worker_logs = "".join(
+        p.read_text(errors="replace") for p in Path(env["RAY_TMPDIR"]).rglob("worker-*.*")
+    )  # .out and .err
+    assert "Reporting training result" in worker_logs
     hist = history_of(max(complete(root), key=epoch_of))
     epochs = [e for e, _ in hist]
     assert epochs == list(range(1, 13)), hist  # nothing trained twice, nothing skipped
     resumed = [e for e, a in hist if a > 0]
-    assert resumed and resumed[0] <= last_epoch + 1, (resumed, last_epoch)  # from the last checkpoint
+    assert resumed and resumed[0] <= last_epoch + 1, (
+        resumed,
+        last_epoch,
+        hist,
+        out.stdout[-3000:],
+    )  # from the last checkpoint
     assert summary["model_store"]["version"] == 1 and summary["best"] > 0.8
 
 

@@ -22,6 +22,9 @@ def _version() -> str:
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument(
+        "--verbose", action="store_true", help="show the workers' and Ray's own log lines (always in Ray's log files)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modelfoundry.training import train
 
     cfg = load_config(args.config, train_overrides(args))
-    print(connect(args.address), flush=True)
+    print(connect(args.address, log_to_driver=args.verbose), flush=True)
     outcome = train(cfg, resume=args.resume, allow_changes=set(args.allow_change))
     s = outcome.summary()
     print(
@@ -176,9 +179,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from modelfoundry.tuning.sweep import SweepInterrupted
 
     sweep = load_sweep(args.config)
-    print(connect(args.address), flush=True)
+    print(connect(args.address, log_to_driver=args.verbose), flush=True)
     try:
-        outcome = run_sweep(sweep, resume=args.resume)
+        outcome = run_sweep(sweep, resume=args.resume, verbose=args.verbose)
     except SweepInterrupted as err:
         err.args = (f"{err}\n  continue it with: foundry tune --config {args.config} --resume",)
         raise
@@ -226,7 +229,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if cfg.method != "quantize":  # fine-tuning and distillation train on Ray Train
         from modelfoundry.cluster import connect
 
-        print(connect(args.address), flush=True)
+        print(connect(args.address, log_to_driver=args.verbose), flush=True)
     s = compress(p)
     b, a = s["before"], s["after"]
     print(
@@ -254,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from modelfoundry.quickstart import train_serve_query
 
     cfg = load_config(args.config, train_overrides(args))
-    print(connect(args.address), flush=True)
+    print(connect(args.address, log_to_driver=args.verbose), flush=True)
     s = train_serve_query(cfg, port=args.port)
     shown = {k: round(v, 4) for k, v in s.items() if k.startswith("served_") and isinstance(v, float)}
     print(
@@ -302,7 +305,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(connect(args.address), flush=True)
         urls = [run_app(app_args, host=args.host, port=args.port)]
     for url in urls:
-        print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, docs at {url}/docs)")
+        print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, the page at {url}/)")
     try:
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:

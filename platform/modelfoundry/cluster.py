@@ -163,8 +163,12 @@ def keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOOPBACK_ENV] not in ("0", "false", "False")
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> str:
-    """ray.init on `address` (or RAY_ADDRESS), else start a local cluster. Returns a description."""
+def connect(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, log_to_driver: bool = True
+) -> str:
+    """ray.init on `address` (or RAY_ADDRESS), else start a local cluster. Returns a description.
+    log_to_driver False: the workers' and actors' output (Ray Train's per-report lines among it)
+    stays in the cluster's log files instead of this console (the CLI without --verbose)."""
     import ray
 
     if ray.is_initialized():
@@ -177,7 +181,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         secure_token_file()
         # the cluster's nodes must import modelfoundry: installed there (cluster.yaml does), or
         # through the job's runtime_env (`foundry submit` uploads the tree with PYTHONPATH set)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return f"connected to Ray at {address}"
     apply_serve_env()
     keep_on_loopback()
@@ -195,6 +199,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         logging_level=logging.WARNING if quiet else logging.INFO,
+        log_to_driver=log_to_driver,
     )
     secure_token_file()  # a fresh local cluster turns token auth on by itself and writes the token
     return f"started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"

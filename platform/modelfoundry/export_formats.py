@@ -40,6 +40,7 @@ PARITY_ATOL = 1e-4
 EXPORTS_DIR = "exports"
 MANIFEST = "export.json"
 OPSET = 18
+MISSING = "this format needs {}: pip install 'modelfoundry[export]'"
 
 
 class _Forward(nn.Module):
@@ -82,21 +83,28 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
 
 
 def _run_onnx(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    import onnxruntime as ort
-
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(MISSING.format("onnxruntime")) from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"input": x.numpy()})[0]
 
 
 def _write_safetensors(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
-    from safetensors.torch import save_model
-
+    try:
+        from safetensors.torch import save_model
+    except ImportError:
+        raise ValueError(MISSING.format("safetensors")) from None
     save_model(model, str(path), metadata={"family": meta["family"], "config": json.dumps(meta["config"])})
 
 
 def _run_safetensors(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    from safetensors import safe_open
-    from safetensors.torch import load_model
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_model
+    except ImportError:
+        raise ValueError(MISSING.format("safetensors")) from None
 
     with safe_open(str(path), framework="pt") as f:
         info = f.metadata()
@@ -147,8 +155,8 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
         try:
             with _quiet():
                 WRITERS[fmt](model, meta, target)
-        except ImportError as err:
-            raise ValueError(f"format {fmt} needs {err.name}: pip install 'modelfoundry[export]'") from None
+        except ImportError as err:  # torch's ONNX exporter imports onnx and onnxscript itself
+            raise ValueError(MISSING.format(err.name)) from None
         except Exception as err:  # an exporter that cannot handle this model: say which and why
             raise RuntimeError(
                 f"exporting {name} ({meta['family']}) to {fmt} failed: {type(err).__name__}: {err}"

@@ -121,6 +121,8 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
     checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
+    if plan.resume_from and _epoch_of(plan.resume_from) > (_epoch_of(checkpoint.path) if checkpoint else 0):
+        checkpoint, seeded = ray.train.Checkpoint(plan.resume_from), False  # newer than Ray Train knows of
     if checkpoint is None and plan.start_from:
         checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True
     with contextlib.ExitStack() as stack:
@@ -222,6 +224,18 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
         }
         history.append({**metrics, "attempt": attempt})
         report(session, plan, model, optimizer, scheduler, metrics, history, rank, world, fsdp)
+
+
+def _epoch_of(checkpoint: str) -> int:
+    """The epoch a checkpoint (directory or URI) holds, from its model.json (0 when unreadable)."""
+    import json
+
+    fs, path = filesystem(join(checkpoint, "model.json"))
+    try:
+        with fs.open_input_stream(path) as f:
+            return int(json.loads(f.read())["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def report(

@@ -29,13 +29,19 @@ class WorkerPlan:
     dataset: dict[str, Any]  # what checkpoints record about the data (incl. a tokenizer)
     run_path: str
     start_from: str | None = None  # a checkpoint to start from when the run has none of its own
+    resume_from: str | None = None  # --resume: the run's newest checkpoint on storage (trainer.latest_checkpoint)
     teacher: TeacherSpec | None = None
     # in-memory data: per split, each rank's (x, y) object refs (trainer.rank_shares)
     shares: dict[str, list[tuple[Any, Any]]] | None = field(default=None)
 
 
 def worker_plan(
-    cfg: JobConfig, splits, run_path: str, start_from: str | None = None, teacher: TeacherSpec | None = None
+    cfg: JobConfig,
+    splits,
+    run_path: str,
+    start_from: str | None = None,
+    teacher: TeacherSpec | None = None,
+    resume_from: str | None = None,
 ) -> WorkerPlan:
     spec = family_spec(cfg.model.family)
     stats = splits.stats()
@@ -55,4 +61,5 @@ def worker_plan(
         run_path=run_path,
         start_from=start_from,
         teacher=teacher,
+        resume_from=resume_from,
     )

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
-from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
 from modelfoundry.training.plan import TeacherSpec, worker_plan
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 
@@ -94,6 +94,35 @@ def run_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("run-"))
 
 
+def latest_checkpoint(run_path: str) -> str | None:
+    """The newest complete checkpoint of a run on its storage, by epoch (None when there is none).
+    What `--resume` falls back on when Ray Train's own record of the run's checkpoints lags the
+    files: a driver killed between a checkpoint's upload and the controller's registering of it
+    left complete checkpoints that Ray Train does not know about. Local checkpoints are verified
+    (sha256) here; on a URI, model.json's presence (workers verify what they load)."""
+    import json
+
+    from modelfoundry.artifacts import CheckpointError, verify
+
+    fs, root = filesystem(run_path)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    found = []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        location = join(run_path, info.base_name)
+        try:
+            if is_uri(run_path):
+                with fs.open_input_stream(f"{info.path}/model.json") as f:
+                    meta = json.loads(f.read())
+            else:
+                meta = verify(info.path)
+            found.append((int(meta["metrics"]["epoch"]), location))
+        except (CheckpointError, FileNotFoundError, KeyError, ValueError, OSError):
+            continue  # incomplete or damaged: not one to resume from
+    return max(found)[1] if found else None
+
+
 IN_MEMORY_LIMIT_BYTES = 2 << 30
 
 
@@ -125,9 +154,12 @@ def make_trainer(
     callbacks: list | None = None,
     start_from: str | None = None,
     teacher: TeacherSpec | None = None,
+    resume_from: str | None = None,
 ):
     """The TorchTrainer for `cfg`: used by `train` below and by each Tune trial. `start_from`: a
-    checkpoint (directory or URI) to start from, with `cfg`'s hyperparameters (PBT's exploit)."""
+    checkpoint (directory or URI) to start from, with `cfg`'s hyperparameters (PBT's exploit).
+    `resume_from`: this run's newest checkpoint on storage, resumed when Ray Train's record of
+    the run holds none as new (see latest_checkpoint)."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -137,7 +169,7 @@ def make_trainer(
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
     os.environ[START_TIMEOUT_ENV] = str(cfg.train.placement_timeout_s)  # per run, from its config
-    plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher)
+    plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher, resume_from)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
         # each rank's share goes to the object store once and its worker fetches only that (no Ray
@@ -271,7 +303,9 @@ def train(
     import ray.train
 
     from modelfoundry import store
+    from modelfoundry.console import EpochProgress
     from modelfoundry.training.plots import plot_run
+    from modelfoundry.training.reports import ReportRelay, fit_reporting
 
     t_start = time.perf_counter()
     splits = splits or load_splits(cfg.data)  # bad data config fails here, before any Ray work
@@ -298,7 +332,17 @@ def train(
         check_resume_config(run_path, cfg, set(allow_changes))
     else:
         write_run_config(run_path, cfg)
-    trainer = make_trainer(cfg, splits, join(storage, cfg.name), run_id, start_from=start_from, teacher=teacher)
+    relay = ReportRelay()
+    trainer = make_trainer(
+        cfg,
+        splits,
+        join(storage, cfg.name),
+        run_id,
+        callbacks=[relay],
+        start_from=start_from,
+        teacher=teacher,
+        resume_from=latest_checkpoint(run_path) if resume else None,
+    )
     print(
         f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
         f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
@@ -306,7 +350,8 @@ def train(
         flush=True,
     )
     try:
-        result = trainer.fit()
+        with EpochProgress(cfg.name, cfg.train.epochs) as progress:
+            result = fit_reporting(trainer, relay, progress.update)
     except ray.train.TrainingFailedError as err:
         raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
     best_ckpt, best_metrics = _best(result, metric, mode)

@@ -1,12 +1,13 @@
 """Run a sweep with Ray Tune. Every trial is a Tune function running the platform's one
 training loop: one-worker trials run it in the trial's own process (TuneSession: no TorchTrainer
 start-up), larger trials fit a TorchTrainer whose every report reaches Tune with its checkpoint
-(tuning/relay.py). Either way ASHA sees each epoch, PBT exploits checkpoints, and --resume
+(training/reports.py). Either way ASHA sees each epoch, PBT exploits checkpoints, and --resume
 restarts unfinished trials from their last one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -165,8 +166,8 @@ def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None
 
         from modelfoundry.training.loop import TuneSession, train_loop_per_worker
         from modelfoundry.training.plan import worker_plan
+        from modelfoundry.training.reports import ReportRelay, fit_and_relay
         from modelfoundry.training.trainer import make_trainer
-        from modelfoundry.tuning.relay import ReportRelay, fit_and_relay
 
         cfg = with_overrides(
             base,
@@ -210,12 +211,14 @@ def sweep_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep-"))
 
 
-def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
-    """Run the sweep; a SweepOutcome, or a pareto.ParetoOutcome for a compression sweep."""
+def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True, verbose: bool = False):
+    """Run the sweep; a SweepOutcome, or a pareto.ParetoOutcome for a compression sweep.
+    verbose: Tune's own status tables too (else the one console.TrialProgress display)."""
     import ray
     from ray import tune
 
     from modelfoundry import store
+    from modelfoundry.console import TrialProgress
     from modelfoundry.data import load_splits
     from modelfoundry.tuning.report import write_reports
 
@@ -243,6 +246,9 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
     t = sweep.tune
     trainable = tune.with_resources(make_trial(sweep, join(exp_path, "train"), teacher), trial_resources(sweep))
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    expected = t.num_samples * math.prod(len(s["grid"]) for s in sweep.search.values() if "grid" in s)
+    # the trials as they finish (a restored Tuner keeps the first run's callbacks: Tune's tables)
+    progress = TrialProgress(sweep.name, expected, None if objs else metric, mode, sweep.job.train.epochs)
 
     if resume:
         if not tune.Tuner.can_restore(exp_path):
@@ -301,7 +307,8 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
                 scheduler=scheduler,
                 search_alg=search_alg,
                 num_samples=t.num_samples,
-                max_concurrent_trials=concurrent,
+                # BasicVariantGenerator takes the limit itself (above); Tune warns when given both
+                max_concurrent_trials=None if isinstance(search_alg, tune.search.BasicVariantGenerator) else concurrent,
                 # in-process trials: a finished trial's process runs the next one (no new worker,
                 # no torch/Ray Train imports: ~4 s a trial on this machine). Not TorchTrainer
                 # trials: a stopped one's Train run must end with its actor, or it holds workers
@@ -310,7 +317,8 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
             run_config=tune.RunConfig(
                 name=exp_name,
                 storage_path=join(storage, sweep.name),
-                verbose=1,
+                verbose=1 if verbose else 0,  # else console.TrialProgress's one display
+                callbacks=[progress.callback],
                 # Tune keeps a trial's best 4 checkpoints and always its latest (what resume and
                 # PBT use). Keeping K forces a sweep-state snapshot every K checkpoints of a
                 # trial, which Tune warns about on every fast epoch: silenced above
@@ -321,8 +329,8 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
                 ),
             ),
         )
-    results = tuner.fit()  # on Ctrl-C Tune stops the trials, saves the sweep state and returns
-    expected = t.num_samples * math.prod(len(s["grid"]) for s in sweep.search.values() if "grid" in s)
+    with progress if not resume else contextlib.nullcontext(), _tune_output(verbose):
+        results = tuner.fit()  # on Ctrl-C Tune stops the trials, saves the sweep state and returns
     if len(results) < expected or results.num_terminated + results.num_errors < len(results):
         raise SweepInterrupted(interrupted_message(sweep, results, metric, exp_path))
     if objs:
@@ -337,6 +345,22 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True):
     outcome.files = write_reports(outcome, dump_config(with_overrides(sweep.job, outcome.best_config)))
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: bool):
+    """Tune's console output (its experiment banner and status tables) only with --verbose: its
+    newer output engine prints the banner at any verbosity, the legacy one at verbose=0 nothing."""
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old
 
 
 def interrupted_message(sweep: SweepConfig, results, metric: str, exp_path: str) -> str:
