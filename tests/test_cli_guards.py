@@ -53,3 +53,17 @@ def test_help_and_version_answer_without_loading_torch_or_ray(argv):
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout, out.stdout[-500:]
     assert ("foundry " in out.stdout) if argv == ["--version"] else ("usage: foundry" in out.stdout)
+
+
+def test_every_subcommand_has_a_description_and_an_example(capsys):
+    from modelfoundry.cli import ABOUT, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) | {"models list"} == set(ABOUT)
+    for name in ABOUT:
+        with pytest.raises(SystemExit):
+            main([*name.split(), "--help"])
+        out = capsys.readouterr().out
+        description, example = ABOUT[name]
+        assert description.split()[0] in out and (not example or f"example: {example}" in " ".join(out.split()))
+        assert not example or example.startswith("foundry " + name.split()[0])

@@ -27,24 +27,86 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# each subcommand's --help: what it does, and a command to copy (run from the project root)
+ABOUT: dict[str, tuple[str, str]] = {
+    "train": (
+        "Train a model family data-parallel with Ray Train on a local cluster (default) or --address, "
+        "export the best checkpoint to the model store and plot its learning curves.",
+        "foundry train --config jobs/configs/cnn_digits.yaml --workers 2 --epochs 5",
+    ),
+    "tune": (
+        "Search hyperparameters with Ray Tune (ASHA, PBT, random or Optuna; a compression sweep's "
+        "Pareto front), export the best model and write trials.csv, best_config.yaml and a plot.",
+        "foundry tune --config jobs/configs/tune_cnn_digits.yaml",
+    ),
+    "run": (
+        "The main job end to end: train, export, serve on Ray Serve over HTTP on 127.0.0.1 and "
+        "query it with the held-out split, reporting the accuracy the service gave.",
+        "foundry run --config jobs/configs/cnn_digits.yaml --workers 2",
+    ),
+    "compress": (
+        "Quantize, prune or distil a model-store entry into a new entry with its lineage, measuring "
+        "size, speed and test metrics against the parent.",
+        "foundry compress cnn-digits --config jobs/configs/compress_int8.yaml",
+    ),
+    "serve": (
+        "Serve a model-store entry (monolithic or split into stage services) or a Serve YAML over "
+        "HTTP: the v1 REST API, Open Inference Protocol v2, and a demo page at /.",
+        "foundry serve cnn-digits --store models --port 8000",
+    ),
+    "submit": (
+        "Submit `foundry train`, `tune` or `compress` as a Ray job to a running cluster (the "
+        "project uploaded as its working dir) and follow its logs.",
+        "foundry submit train --address http://HEAD:8265 --config jobs/configs/cnn_digits.yaml --workers 2",
+    ),
+    "jobs": (
+        "List the Ray jobs of a cluster, show one's logs, or stop one.",
+        "foundry jobs logs raysubmit_XXXX --address http://HEAD:8265",
+    ),
+    "export": (
+        "Write NAME[:VERSION] from the model store in a format other runtimes load, next to it "
+        "(<store>/NAME/VERSION/exports/FORMAT/). The export is run on a batch of another size and must match "
+        "the PyTorch model before it is published; export.json records the difference and the lineage.",
+        "foundry export cnn-digits --format onnx --store models",
+    ),
+    "models": ("The model store: every exported version with its family, dataset and test metrics.", ""),
+    "models list": ("List the model store's versions.", "foundry models list --store models"),
+}
+
+
+def _sub(sub, name: str, help: str, **kw) -> argparse.ArgumentParser:
+    description, example = ABOUT[name]
+    return sub.add_parser(
+        name.rsplit(" ", 1)[-1],
+        help=help,
+        description=description,
+        epilog=f"example: {example}" if example else None,
+        **kw,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundry", description="Train, tune and serve model families on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="foundry",
+        description="Train, tune, compress, export and serve model families on Ray.",
+        epilog="example: foundry run --config jobs/configs/cnn_digits.yaml   (foundry COMMAND --help for each)",
+    )
     parser.add_argument("--version", action="version", version=f"foundry {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model with Ray Train (data-parallel)")
+    t = _sub(sub, "train", help="train a model with Ray Train (data-parallel)")
     add_train_args(t)
 
-    tu = sub.add_parser("tune", help="search hyperparameters with Ray Tune")
+    tu = _sub(sub, "tune", help="search hyperparameters with Ray Tune")
     tu.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/tune_*.yaml)")
     tu.add_argument("--resume", action="store_true", help="continue the latest sweep of this name")
     _add_cluster_args(tu)
 
-    r = sub.add_parser("run", help="the main job: train, export, serve, query the held-out split over HTTP")
+    r = _sub(sub, "run", help="the main job: train, export, serve, query the held-out split over HTTP")
     add_train_args(r)
     r.add_argument("--port", type=int, default=8000)
 
-    c = sub.add_parser("compress", help="quantize, prune or distil a model-store entry into a new entry")
+    c = _sub(sub, "compress", help="quantize, prune or distil a model-store entry into a new entry")
     c.add_argument("parent", help="the model to compress: NAME or NAME:VERSION in the model store")
     c.add_argument("--config", required=True, help="compression YAML (see jobs/configs/compress_*.yaml)")
     c.add_argument("--name", help="model-store name of the result (default: from the config, else <parent>-<method>)")
@@ -55,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gpu", action="store_true", help="fine-tune / distil on GPUs (one per worker)")
     _add_cluster_args(c)
 
-    s = sub.add_parser("serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
+    s = _sub(sub, "serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
     s.add_argument("target", help="a model-store name, or a serve_apps/*.yaml file")
     s.add_argument("--split", help="cut the model into stage services: auto, auto:K, or JSON groups like [[0],[1,2]]")
     s.add_argument(
@@ -75,33 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
 
-    sb = sub.add_parser("submit", help="submit train/tune as a Ray job to a running cluster and follow it")
+    sb = _sub(sub, "submit", help="submit train/tune as a Ray job to a running cluster and follow it")
     sb.add_argument("kind", choices=["train", "tune", "compress"])
     sb.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
     sb.add_argument("--working-dir", help="the project root to upload (default: this installation's)")
     sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
 
-    j = sub.add_parser("jobs", help="list, show logs of, or stop Ray jobs")
+    j = _sub(sub, "jobs", help="list, show logs of, or stop Ray jobs")
     j.add_argument("action", choices=["list", "logs", "stop"])
     j.add_argument("job_id", nargs="?")
     j.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
 
-    e = sub.add_parser(
-        "export",
-        help="write a model-store version as ONNX, safetensors or TorchScript, checked against PyTorch",
-        description="Write NAME[:VERSION] from the model store in a format other runtimes load, next to it "
-        "(<store>/NAME/VERSION/exports/FORMAT/). The export is run on a batch of another size and must match "
-        "the PyTorch model before it is published; export.json records the difference and the lineage.",
-        epilog="example: foundry export cnn-digits --format onnx --store models",
+    e = _sub(
+        sub, "export", help="write a model-store version as ONNX, safetensors or TorchScript, checked against PyTorch"
     )
     e.add_argument("model", help="NAME or NAME:VERSION in the model store (default version: latest)")
     e.add_argument("--format", required=True, dest="fmt", choices=["onnx", "safetensors", "torchscript"])
     e.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     e.add_argument("--json", action="store_true", help="print export.json as one JSON line")
 
-    m = sub.add_parser("models", help="the model store")
+    m = _sub(sub, "models", help="the model store")
     msub = m.add_subparsers(dest="models_command", required=True)
-    ml = msub.add_parser("list", help="list exported models")
+    ml = _sub(msub, "models list", help="list exported models")
     ml.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     ml.add_argument("--json", action="store_true")
     return parser
