@@ -28,7 +28,9 @@ Model multiplexing instead: 20 tiny digits CNNs (distinct weights) in one `kind:
 its models deployment on 2 replicas holding at most 4 models each (8 of the 20 resident), asked
 with each request's model drawn uniformly, from a Zipf law (s = 1.1: a few models take most
 requests) or always the same one; beside the one-model app (the model in 2 ingress replicas, no
-multiplexing) as the baseline. The model sequence is fixed per setup (seeded), cycled by the client.
+multiplexing) as the baseline, and a hand-written single-process FastAPI server with an LRU of
+8 models (bench/fastapi_multiplex.py: the same 8 resident, no Serve) under the same three model
+choices. The model sequence is fixed per setup (seeded), cycled by the client.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from serve_floor import floor_apps
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
 PORT_SERVE = 18400
-PORTS = {"fastapi": 18401, "litserve": 18402, "bentoml": 18403}
+PORTS = {"fastapi": 18401, "litserve": 18402, "bentoml": 18403, "fastapi-lru": 18404}
 LOADS = (16, 32)
 APPS = {
     "classifier": {},
@@ -386,6 +388,7 @@ def multiplex_main(args: argparse.Namespace) -> None:
         names = publish_many(store, tmp, MX_MODELS)
         start = quiet_start()
         serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
+        procs: dict[str, subprocess.Popen] = {}
         try:
             mx = {"store": store, "kind": "multiplex", "models": names, "max_models_per_replica": MX_PER_REPLICA}
             mx["stages"] = {"num_replicas": MX_REPLICAS}
@@ -394,13 +397,37 @@ def multiplex_main(args: argparse.Namespace) -> None:
             serve.run(build_app(one), name="one", route_prefix="/one", logging_config=QUIET_LOGS)
             shares = {}
             urls = {"one-model app": [f"{base}/one/v1/models/{names[0]}:predict"]}
+            fastapi = f"http://127.0.0.1:{PORTS['fastapi-lru']}"
             for kind in ("one", "zipf", "uniform"):
                 seq = model_sequence(kind, MX_MODELS)
                 urls[f"multiplex {kind}"] = [f"{base}/mx/v1/models/{names[i]}:predict" for i in seq]
+                urls[f"fastapi-lru {kind}"] = [f"{fastapi}/v1/models/{names[i]}:predict" for i in seq]
                 top = sorted((seq.count(i) for i in set(seq)), reverse=True)
-                shares[f"multiplex {kind}"] = sum(top[: MX_REPLICAS * MX_PER_REPLICA]) / len(seq)
+                shares[f"multiplex {kind}"] = shares[f"fastapi-lru {kind}"] = sum(
+                    top[: MX_REPLICAS * MX_PER_REPLICA]
+                ) / len(seq)
+            env = {**os.environ, "STORE": store, "MODELS": ",".join(names), "OMP_NUM_THREADS": "1"}
+            env.update({"MAX_MODELS": str(MX_REPLICAS * MX_PER_REPLICA), "PYTHONPATH": str(ROOT)})
+            log = open(Path(tempfile.gettempdir()) / "serve_load-fastapi-lru.log", "w")  # noqa: SIM115
+            procs["fastapi-lru"] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.fastapi_multiplex:app",
+                    "--port",
+                    str(PORTS["fastapi-lru"]),
+                ]
+                + ["--log-level", "warning"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()  # the child keeps its copy
             for name, url in urls.items():
-                wait_ready(url[0], body, None, name)
+                wait_ready(url[0], body, procs["fastapi-lru"] if name.startswith("fastapi") else None, name)
                 measure(url, body, 1.0, args.client, (16,))  # warm-up (and the models' first loads)
             rounds: list[dict] = [{} for _ in range(args.rounds)]
             for r, name in alternating(list(urls), args.rounds):
@@ -421,6 +448,7 @@ def multiplex_main(args: argparse.Namespace) -> None:
             }
             results["rounds"] = rounds
         finally:
+            stop(procs)
             for name in ("mx", "one"):
                 serve.delete(name)
             serve.shutdown()
