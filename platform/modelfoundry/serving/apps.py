@@ -3,6 +3,7 @@ YAML passes as `args:`) and returns a bound Application. Split is a config choic
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -210,7 +211,10 @@ def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> li
 def run_app(
     args: AppArgs | dict, app_name: str = "default", route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
 ) -> str:
-    """Deploy on the connected cluster (HTTP bound to loopback unless told); returns the base URL."""
+    """Deploy on the connected cluster (HTTP bound to loopback unless told); returns the base URL.
+    Serve's driver-side INFO lines ("Started Serve", "Application ... is ready") stay out of the
+    console: the caller prints where the app is."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
     serve.run(build_app(args), name=app_name, route_prefix=route_prefix, logging_config=QUIET_LOGS)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
