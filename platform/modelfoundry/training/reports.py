@@ -24,7 +24,13 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 
 class ReportRelay(UserCallback):
     def __init__(self) -> None:
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # on this process's node: a queue placed on a node that is then lost takes the reports
+        # with it and fails the fit that a Train restart would have carried on (node loss)
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         item = dict(metrics[0])  # rank 0's metrics (every rank reports the all-reduced values)
