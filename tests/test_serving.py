@@ -598,7 +598,12 @@ def test_the_web_page_draws_a_digit_and_shows_the_models_answer_with_keys_on(ser
 
     keyfile = tmp_path / "keys"
     keyfile.write_text("page-key-1\n")
-    deploy(served, model="cnn-d", api_keys_file=str(keyfile))
+    c = deploy(served, model="cnn-d", api_keys_file=str(keyfile))
+    # the page's files need no key (they hold nothing secret); nothing else is served from disk
+    assert c.get("/").status_code == 200 and c.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+    for probe in ("/ui/index.html", "/ui/..%2F..%2Fpyproject.toml", "/ui/%2e%2e", "/ui/webpage.py"):
+        r = c.get(probe)
+        assert r.status_code == 404 and "error" in r.json(), probe
     page = browser.new_page()
     sent: list[bytes] = []
     page.on(
