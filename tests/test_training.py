@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
+from modelfoundry.artifacts import CheckpointError, checkpoint_epoch, load_checkpoint, verify, write_checkpoint
 from modelfoundry.config import DataSection, parse_config
 from modelfoundry.data import load_splits
+from modelfoundry.models import build_model
 from modelfoundry.training import CapacityError, train
 from modelfoundry.training.loop import InMemoryShard
-from modelfoundry.training.trainer import rank_shares
+from modelfoundry.training.trainer import latest_checkpoint, rank_shares
 
 
 def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
@@ -181,3 +182,20 @@ def test_the_resume_config_check_reads_and_writes_uri_run_paths(tmp_path, capsys
         check_resume_config(run, parse_config(job(tmp_path, "uri-run", lr=0.5)), set())
     check_resume_config(f"file://{tmp_path}/runs/uri-run/older", cfg, set())  # a run from before job.json
     assert "has no job.json (an older run); config not checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["local", "uri"])
+def test_resume_finds_the_newest_complete_checkpoint_on_storage(tmp_path, kind):
+    """What --resume falls back on when Ray Train's record lags the files (trainer.latest_checkpoint)."""
+    model = build_model("mlp", "tiny", input_shape=(1, 8, 8), output_dim=10)
+    run = tmp_path / "run"
+    for epoch in (2, 3, 1):
+        write_checkpoint(run / f"checkpoint_{epoch}", model, dataset={}, metrics={"epoch": epoch})
+    (run / "checkpoint_4").mkdir()  # an upload under way: no model.json yet
+    base = str(run) if kind == "local" else f"file://{run}"
+    assert latest_checkpoint(base) == f"{base}/checkpoint_3"
+    assert checkpoint_epoch(f"{base}/checkpoint_2") == 2 and checkpoint_epoch(f"{base}/checkpoint_4") == 0
+    (run / "checkpoint_3" / "model.pt").write_bytes(b"torn")  # damaged after it was written
+    # a local one is verified here; on a URI, the worker that loads it verifies it (and refuses it)
+    assert latest_checkpoint(base) == f"{base}/checkpoint_{2 if kind == 'local' else 3}"
+    assert latest_checkpoint(str(tmp_path / "no-run")) is None

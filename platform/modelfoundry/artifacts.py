@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
 from modelfoundry.models import build_model, config_dict, family_of, input_spec
-from modelfoundry.storage import download_dir
+from modelfoundry.storage import download_dir, filesystem, join
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, STATE_FILE = "model.pt", "model.json", "state.pt"
@@ -125,6 +126,33 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         if key not in meta:
             raise CheckpointError(f"{path} lacks the field {key!r}")
     return meta
+
+
+def run_checkpoints(run_path: str) -> list[tuple[str, dict[str, Any]]]:
+    """(location, model.json) of each checkpoint_* directory of a run, local or on a URI, whose
+    model.json reads (not verified: that is `verify`'s, on a local copy)."""
+    fs, root = filesystem(run_path)
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
+                out.append((join(run_path, info.base_name), json.loads(f.read())))
+        except (OSError, ValueError):
+            continue  # incomplete: model.json is written last
+    return out
+
+
+def checkpoint_epoch(location: str) -> int:
+    """The epoch a training checkpoint (directory or URI) holds, from its model.json; 0 when it
+    has none or cannot be read."""
+    fs, path = filesystem(join(str(location), META_FILE))
+    try:
+        with fs.open_input_stream(path) as f:
+            return int(json.loads(f.read())["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def verify(directory: str | Path) -> dict[str, Any]:

@@ -21,7 +21,15 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from modelfoundry.artifacts import MODEL_FILE, load_checkpoint, load_train_state, unwrap, verify, write_checkpoint
+from modelfoundry.artifacts import (
+    MODEL_FILE,
+    checkpoint_epoch,
+    load_checkpoint,
+    load_train_state,
+    unwrap,
+    verify,
+    write_checkpoint,
+)
 from modelfoundry.config import JobConfig
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.storage import filesystem, join
@@ -121,7 +129,9 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     # optimizer state, this config's hyperparameters)
     start_epoch, attempt, history = 1, 0, []
     checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
-    if plan.resume_from and _epoch_of(plan.resume_from) > (_epoch_of(checkpoint.path) if checkpoint else 0):
+    if plan.resume_from and checkpoint_epoch(plan.resume_from) > (
+        checkpoint_epoch(checkpoint.path) if checkpoint else 0
+    ):
         checkpoint, seeded = ray.train.Checkpoint(plan.resume_from), False  # newer than Ray Train knows of
     if checkpoint is None and plan.start_from:
         checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
+from modelfoundry.artifacts import run_checkpoints
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
@@ -99,27 +100,17 @@ def latest_checkpoint(run_path: str) -> str | None:
     What `--resume` falls back on when Ray Train's own record of the run's checkpoints lags the
     files: a driver killed between a checkpoint's upload and the controller's registering of it
     left complete checkpoints that Ray Train does not know about. Local checkpoints are verified
-    (sha256) here; on a URI, model.json's presence (workers verify what they load)."""
-    import json
-
+    (sha256) here; on a URI, a readable model.json (workers verify what they load)."""
     from modelfoundry.artifacts import CheckpointError, verify
 
-    fs, root = filesystem(run_path)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     found = []
-    for info in infos:
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        location = join(run_path, info.base_name)
+    for location, meta in run_checkpoints(run_path):
         try:
-            if is_uri(run_path):
-                with fs.open_input_stream(f"{info.path}/model.json") as f:
-                    meta = json.loads(f.read())
-            else:
-                meta = verify(info.path)
+            if not is_uri(run_path):
+                verify(location)
             found.append((int(meta["metrics"]["epoch"]), location))
-        except (CheckpointError, FileNotFoundError, KeyError, ValueError, OSError):
-            continue  # incomplete or damaged: not one to resume from
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue  # damaged, or not a training checkpoint: not one to resume from
     return max(found)[1] if found else None
 
 

@@ -409,21 +409,14 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
 
 def _best_checkpoint(trial: dict[str, Any], metric: str, mode: str) -> str | None:
     """The best-scoring kept checkpoint of a trial (each holds its metrics in model.json)."""
-    import json
+    from modelfoundry.artifacts import run_checkpoints
 
     last = trial["checkpoint_path"]
     if not last:
         return None
-    fs, run_dir = filesystem(last.rsplit("/", 1)[0])
     best, best_value = last, None
-    for info in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/model.json") as f:
-                value = json.loads(f.read())["metrics"].get(metric)
-        except (OSError, ValueError, KeyError):
-            continue
+    for location, meta in run_checkpoints(last.rsplit("/", 1)[0]):
+        value = (meta.get("metrics") or {}).get(metric)
         if value is not None and (best_value is None or (value > best_value if mode == "max" else value < best_value)):
-            best, best_value = (last.rsplit("/", 1)[0] + "/" + info.base_name), value
+            best, best_value = location, value
     return best
