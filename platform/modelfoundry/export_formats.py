@@ -23,6 +23,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,6 @@ from modelfoundry.models import build_model
 from modelfoundry.storage import filesystem, is_uri, join, upload_dir
 from modelfoundry.store import resolve
 
-FORMATS = {"onnx": "model.onnx", "safetensors": "model.safetensors", "torchscript": "model.ts"}
 PARITY_ATOL = 1e-4
 EXPORTS_DIR = "exports"
 MANIFEST = "export.json"
@@ -124,21 +125,26 @@ def _run_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: module(x).numpy()
 
 
-WRITERS = {"onnx": _write_onnx, "safetensors": _write_safetensors, "torchscript": _write_torchscript}
-RUNNERS = {"onnx": _run_onnx, "safetensors": _run_safetensors, "torchscript": _run_torchscript}
-RUNTIMES = {"onnx": "onnxruntime", "safetensors": "safetensors", "torchscript": "torch"}
+@dataclass(frozen=True)
+class Format:
+    file: str
+    write: Callable[[nn.Module, dict[str, Any], Path], None]
+    run: Callable[[Path], Callable[[torch.Tensor], np.ndarray]]  # a loaded export, as a function
+    runtime: str  # the distribution that runs it (its version goes in export.json)
 
 
-def _runtime_version(fmt: str) -> str:
-    from importlib.metadata import version
-
-    return version(RUNTIMES[fmt])
+FORMATS = {
+    "onnx": Format("model.onnx", _write_onnx, _run_onnx, "onnxruntime"),
+    "safetensors": Format("model.safetensors", _write_safetensors, _run_safetensors, "safetensors"),
+    "torchscript": Format("model.ts", _write_torchscript, _run_torchscript, "torch"),
+}
 
 
 def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[str, Any]:
     """Write `name` at `version` in format `fmt` next to it in the store; returns export.json."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {sorted(FORMATS)}")
+    spec = FORMATS[fmt]
     source = resolve(store, name, version)
     loaded = load_checkpoint(source, device="cpu")
     meta, model = loaded.meta, loaded.model
@@ -151,24 +157,24 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
     with tempfile.TemporaryDirectory(prefix="mf-export-fmt-") as tmp:
         staged = Path(tmp) / fmt
         staged.mkdir()
-        target = staged / FORMATS[fmt]
+        target = staged / spec.file
         try:
             with _quiet():
-                WRITERS[fmt](model, meta, target)
+                spec.write(model, meta, target)
         except ImportError as err:  # torch's ONNX exporter imports onnx and onnxscript itself
             raise ValueError(MISSING.format(err.name)) from None
         except Exception as err:  # an exporter that cannot handle this model: say which and why
             raise RuntimeError(
                 f"exporting {name} ({meta['family']}) to {fmt} failed: {type(err).__name__}: {err}"
             ) from err
-        diff = _parity(model, meta, RUNNERS[fmt](target))
+        diff = _parity(model, meta, spec.run(target))
         if diff > PARITY_ATOL:
             raise RuntimeError(
                 f"the {fmt} export of {name} differs from the PyTorch model by {diff:.3g} (> {PARITY_ATOL}); not published"
             )
         manifest = {
             "format": fmt,
-            "file": FORMATS[fmt],
+            "file": spec.file,
             "sha256": sha256_file(target),
             "bytes": target.stat().st_size,
             "source": {
@@ -183,7 +189,7 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
             "parity": {
                 "max_abs_diff": diff,
                 "atol": PARITY_ATOL,
-                "runtime": f"{RUNTIMES[fmt]} {_runtime_version(fmt)}",
+                "runtime": f"{spec.runtime} {metadata.version(spec.runtime)}",
             },
             "torch": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
