@@ -763,3 +763,35 @@ def test_multiplexed_models_share_one_replica_with_an_lru_of_two(served, browser
     ):
         with pytest.raises(ValueError, match=fragment):
             build_app(bad)
+
+
+def test_the_shipped_multiplex_yaml_serves_three_versions_of_one_model(served, tmp_path, monkeypatch):
+    """serve_apps/multiplex.yaml's application, built by its import_path's builder from its args
+    (as `serve run` does), over a store holding three versions of cnn-digits."""
+    from pathlib import Path
+
+    import yaml
+    from ray import serve
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root))  # import_path modules, as `serve` finds them from the project root
+    from serve_apps.multiplex import Args, app
+
+    cfg = yaml.safe_load((root / "serve_apps" / "multiplex.yaml").read_text())["applications"][0]
+    digits, store, models = served["digits"], str(tmp_path / "store"), {}
+    for version in (1, 2, 3):
+        torch.manual_seed(version)
+        m = build_model("cnn", "tiny", input_shape=digits.spec.input_shape, output_dim=digits.spec.output_dim)
+        write_checkpoint(
+            tmp_path / f"v{version}", m, dataset=digits.spec.to_dict(), metrics={}, extra={"task": "classification"}
+        )
+        export(str(tmp_path / f"v{version}"), store, "cnn-digits")
+        models[f"cnn-digits:{version}"] = m.eval()
+    serve.run(app(Args.model_validate({**cfg["args"], "store": store})), name="t", route_prefix=cfg["route_prefix"])
+    c = httpx.Client(base_url=URL, timeout=60)
+    x = digits.x_test[:4]
+    for ref, headers in (("cnn-digits:2", {}), ("digits", {"serve_multiplexed_model_id": "cnn-digits:3"})):
+        r = c.post(f"/v1/models/{ref}:predict", json={"instances": x.tolist()}, headers=headers)
+        model_id = headers.get("serve_multiplexed_model_id", ref)
+        assert r.json()["model_id"] == model_id
+        np.testing.assert_allclose(probs(r), local_probs(models[model_id], x), atol=1e-5)
