@@ -1,4 +1,4 @@
-"""ONNX / safetensors / TorchScript exports of every family (tiny presets, fresh weights), with
+"""ONNX / safetensors / TorchScript exports of every family (tiny presets, seeded fresh weights), with
 the parity `foundry export` measures before publishing: the largest |runtime - torch| over a
 batch of 5 and one of 1 (the exporter traced a batch of 2), the file size and the export's time.
 
@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from modelfoundry import store
 from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.export_formats import FORMATS, export_format
@@ -22,6 +24,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mf-export-bench-"))
     print(f"{'family':12} {'format':12} {'max |diff|':>11} {'bytes':>9} {'seconds':>8}")
     for family in sys.argv[1:] or list(REGISTRY):
+        torch.manual_seed(0)
         write_checkpoint(tmp / family, build_model(family, "tiny"), dataset={}, metrics={})
         store.export(str(tmp / family), str(tmp / "store"), family)
         for fmt in FORMATS:
