@@ -1,5 +1,10 @@
 """The model store: checkpoints exported as <store>/<name>/<version>/ (a local directory or a URI).
 
+A version is referred to as NAME (the latest), NAME:VERSION or NAME@ALIAS: aliases (champion,
+challenger, any name) live in <store>/<name>/aliases.json beside the versions, with the history of
+every move. The store is the source of truth for versions and aliases; the MLflow Model Registry
+mirrors it (modelfoundry.tracking.mirror_registry).
+
 A version directory is written under a hidden temporary name and renamed into place only once
 complete, so a failed export never leaves a half-written version that `list`/`resolve` would see;
 concurrent exports of one name get distinct versions (see export).
@@ -8,7 +13,10 @@ concurrent exports of one name get distinct versions (see export).
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -19,16 +27,117 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry.artifacts import CheckpointError, consolidate, read_meta, verify
+from modelfoundry.artifacts import CheckpointError, consolidate, library_versions, read_meta, verify
 from modelfoundry.storage import absolute, download_dir, filesystem, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+ALIASES_FILE = "aliases.json"
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
-    """NAME or NAME:VERSION -> (name, version or 'latest'), as resolve takes them."""
+    """NAME, NAME:VERSION or NAME@ALIAS -> (name, version, 'latest' or '@ALIAS'), as resolve takes them."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return name, f"@{alias}"
     name, _, version = ref.partition(":")
     return name, version or "latest"
+
+
+def check_alias(alias: str) -> None:
+    if not ALIAS_RE.match(alias) or alias == "latest":
+        raise ValueError(
+            f"alias {alias!r} must start with a letter and hold 1-32 letters, digits, '_' or '-' (not 'latest')"
+        )
+
+
+def aliases(store: str, name: str) -> dict[str, int]:
+    """The aliases of `name`: alias -> version."""
+    return dict(_read_aliases(store, name)["aliases"])
+
+
+def alias_history(store: str, name: str) -> list[dict[str, Any]]:
+    """Every alias move of `name`, oldest first: {alias, version, previous, at}."""
+    return list(_read_aliases(store, name)["history"])
+
+
+def _read_aliases(store: str, name: str) -> dict[str, Any]:
+    fs, root = filesystem(store)
+    path = f"{root}/{name}/{ALIASES_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return {"aliases": {}, "history": []}
+    with fs.open_input_stream(path) as f:
+        data = json.loads(f.read())
+    return {"aliases": {a: int(v) for a, v in data.get("aliases", {}).items()}, "history": data.get("history", [])}
+
+
+def set_alias(store: str, name: str, alias: str, version: int | str | None) -> dict[str, Any]:
+    """Point `alias` at `version` of `name` (None removes it); returns the move {alias, version,
+    previous, at}. A local store serialises concurrent moves with a lock and replaces the file
+    atomically; on an object store the last writer wins (serialise alias moves there)."""
+    _check_name(name)
+    check_alias(alias)
+    if version is not None:
+        version = int(resolve(store, name, version).rsplit("/", 1)[-1])  # a missing version fails here
+    elif not _versions(store, name):
+        resolve(store, name)  # the unknown-model error
+    fs, root = filesystem(store)
+    with _alias_lock(fs, f"{root}/{name}"):
+        data = _read_aliases(store, name)
+        previous = data["aliases"].get(alias)
+        if version is None and previous is None:
+            raise ValueError(f"model {name!r} has no alias {alias!r}; it has {sorted(data['aliases'])}")
+        if version is None:
+            del data["aliases"][alias]
+        else:
+            data["aliases"][alias] = version
+        move = {
+            "alias": alias,
+            "version": version,
+            "previous": previous,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        data["history"].append(move)
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        if isinstance(fs, pafs.LocalFileSystem):
+            tmp = Path(root) / name / f".{ALIASES_FILE}.{uuid.uuid4().hex}"
+            tmp.write_bytes(body)
+            os.replace(tmp, Path(root) / name / ALIASES_FILE)
+        else:
+            with fs.open_output_stream(f"{root}/{name}/{ALIASES_FILE}") as f:
+                f.write(body)
+    return move
+
+
+class _alias_lock:
+    def __init__(self, fs: pafs.FileSystem, directory: str) -> None:
+        self.path = f"{directory}/.aliases.lock" if isinstance(fs, pafs.LocalFileSystem) else None
+
+    def __enter__(self) -> None:
+        if self.path:
+            self.f = open(self.path, "a")  # noqa: SIM115
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path:
+            fcntl.flock(self.f, fcntl.LOCK_UN)
+            self.f.close()
+
+
+def lineage_record(config: dict[str, Any], **links: Any) -> dict[str, Any]:
+    """What a version came from: the job config and its hash, the dataset and its split seed, the
+    library versions, and the links given (run, sweep, trial, parent, tracking run id)."""
+    data = config.get("data") or {}
+    return {
+        "config": config,
+        "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+        "dataset": data.get("dataset"),
+        "split_seed": data.get("seed"),
+        "versions": library_versions(),
+        **{k: v for k, v in links.items() if v is not None},
+    }
 
 
 def _check_name(name: str) -> None:
@@ -145,6 +254,7 @@ def entry(store: str, name: str, version: int) -> dict[str, Any]:
         "dataset": meta.get("dataset", {}).get("name"),
         "metrics": meta.get("metrics", {}),
         "path": path,
+        "lineage": meta.get("lineage"),
     }
 
 
@@ -164,12 +274,20 @@ def list_models(store: str) -> list[dict[str, Any]]:
 
 
 def resolve(store: str, name: str, version: int | str | None = None) -> str:
-    """The path/URI of `name` at `version` (latest when None or "latest")."""
+    """The path/URI of `name` at `version` (latest when None or "latest"; "@ALIAS": the version
+    the alias points at)."""
     _check_name(name)
     versions = _versions(store, name)
     if not versions:
         known = sorted({m["name"] for m in list_models(store)})
         raise ValueError(f"model {name!r} is not in the store {store!r}; it holds {known}")
+    if isinstance(version, str) and version.startswith("@"):
+        alias = version[1:]
+        check_alias(alias)
+        known = aliases(store, name)
+        if alias not in known:
+            raise ValueError(f"model {name!r} has no alias {alias!r}; it has {sorted(known) or 'none'}")
+        version = known[alias]
     if version in (None, "latest"):  # the newest complete one (an upload to a URI store may be under way)
         fs, root = filesystem(store)
         done = [v for v in versions if fs.get_file_info(f"{root}/{name}/{v}/model.json").type == pafs.FileType.File]
@@ -180,7 +298,7 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
         try:
             v = int(version)
         except (TypeError, ValueError):
-            raise ValueError(f"version {version!r} must be an integer or 'latest'") from None
+            raise ValueError(f"version {version!r} must be an integer, 'latest' or @ALIAS") from None
         if v not in versions:
             raise ValueError(f"model {name!r} has no version {v}; it has {versions}")
     return join(absolute(store), name, str(v))

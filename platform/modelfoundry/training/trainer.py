@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
+from modelfoundry import tracking
 from modelfoundry.artifacts import run_checkpoints
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
+from modelfoundry.tracking import Tracker
 from modelfoundry.training.plan import TeacherSpec, worker_plan
 from modelfoundry.training.tasks import TASK_METRIC, task_of
 
@@ -47,6 +49,7 @@ class TrainOutcome:
     model: dict[str, Any] | None = None  # model store entry
     plots: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    tracking_run_id: str | None = None  # the MLflow run (modelfoundry.tracking)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class TrainOutcome:
             if self.model
             else None,
             "plots": self.plots,
+            "tracking_run_id": self.tracking_run_id,
             "wall_s": round(self.wall_s, 1),
         }
 
@@ -285,11 +289,16 @@ def train(
     splits=None,
     start_from: str | None = None,
     teacher: TeacherSpec | None = None,
+    tracking_uri: str | None = None,
+    tracker: Tracker | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model.
     resume: continue the latest run of cfg.name; its config must match (allow_changes: fields of
     RESUME_SAFE that may differ). The compression steps pass `splits` (a distillation's transfer
-    set added), `start_from` (a pruned model to fine-tune) and `teacher` (to distil from)."""
+    set added), `start_from` (a pruned model to fine-tune), `teacher` (to distil from) and their
+    own MLflow `tracker` (else the run is tracked at tracking_uri, see modelfoundry.tracking);
+    `lineage`: links recorded in the exported version's lineage besides the run's own."""
     import ray
     import ray.train
 
@@ -323,6 +332,11 @@ def train(
         check_resume_config(run_path, cfg, set(allow_changes))
     else:
         write_run_config(run_path, cfg)
+    own_tracker = tracker is None
+    if tracker is None:
+        tracker = Tracker(tracking.tracking_uri(storage, tracking_uri), cfg.name)
+        tags = {"foundry.kind": "train", "foundry.run_path": run_path, "foundry.resumed": str(resume)}
+        tracker.start(run_id, cfg.to_dict(), tags)
     relay = ReportRelay()
     trainer = make_trainer(
         cfg,
@@ -340,16 +354,39 @@ def train(
         f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {run_path}",
         flush=True,
     )
+
+    def on_report(metrics: dict[str, Any]) -> None:
+        progress.update(metrics)
+        tracker.log_metrics(metrics, int(metrics.get("epoch", 0)))
+
     try:
         with EpochProgress(cfg.name, cfg.train.epochs) as progress:
-            result = fit_reporting(trainer, relay, progress.update)
-    except ray.train.TrainingFailedError as err:
-        raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
+            result = fit_reporting(trainer, relay, on_report)
+    except BaseException as err:
+        if own_tracker:
+            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, ray.train.TrainingFailedError):
+            raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
+        raise
     best_ckpt, best_metrics = _best(result, metric, mode)
     outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_ckpt.path, result.checkpoint.path)
     if export:
-        outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name)
+        record = store.lineage_record(
+            cfg.to_dict(),
+            run={"name": cfg.name, "id": run_id, "path": run_path},
+            tracking_run_id=tracker.run_id,
+            **(lineage or {}),
+        )
+        outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name, {"lineage": record})
     outcome.plots = plot_run(outcome.last_checkpoint, outcome.run_path)
+    for plot in outcome.plots:
+        tracker.log_artifact(plot, "plots")
+    if own_tracker:
+        tracking.log_model_entry(tracker, outcome.model)
+        tracker.end()
+        if outcome.model:
+            tracking.mirror_registry(tracker.uri if tracker.enabled else None, cfg.train.model_store, cfg.name)
+    outcome.tracking_run_id = tracker.run_id
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
 
