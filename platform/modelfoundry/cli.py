@@ -19,6 +19,14 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _add_tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<run storage>/mlflow.db; "
+        "open it with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`)",
+    )
+
+
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -69,8 +77,26 @@ ABOUT: dict[str, tuple[str, str]] = {
         "the PyTorch model before it is published; export.json records the difference and the lineage.",
         "foundry export cnn-digits --format onnx --store models",
     ),
-    "models": ("The model store: every exported version with its family, dataset and test metrics.", ""),
+    "models": (
+        "The model store: every exported version with its family, dataset, test metrics, lineage and aliases.",
+        "",
+    ),
     "models list": ("List the model store's versions.", "foundry models list --store models"),
+    "models show": (
+        "One version (NAME, NAME:VERSION or NAME@ALIAS): its aliases, metrics and lineage chain (run, sweep, "
+        "trial, config hash, dataset and split seed, parent versions of a compressed model).",
+        "foundry models show cnn-digits@champion --store models",
+    ),
+    "models alias": (
+        "Point an alias (champion, challenger, any name) at a version, or move it; --delete removes it. The "
+        "store holds aliases and their history (the source of truth); the MLflow registry mirrors them.",
+        "foundry models alias cnn-digits 3 champion --store models",
+    ),
+    "rollout": (
+        "Change a live canary app's traffic between its versions in place (no replica restarts, no dropped "
+        "requests), or --promote the challenger to champion, or --rollback to the champion.",
+        "foundry rollout cnn-digits --weight challenger=25",
+    ),
 }
 
 
@@ -100,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu = _sub(sub, "tune", help="search hyperparameters with Ray Tune")
     tu.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/tune_*.yaml)")
     tu.add_argument("--resume", action="store_true", help="continue the latest sweep of this name")
+    _add_tracking_arg(tu)
     _add_cluster_args(tu)
 
     r = _sub(sub, "run", help="the main job: train, export, serve, query the held-out split over HTTP")
@@ -115,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, help="training workers for fine-tuning / distillation")
     c.add_argument("--epochs", type=int, help="fine-tuning / distillation epochs")
     c.add_argument("--gpu", action="store_true", help="fine-tune / distil on GPUs (one per worker)")
+    _add_tracking_arg(c)
     _add_cluster_args(c)
 
     s = _sub(sub, "serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
@@ -161,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     ml = _sub(msub, "models list", help="list exported models")
     ml.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     ml.add_argument("--json", action="store_true")
+    ms = _sub(msub, "models show", help="one version: aliases, metrics, lineage chain")
+    ms.add_argument("model", help="NAME, NAME:VERSION or NAME@ALIAS")
+    ms.add_argument("--store", default="models", help="model store directory or URI (default: models)")
+    ms.add_argument("--json", action="store_true")
+    ma = _sub(msub, "models alias", help="point an alias at a version (or --delete it)")
+    ma.add_argument("model", help="the model-store name")
+    ma.add_argument("version", nargs="?", help="the version: a number, 'latest', or @ALIAS (copies that alias)")
+    ma.add_argument("alias", nargs="?", help="the alias: champion, challenger, any name")
+    ma.add_argument("--delete", metavar="ALIAS", help="remove this alias")
+    ma.add_argument("--store", default="models", help="model store directory or URI (default: models)")
+    _add_tracking_arg(ma)
     return parser
 
 
@@ -172,6 +211,7 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--storage", help="run storage: a directory or a URI such as s3://bucket/runs")
     t.add_argument("--model-store", help="model store: a directory or a URI")
     t.add_argument("--resume", action="store_true", help="continue the latest run of this config's name")
+    _add_tracking_arg(t)
     t.add_argument(
         "--allow-change",
         action="append",
@@ -212,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, train_overrides(args))
     print(connect(args.address, log_to_driver=args.verbose), flush=True)
-    outcome = train(cfg, resume=args.resume, allow_changes=set(args.allow_change))
+    outcome = train(cfg, resume=args.resume, allow_changes=set(args.allow_change), tracking_uri=args.tracking_uri)
     s = outcome.summary()
     print(
         f"\n== {cfg.name}: best {s['metric']} = {s['best']:.4f} (epoch {s['metrics'].get('epoch')}) in {s['wall_s']}s"
@@ -225,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     for p in s["plots"]:
         print(f"   plot: {p}")
+    if s["tracking_run_id"]:
+        print(f"   MLflow run: {s['tracking_run_id']}")
     if args.json:
         print_json(s)
     return 0
@@ -238,7 +280,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.config)
     print(connect(args.address, log_to_driver=args.verbose), flush=True)
     try:
-        outcome = run_sweep(sweep, resume=args.resume, verbose=args.verbose)
+        outcome = run_sweep(sweep, resume=args.resume, verbose=args.verbose, tracking_uri=args.tracking_uri)
     except SweepInterrupted as err:
         err.args = (f"{err}\n  continue it with: foundry tune --config {args.config} --resume",)
         raise
@@ -287,7 +329,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from modelfoundry.cluster import connect
 
         print(connect(args.address, log_to_driver=args.verbose), flush=True)
-    s = compress(p)
+    s = compress(p, tracking_uri=args.tracking_uri)
     b, a = s["before"], s["after"]
     print(
         f"\n== {s['name']} v{s['version']}: {s['method']} {s['params']} of {s['parent']['name']} v{s['parent']['version']}"
@@ -421,6 +463,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from modelfoundry.store import list_models
 
+    if args.models_command == "show":
+        return _models_show(args)
+    if args.models_command == "alias":
+        return _models_alias(args)
     rows = list_models(args.store)
     if args.json:
         print(json.dumps(rows))
@@ -432,6 +478,59 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         shown = {k: round(v, 4) for k, v in r["metrics"].items() if k.startswith("test_") and isinstance(v, float)}
         print(f"{r['name']:24} {r['version']:>4} {r['family']:6} {str(r['dataset']):14} {shown}\n{'':51}{r['path']}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from modelfoundry.store import describe
+
+    d = describe(args.store, args.model)
+    if args.json:
+        print(json.dumps(d, default=str))
+        return 0
+    for i, v in enumerate(d["chain"]):
+        lin = v.get("lineage") or {}
+        head = f"{v['name']} v{v['version']} ({v['family']}, {v['dataset']})"
+        print(
+            ("" if i == 0 else "  " * i + "<- parent ") + head + (f"  aliases: {v['aliases']}" if v["aliases"] else "")
+        )
+        pad = "  " * (i + 1)
+        shown = {k: round(x, 4) for k, x in v["metrics"].items() if k.startswith("test_") and isinstance(x, float)}
+        print(f"{pad}metrics: {shown}")
+        for key in ("run", "sweep", "trial"):
+            if lin.get(key):
+                print(f"{pad}{key}: {', '.join(f'{k}={x}' for k, x in lin[key].items() if x is not None)}")
+        if lin:
+            print(
+                f"{pad}config sha256 {lin['config_sha256'][:16]}..., dataset {lin.get('dataset')} (split seed {lin.get('split_seed')})"
+            )
+            if lin.get("tracking_run_id"):
+                print(f"{pad}MLflow run: {lin['tracking_run_id']}")
+            print(f"{pad}libraries: {lin.get('versions')}")
+        else:
+            print(f"{pad}lineage: not recorded (exported before lineage was recorded)")
+        print(f"{pad}path: {v['path']}")
+    return 0
+
+
+def _models_alias(args: argparse.Namespace) -> int:
+    from modelfoundry import tracking
+    from modelfoundry.store import set_alias
+
+    if args.delete:
+        if args.version or args.alias:
+            raise ValueError("--delete ALIAS takes no VERSION or ALIAS arguments")
+        move = set_alias(args.store, args.model, args.delete, None)
+        print(f"{args.model}@{args.delete} removed (was v{move['previous']})")
+    else:
+        if not (args.version and args.alias):
+            raise ValueError("give VERSION and ALIAS (foundry models alias NAME VERSION ALIAS), or --delete ALIAS")
+        move = set_alias(args.store, args.model, args.alias, args.version)
+        was = f" (was v{move['previous']})" if move["previous"] is not None else ""
+        print(f"{args.model}@{args.alias} -> v{move['version']}{was}")
+    mirrored = tracking.mirror_registry(tracking.registry_uri(args.tracking_uri), args.store, args.model)
+    if mirrored is not None:
+        print(f"   mirrored to the MLflow registry: {mirrored}")
     return 0
 
 

@@ -258,6 +258,28 @@ def entry(store: str, name: str, version: int) -> dict[str, Any]:
     }
 
 
+def describe(store: str, ref: str) -> dict[str, Any]:
+    """NAME, NAME:VERSION or NAME@ALIAS: its entry with the aliases that point at it, followed by
+    its ancestors (a compressed model's parent, and that one's) as far as the store holds them."""
+    chain: list[dict[str, Any]] = []
+    name, version = parse_ref(ref)
+    path = resolve(store, name, version)
+    while path and len(chain) < 16:
+        v = int(path.rstrip("/").rsplit("/", 1)[-1])
+        e = entry(store, name, v)
+        e["aliases"] = sorted(a for a, av in aliases(store, name).items() if av == v)
+        chain.append(e)
+        parent = (e.get("lineage") or {}).get("parent")
+        if not parent:
+            break
+        name = parent["name"]
+        try:
+            path = resolve(store, name, parent["version"])
+        except ValueError:  # the parent lives in another store, or was removed
+            break
+    return {"ref": ref, "chain": chain}
+
+
 def list_models(store: str) -> list[dict[str, Any]]:
     fs, root = filesystem(store)
     names = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))

@@ -62,6 +62,16 @@ def tracking_uri(storage: str, explicit: str | None = None) -> str | None:
     return f"sqlite:///{root / LOCAL_DB}"
 
 
+def registry_uri(explicit: str | None = None, storage: str = "runs") -> str | None:
+    """Where `foundry models alias` mirrors to: the explicit URI, $MLFLOW_TRACKING_URI, else the
+    local store of the default run storage when it exists (None: no mirror)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = Path(absolute(storage)) / LOCAL_DB
+    return f"sqlite:///{db}" if db.is_file() else None
+
+
 def _artifact_root(uri: str) -> str | None:
     """Artifacts of the local sqlite store beside it (MLflow's default is ./mlruns of the cwd)."""
     if uri.startswith("sqlite:///"):
@@ -176,6 +186,50 @@ class Tracker:
 
     def run_url(self) -> str | None:
         return f"{self.uri} experiment {self.experiment!r} run {self.run_id}" if self.run_id else None
+
+
+def trial_callback(parent: Tracker):
+    """Ray Tune's MLflowLoggerCallback, each trial a child run of the sweep's `parent` run (the
+    parent tag), with two changes: an MLflow failure warns and stops tracking instead of failing
+    the sweep (Ray's raises from setup and from every log call, and Tune ends the sweep on a
+    callback's error), and `runs` maps each trial's directory name to its run id (the exported
+    version's lineage names the best trial's run). None when the parent is not tracked."""
+    if not parent.enabled or parent.run_id is None:
+        return None
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class TolerantMLflowLoggerCallback(MLflowLoggerCallback):
+        runs: dict[str, str] = {}
+
+        def _guarded(self, what: str, fn: Callable[[], Any]) -> None:
+            parent._call(f"{what} (Tune callback)", fn)
+
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            self.runs = {}
+            self._guarded("connecting", lambda: MLflowLoggerCallback.setup(self, *args, **kwargs))
+
+        def log_trial_start(self, trial: Any) -> None:
+            def go() -> None:
+                MLflowLoggerCallback.log_trial_start(self, trial)
+                self.runs[os.path.basename(trial.path)] = self._trial_runs[trial]
+
+            self._guarded("starting a trial's run", go)
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            self._guarded(
+                "logging a trial's result",
+                lambda: MLflowLoggerCallback.log_trial_result(self, iteration, trial, result),
+            )
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            self._guarded("ending a trial's run", lambda: MLflowLoggerCallback.log_trial_end(self, trial, failed))
+
+    return TolerantMLflowLoggerCallback(
+        tracking_uri=parent.uri,
+        registry_uri=parent.uri,
+        experiment_name=parent.experiment,
+        tags={"mlflow.parentRunId": parent.run_id, "foundry.kind": "trial"},
+    )
 
 
 def log_model_entry(tracker: Tracker, entry: dict[str, Any] | None) -> None:

@@ -121,9 +121,37 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     )
 
 
-def compress(p: Plan) -> dict[str, Any]:
-    """Run the plan (Ray must be connected for prune fine-tuning and distillation)."""
+def compress(p: Plan, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the plan (Ray must be connected for prune fine-tuning and distillation). Tracked as an
+    MLflow run in the experiment named for the output (modelfoundry.tracking)."""
     from modelfoundry import store as model_store
+    from modelfoundry import tracking
+
+    t0 = time.perf_counter()
+    cfg = p.cfg
+    tracker = tracking.Tracker(tracking.tracking_uri(cfg.train.storage, tracking_uri), p.output)
+    tracker.start(
+        f"{cfg.method}-{p.parent_name}-v{p.parent_version}",
+        cfg.model_dump(mode="json"),
+        {"foundry.kind": "compress", "foundry.parent": f"{p.parent_name}:{p.parent_version}"},
+    )
+    try:
+        out = _compress(p, tracker, model_store)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.log_metrics({f"parent_{k}": v for k, v in out["before"].items()}, 0)
+    tracker.log_metrics(out["after"], 0)
+    tracking.log_model_entry(tracker, out["entry"])
+    tracker.end()
+    tracking.mirror_registry(tracker.uri if tracker.enabled else None, p.store, out["name"])
+    out.pop("entry")
+    out["tracking_run_id"] = tracker.run_id
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
     from modelfoundry.data import load_splits
 
     t0 = time.perf_counter()
@@ -152,11 +180,11 @@ def compress(p: Plan) -> dict[str, Any]:
                 f"{widths(parent.model)} -> {widths(pruned)}"
             )
             if cfg.prune.finetune:
-                source = _fine_tune(p, pruned, splits, tmp, log)
+                source = _fine_tune(p, pruned, splits, tmp, log, tracker)
             else:
                 write_checkpoint(source, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra=extra)
         else:
-            source = _distill(p, splits, log)
+            source = _distill(p, splits, log, tracker)
         result = load_checkpoint(source)  # exactly as serving loads it
         measures = _measure(p, parent, result, source, splits)
         metric = TASK_METRIC[p.task][0]
@@ -184,7 +212,14 @@ def compress(p: Plan) -> dict[str, Any]:
         }
         # the store copies model.pt and model.json (without the optimizer state) and adds these
         metrics = {**result.meta.get("metrics", {}), **after}
-        entry = model_store.export(source, p.store, p.output, {"metrics": metrics, "compression": compression})
+        record = model_store.lineage_record(
+            {"compress": cfg.model_dump(mode="json"), "data": p.data.model_dump(mode="json")},
+            parent={"name": p.parent_name, "version": p.parent_version, "path": p.parent_path},
+            tracking_run_id=tracker.run_id,
+        )
+        entry = model_store.export(
+            source, p.store, p.output, {"metrics": metrics, "compression": compression, "lineage": record}
+        )
     log(f"wrote {entry['name']} v{entry['version']} at {entry['path']} in {time.perf_counter() - t0:.1f}s")
     return {
         "name": entry["name"],
@@ -197,7 +232,7 @@ def compress(p: Plan) -> dict[str, Any]:
         "after": after,
         "agreement": measures["agreement"],
         "ratios": _ratios(before, after),
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "entry": entry,
     }
 
 
@@ -219,7 +254,7 @@ def _job(p: Plan, family: str, preset: str, params: dict[str, Any]) -> JobConfig
     )
 
 
-def _fine_tune(p: Plan, pruned: torch.nn.Module, splits, tmp: str, log) -> str:
+def _fine_tune(p: Plan, pruned: torch.nn.Module, splits, tmp: str, log, tracker) -> str:
     """Fine-tune the pruned model with the training loop on Ray Train (DDP), starting from its
     pruned weights (written to the run storage: every worker, on any node, reads them)."""
     from modelfoundry.models import config_dict
@@ -232,11 +267,11 @@ def _fine_tune(p: Plan, pruned: torch.nn.Module, splits, tmp: str, log) -> str:
     init = join(absolute(job.train.storage), job.name, f"pruned-init-{int(time.time())}")
     upload_dir(str(local), init)
     log(f"fine-tuning for {job.train.epochs} epochs on {job.train.num_workers} worker(s)")
-    outcome = train(job, export=False, splits=splits, start_from=init)
+    outcome = train(job, export=False, splits=splits, start_from=init, tracker=tracker)
     return outcome.checkpoint
 
 
-def _distill(p: Plan, splits, log) -> str:
+def _distill(p: Plan, splits, log, tracker) -> str:
     from modelfoundry.training import train
 
     d = p.cfg.distill
@@ -249,7 +284,7 @@ def _distill(p: Plan, splits, log) -> str:
         f"for {job.train.epochs} epochs on {job.train.num_workers} worker(s)"
     )
     teacher = TeacherSpec(p.parent_path, d.temperature, d.alpha)
-    return train(job, export=False, splits=splits, teacher=teacher).checkpoint
+    return train(job, export=False, splits=splits, teacher=teacher, tracker=tracker).checkpoint
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from modelfoundry import tracking
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.storage import absolute, check_writable, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, TASK_METRICS, task_of
@@ -43,6 +44,8 @@ class SweepOutcome:
     model: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    best_trial: str | None = None  # the best trial's directory name
+    tracking_run_id: str | None = None  # the sweep's MLflow run (its trials are child runs)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,8 @@ class SweepOutcome:
             "epochs_total": self.total_epochs,
             "model_store": {k: self.model[k] for k in ("name", "version", "path")} if self.model else None,
             "files": self.files,
+            "best_trial": self.best_trial,
+            "tracking_run_id": self.tracking_run_id,
             "wall_s": round(self.wall_s, 1),
         }
 
@@ -211,9 +216,17 @@ def sweep_dirs(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep-"))
 
 
-def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True, verbose: bool = False):
+def run_sweep(
+    sweep: SweepConfig,
+    *,
+    resume: bool = False,
+    export: bool = True,
+    verbose: bool = False,
+    tracking_uri: str | None = None,
+):
     """Run the sweep; a SweepOutcome, or a pareto.ParetoOutcome for a compression sweep.
-    verbose: Tune's own status tables too (else the one console.TrialProgress display)."""
+    verbose: Tune's own status tables too (else the one console.TrialProgress display).
+    Tracked in MLflow (modelfoundry.tracking): the sweep a parent run, each trial a child run."""
     import ray
     from ray import tune
 
@@ -249,6 +262,14 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True, 
     expected = t.num_samples * math.prod(len(s["grid"]) for s in sweep.search.values() if "grid" in s)
     # the trials as they finish (a restored Tuner keeps the first run's callbacks: Tune's tables)
     progress = TrialProgress(sweep.name, expected, None if objs else metric, mode, sweep.job.train.epochs)
+    tracker = tracking.Tracker(tracking.tracking_uri(storage, tracking_uri), sweep.name)
+    tracker.start(
+        exp_name,
+        {"job": sweep.job.to_dict(), "search": sweep.search, "tune": sweep.tune.model_dump(mode="json")},
+        {"foundry.kind": "sweep", "foundry.sweep_path": exp_path, "foundry.resumed": str(resume)},
+    )
+    # a restored Tuner keeps the first run's callbacks: a resumed sweep's trials are not re-tracked
+    trials_cb = None if resume else tracking.trial_callback(tracker)
 
     if resume:
         if not tune.Tuner.can_restore(exp_path):
@@ -318,7 +339,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True, 
                 name=exp_name,
                 storage_path=join(storage, sweep.name),
                 verbose=1 if verbose else 0,  # else console.TrialProgress's one display
-                callbacks=[progress.callback],
+                callbacks=[progress.callback, *([trials_cb] if trials_cb else [])],
                 # Tune keeps a trial's best 4 checkpoints and always its latest (what resume and
                 # PBT use). Keeping K forces a sweep-state snapshot every K checkpoints of a
                 # trial, which Tune warns about on every fast epoch: silenced above
@@ -329,20 +350,44 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, export: bool = True, 
                 ),
             ),
         )
-    with progress if not resume else contextlib.nullcontext(), _tune_output(verbose):
-        results = tuner.fit()  # on Ctrl-C Tune stops the trials, saves the sweep state and returns
+    try:
+        with progress if not resume else contextlib.nullcontext(), _tune_output(verbose):
+            results = tuner.fit()  # on Ctrl-C Tune stops the trials, saves the sweep state and returns
+    except BaseException:
+        tracker.end("FAILED")
+        raise
     if len(results) < expected or results.num_terminated + results.num_errors < len(results):
+        tracker.end("KILLED")
         raise SweepInterrupted(interrupted_message(sweep, results, metric, exp_path))
     if objs:
         from modelfoundry.tuning import pareto
 
         store_dir = absolute(sweep.job.train.model_store) if export else None
-        return pareto.finish(sweep, results, objs, exp_path, store_dir, t_start)
+        front = pareto.finish(sweep, results, objs, exp_path, store_dir, t_start)
+        for f in front.files:
+            tracker.log_artifact(f, "sweep")
+        tracker.end()
+        return front
     outcome = summarize(sweep, results, metric, mode, exp_path)
     best_ckpt = outcome.best_config.pop("_checkpoint_path")
+    tracker.log_metrics({f"best_{metric}": outcome.best_metric}, 0)
     if export and best_ckpt:
-        outcome.model = store.export(best_ckpt, absolute(sweep.job.train.model_store), sweep.name)
+        best_trial = outcome.best_trial
+        record = store.lineage_record(
+            with_overrides(sweep.job, outcome.best_config).to_dict(),
+            sweep={"name": sweep.name, "path": exp_path, "tracking_run_id": tracker.run_id},
+            trial={"id": best_trial, "tracking_run_id": (trials_cb.runs if trials_cb else {}).get(best_trial)},
+            tracking_run_id=tracker.run_id,
+        )
+        outcome.model = store.export(best_ckpt, absolute(sweep.job.train.model_store), sweep.name, {"lineage": record})
     outcome.files = write_reports(outcome, dump_config(with_overrides(sweep.job, outcome.best_config)))
+    for f in outcome.files:
+        tracker.log_artifact(f, "sweep")
+    tracking.log_model_entry(tracker, outcome.model)
+    tracker.end()
+    outcome.tracking_run_id = tracker.run_id
+    if outcome.model:
+        tracking.mirror_registry(tracker.uri if tracker.enabled else None, sweep.job.train.model_store, sweep.name)
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
 
@@ -403,7 +448,15 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
     best_cfg = {k: best[k] for k in sweep.search}
     best_cfg["_checkpoint_path"] = _best_checkpoint(best, metric, mode)
     return SweepOutcome(
-        sweep.name, exp_path, metric, mode, best_cfg, best["best_" + metric], trials, sum(t["epochs"] for t in trials)
+        sweep.name,
+        exp_path,
+        metric,
+        mode,
+        best_cfg,
+        best["best_" + metric],
+        trials,
+        sum(t["epochs"] for t in trials),
+        best_trial=best["trial_id"],
     )
 
 
