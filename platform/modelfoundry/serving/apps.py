@@ -4,7 +4,7 @@ YAML passes as `args:`) and returns a bound Application. Split is a config choic
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 from ray import serve
@@ -18,7 +18,7 @@ from modelfoundry.serving.deployments import Ingress, Stage
 from modelfoundry.serving.generation import MAX_NEW_TOKENS
 from modelfoundry.serving.multiplex import models_deployment
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
-from modelfoundry.serving.spec import IngressSpec, Limits
+from modelfoundry.serving.spec import Arm, IngressSpec, Limits, check_traffic
 from modelfoundry.storage import absolute
 from modelfoundry.store import parse_ref, resolve
 
@@ -34,7 +34,7 @@ class AppArgs(Strict):
     models: list[str] | None = None
     # kind multiplex: models loaded at once on one replica of the models deployment (LRU beyond)
     max_models_per_replica: int = Field(default=3, gt=0)
-    version: int | Literal["latest"] = "latest"
+    version: int | Annotated[str, Field(pattern=r"^(latest|@[A-Za-z][A-Za-z0-9_-]{0,31})$")] = "latest"
     store: str = "models"
     name: str | None = None  # the route name: /v1/models/<name>:<verb>
     split: None | int | str | list[list[int]] = None  # None: monolithic; "auto", "auto:K", K or groups
@@ -54,9 +54,23 @@ class AppArgs(Strict):
     # model's there, e.g. [null, "cnn-digits-dynamic-int8"]: an int8 stage beside a float one. It
     # must be a compressed sibling with the same stage boundaries (same family and config).
     stage_models: list[str | None] | None = None
+    # canary: the versions this app serves and the percent of requests each gets, e.g.
+    # {champion: 90, challenger: 10}; keys are aliases, version numbers or latest. The weights are
+    # the Ingress deployment's user_config: `foundry rollout` changes them in place.
+    traffic: dict[str, int] | None = None
+    # canary: a request header (a user or session id) whose value keeps a client on one version
+    sticky_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
 
     @model_validator(mode="after")
     def _check(self) -> AppArgs:
+        if self.traffic is not None:
+            check_traffic(self.traffic)
+            if self.kind != "model" or self.split is not None or self.stage_models is not None:
+                raise ValueError("traffic (a canary) applies to a monolithic model app (kind model, no split)")
+            if self.version != "latest":
+                raise ValueError("with traffic, name the versions in it (e.g. {champion: 90, '3': 10}), not in version")
+        elif self.sticky_header is not None:
+            raise ValueError("sticky_header applies to a canary app (one with traffic)")
         if self.kind == "ensemble":
             if not self.models or len(self.models) < 2:
                 raise ValueError("an ensemble needs models: a list of at least 2 model-store names")
@@ -70,6 +84,10 @@ class AppArgs(Strict):
         if self.stage_models is not None and (self.kind != "model" or self.split is None):
             raise ValueError("stage_models applies to a split model app (kind model with split)")
         return self
+
+
+def _arm_version(label: str) -> str:
+    return label if label.isdigit() or label == "latest" else f"@{label}"
 
 
 def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str, Any]]:
@@ -121,6 +139,8 @@ def build_app(args: AppArgs | dict) -> Application:
     if args.kind == "multiplex":
         return _multiplex_app(args, store, ingress, limits, common)
 
+    if args.traffic is not None:
+        return _canary_app(args, store, ingress, limits, common)
     path, meta = _load_meta(store, args.model or "", args.version)
     name = args.name or args.model or ""
     family = family_spec(meta["family"])
@@ -187,6 +207,26 @@ def _multiplex_app(args: AppArgs, store: str, ingress, limits: Limits, common: d
     return ingress.bind(spec, [models])
 
 
+def _canary_app(args: AppArgs, store: str, ingress, limits: Limits, common: dict[str, Any]) -> Application:
+    """One ingress serving several versions of one model, each request routed by the traffic
+    weights (the Ingress deployment's user_config, changed in place by `foundry rollout`)."""
+    arms, metas = [], []
+    for label in args.traffic or {}:
+        path, meta = _load_meta(store, args.model or "", _arm_version(label))
+        if family_spec(meta["family"]).verbs != ("predict",):
+            raise ValueError(f"a canary serves predict models; {args.model} is a {meta['family']} ({meta.get('task')})")
+        arms.append(Arm(label, path.rstrip("/").rsplit("/", 1)[-1], path))
+        metas.append(meta)
+    shapes = {(m["family"], tuple(m["input_spec"]["shape"]), m.get("task")) for m in metas}
+    if len(shapes) > 1:
+        raise ValueError(f"the versions in traffic must share family, input shape and task; they have {sorted(shapes)}")
+    name = args.name or args.model or ""
+    spec = IngressSpec.from_meta(
+        name, "model", arms[0].path, metas[0], limits, arms=tuple(arms), sticky_header=args.sticky_header, **common
+    )
+    return ingress.options(user_config={"traffic": dict(args.traffic or {})}).bind(spec)
+
+
 def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:
     """The model each stage loads: the app's, or a compressed sibling named in stage_models."""
     if args.stage_models is None:
@@ -206,6 +246,12 @@ def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> li
             )
         paths.append(other)
     return paths
+
+
+def app(args: dict) -> Application:
+    """The import path `modelfoundry.serving.apps:app` for `serve deploy` configs (declarative
+    apps; a canary's traffic is changed in place through them, serving/rollout.py)."""
+    return build_app(AppArgs.model_validate(args))
 
 
 def run_app(

@@ -10,6 +10,9 @@
 """
 
 import asyncio
+import hashlib
+import random
+import time
 import uuid
 from typing import Any
 
@@ -26,6 +29,7 @@ from modelfoundry.models.transformer import Cache
 from modelfoundry.serving import auth, multiplex, oip, webpage
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
+from modelfoundry.serving.metrics import IngressMetrics, StageMetrics
 from modelfoundry.serving.requests import (
     RequestError,
     instances_array,
@@ -35,7 +39,7 @@ from modelfoundry.serving.requests import (
     read_body,
 )
 from modelfoundry.serving.runner import ModelRunner, predictions, run_model, sigmoid, softmax
-from modelfoundry.serving.spec import IngressSpec
+from modelfoundry.serving.spec import IngressSpec, check_traffic
 
 MAX_SAMPLES = 64
 
@@ -82,9 +86,14 @@ class Stage:
     def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
         self.runner = ModelRunner(model_path, group)
         self.batcher = batcher(self.runner, batching)
+        name, version = model_path.rstrip("/").rsplit("/", 2)[-2:]
+        self.metrics = StageMetrics(name, version, "-".join(map(str, self.runner.group)))
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
-        return await self.batcher(x) if self.batcher else await run_model(self.runner, x)
+        t0 = time.perf_counter()
+        out = await self.batcher(x) if self.batcher else await run_model(self.runner, x)
+        self.metrics.observe(time.perf_counter() - t0)
+        return out
 
     # ---- language-model generation: the request's cache lives on this replica; Serve's
     # multiplexed routing (the session id as model id) sends the request's later steps here
@@ -133,11 +142,47 @@ class Ingress:
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.stages = [replica_transport(s) for s in stages or []]
         self.members = [replica_transport(m) for m in members or []]
-        self.local = ModelRunner(spec.model_path) if spec.kind == "model" else None
+        self.local = ModelRunner(spec.model_path) if spec.kind == "model" and not spec.arms else None
         self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
         self.active_generations = 0  # streams in progress on this replica
         self.generated_tokens = 0  # tokens produced on this replica since it started
         self.batcher = batcher(self.local, spec.batching) if self.local else None
+        self.metrics = IngressMetrics()
+        # a canary: each version's model in this replica (one load per distinct version), and
+        # the traffic split, set by reconfigure() from the deployment's user_config
+        self.arms = {a.label: a for a in spec.arms}
+        loaded: dict[str, tuple[ModelRunner, AdaptiveBatcher | None]] = {}
+        for a in spec.arms:
+            if a.path not in loaded:
+                runner = ModelRunner(a.path)
+                loaded[a.path] = (runner, batcher(runner, spec.batching))
+        self.arm_models = {a.label: loaded[a.path] for a in spec.arms}
+        self.traffic: list[tuple[str, int]] = [(a.label, 100 if i == 0 else 0) for i, a in enumerate(spec.arms)]
+
+    def reconfigure(self, user_config: dict) -> None:
+        """A canary's traffic weights ({"traffic": {label: percent}}), applied in place: Serve calls
+        this on live replicas when only the user_config changed (serving/rollout.py)."""
+        traffic = (user_config or {}).get("traffic")
+        if traffic is None or not self.arms:
+            return
+        check_traffic(traffic, list(self.arms))
+        self.traffic = [(label, int(traffic.get(label, 0))) for label in self.arms]
+
+    def _pick(self, headers) -> str:
+        """The arm for one request: by weight, at random, or by the hash of the sticky header's
+        value (the same key always lands in the same arm while the weights stay)."""
+        key = headers.get(self.spec.sticky_header) if self.spec.sticky_header else None
+        if key:
+            digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+            point = (int.from_bytes(digest, "big") % 10000) / 100
+        else:
+            point = random.uniform(0, 100)
+        total = 0
+        for label, weight in self.traffic:
+            total += weight
+            if point < total:
+                return label
+        return next(label for label, w in reversed(self.traffic) if w > 0)
 
     # ---- routes
     @app.get("/", response_class=HTMLResponse)
@@ -167,14 +212,46 @@ class Ingress:
 
     @app.post("/v1/models/{target}")
     async def post(self, target: str, request: Request) -> Response:
+        return await self._measured(self._post(target, request, seen := {}), seen)
+
+    async def _measured(self, call, seen: dict) -> Response:
+        """Await one request's handler, counting it and its latency (serving/metrics.py) by model,
+        version and verb as the handler recorded them in `seen`, and by status."""
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call
+            status = response.status_code
+            if seen.get("version"):
+                response.headers["x-model-version"] = seen["version"]
+            return response
+        except (RequestError, StarletteHTTPException) as err:
+            status = getattr(err, "status", None) or getattr(err, "status_code", 500)
+            raise
+        finally:
+            self.metrics.observe(
+                seen.get("model", self.name),
+                seen.get("version", self.spec.version),
+                seen.get("verb", "unknown"),
+                status,
+                time.perf_counter() - t0,
+            )
+
+    async def _post(self, target: str, request: Request, seen: dict) -> Response:
         auth.check(self.keys, request.headers)
         name, _, verb = target.rpartition(":")
         verbs = list(self.spec.verbs)
         if not name:
             raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {verbs}")
         model_id = self._route(name, request.headers)
+        if model_id is not None:
+            seen["model"] = model_id
         if verb not in verbs:
             raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {verbs}")
+        seen["verb"] = verb
+        arm = self._pick(request.headers) if self.arms else None
+        if arm is not None:
+            seen["version"] = self.arms[arm].version
         limits = self.spec.limits
         body = await read_body(request, limits.max_body_bytes)
         if verb == "sample":
@@ -190,6 +267,9 @@ class Ingress:
             x = instances_array(data, shape, limits.max_instances)
         if model_id is not None:  # multiplexed: predict is its one verb
             return JSONResponse({**await self.verb_predict(x, model_id), "model_id": model_id})
+        if arm is not None:  # a canary: predict is its one verb; the answer names its version
+            out = predictions(self.task, await self.forward(x, arm))
+            return JSONResponse({"predictions": out, "model_version": self.arms[arm].version, "arm": arm})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
     # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
@@ -224,8 +304,16 @@ class Ingress:
     @app.post("/v2/models/{target}/infer")
     @app.post("/v2/models/{target}/versions/{version}/infer")
     async def v2_infer(self, target: str, request: Request, version: str | None = None) -> Response:
+        return await self._measured(self._v2_infer(target, request, version, seen := {"verb": "infer"}), seen)
+
+    async def _v2_infer(self, target: str, request: Request, version: str | None, seen: dict) -> Response:
         auth.check(self.keys, request.headers)
         model_id = self._check_v2(target, version, request.headers)
+        if model_id is not None:
+            seen["model"] = model_id
+        arm = self._pick(request.headers) if self.arms else None
+        if arm is not None:
+            seen["version"] = self.arms[arm].version
         verb = oip.TENSOR_VERB.get(self.task)
         if verb is None or verb not in self.spec.verbs:
             raise RequestError(
@@ -235,8 +323,9 @@ class Ingress:
         limits = self.spec.limits
         body = await read_body(request, limits.max_body_bytes)
         req = oip.parse_infer(body, request.headers, self.input_shape, limits.max_instances, limits.max_body_bytes)
-        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x, model_id))
-        content, headers = oip.response(model_id or self.name, self.spec.version, req, oip.tensors(self.task, out))
+        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x, model_id, arm))
+        answered = self.arms[arm].version if arm is not None else self.spec.version
+        content, headers = oip.response(model_id or self.name, answered, req, oip.tensors(self.task, out))
         return Response(content, headers=headers, media_type=headers.pop("content-type"))
 
     def _check_v2(self, target: str, version: str | None, headers) -> str | None:
@@ -253,15 +342,16 @@ class Ingress:
     async def verb_predict(self, x: np.ndarray, model_id: str | None = None) -> dict:
         return {"predictions": predictions(self.task, await self.logits(x, model_id))}
 
-    async def logits(self, x: np.ndarray, model_id: str | None = None) -> np.ndarray:
+    async def logits(self, x: np.ndarray, model_id: str | None = None, arm: str | None = None) -> np.ndarray:
         """The model's output (an ensemble: the log of its members' mean probabilities; a
-        multiplexed app: model_id's, from a replica of the models deployment that holds it)."""
+        multiplexed app: model_id's, from a replica of the models deployment that holds it; a
+        canary: the arm's version's)."""
         if model_id is not None:
             return await self.stages[0].options(multiplexed_model_id=model_id).remote(x)
         if self.members:
             outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
             return np.log(np.mean([softmax(o) for o in outs], axis=0) + 1e-12)
-        return await self.forward(x)
+        return await self.forward(x, arm)
 
     async def verb_encode(self, x: np.ndarray) -> dict:
         stats = await self.stages[0].remote(x)
@@ -356,7 +446,10 @@ class Ingress:
         return step, release
 
     # ---- helpers
-    async def forward(self, x: np.ndarray) -> np.ndarray:
+    async def forward(self, x: np.ndarray, arm: str | None = None) -> np.ndarray:
+        if arm is not None:
+            runner, arm_batcher = self.arm_models[arm]
+            return await arm_batcher(x) if arm_batcher else await run_model(runner, x)
         if self.local is not None:
             return await self.batcher(x) if self.batcher else await run_model(self.local, x)
         for stage in self.stages:  # split: each hop is a call to another service
@@ -402,6 +495,9 @@ class Ingress:
             "members": s.members,
             "verbs": list(s.verbs),
         }
+        if self.arms:  # a canary: this replica's weights now
+            out["traffic"] = {label: {"version": self.arms[label].version, "weight": w} for label, w in self.traffic}
+            out["sticky_header"] = s.sticky_header
         if "decode" in s.verbs:
             out["latent_dim"] = s.config["latent_dim"]
         if "generate" in s.verbs:

@@ -3,10 +3,29 @@ ingress uses (not the whole model.json with its per-epoch history)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelfoundry.models import family_spec
+
+MAX_ARMS = 4
+ARM_RE = r"^([0-9]{1,9}|latest|[A-Za-z][A-Za-z0-9_-]{0,31})$"
+
+
+def check_traffic(traffic: dict[str, int], arms: list[str] | None = None) -> None:
+    """Weights are whole percents summing to 100 over 1 to MAX_ARMS arms (of `arms` when given)."""
+    if not 1 <= len(traffic) <= MAX_ARMS:
+        raise ValueError(f"traffic names {len(traffic)} versions; give 1 to {MAX_ARMS}")
+    for label, w in traffic.items():
+        if not re.match(ARM_RE, str(label)):
+            raise ValueError(f"traffic key {label!r} must be an alias, a version number or latest")
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 100:
+            raise ValueError(f"traffic weight of {label!r} must be a whole percent 0-100, got {w!r}")
+    if sum(traffic.values()) != 100:
+        raise ValueError(f"traffic weights must sum to 100, got {sum(traffic.values())} ({traffic})")
+    if arms is not None and set(traffic) - set(arms):
+        raise ValueError(f"traffic names {sorted(set(traffic) - set(arms))}; this app serves {arms}")
 
 
 @dataclass(frozen=True)
@@ -14,6 +33,16 @@ class Limits:
     max_instances: int
     max_body_bytes: int
     max_new_tokens: int  # language models: the most tokens one request may ask for
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One version of a canary app: its label in the traffic split (an alias such as champion, a
+    version number, or latest), the store version it resolved to at deploy time, and its path."""
+
+    label: str
+    version: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -36,6 +65,8 @@ class IngressSpec:
     batching: dict[str, Any] | None = None
     api_keys_env: str | None = None
     api_keys_file: str | None = None
+    arms: tuple[Arm, ...] = ()  # a canary app's versions (traffic weights come as user_config)
+    sticky_header: str | None = None  # canary: requests with this header keep their arm
 
     @classmethod
     def from_meta(cls, name: str, kind: str, path: str, meta: dict[str, Any], limits: Limits, **rest: Any):

@@ -1,0 +1,190 @@
+"""Canary rollout: a canary app (serving/apps.py, `traffic`) is deployed declaratively, as
+`serve deploy` does, with its weights as the Ingress deployment's user_config. Changing only the
+user_config of a declarative app is Serve's in-place update: the live replicas get reconfigure()
+and keep serving, no replica restarts, no request is dropped. (`serve.run` would not do: it gives
+every deployment a new random version, so any change restarts the replicas.)
+
+The rollout verbs change the weights (`set_traffic`), promote a version (the store's `champion`
+alias moves to it and it gets all traffic) and roll back (all traffic to the version that was
+champion when the app was deployed, and the alias back to it). Every change is checked against the
+live app before anything is applied: a bad one changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import serve
+
+from modelfoundry.serving.apps import QUIET_LOGS, AppArgs, build_app
+from modelfoundry.serving.spec import check_traffic
+from modelfoundry.storage import absolute
+
+IMPORT_PATH = "modelfoundry.serving.apps:app"
+INGRESS = "Ingress"
+CHAMPION = "champion"
+READY_TIMEOUT_S = 600.0
+
+
+def _client():
+    from ray.serve.context import _get_global_client
+
+    try:
+        return _get_global_client()
+    except Exception as err:  # noqa: BLE001  (Serve raises RayServeException when not running)
+        raise ValueError(f"Serve is not running on this cluster ({err}); start the app with foundry serve") from None
+
+
+def deploy_canary(
+    args: AppArgs, app_name: str, route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
+) -> str:
+    """Deploy a canary app declaratively (other declarative apps kept); returns its base URL."""
+    if args.traffic is None:
+        raise ValueError("deploy_canary needs an app with traffic")
+    # the controller builds the app in its own process: paths must not depend on this one's cwd
+    args = args.model_copy(
+        update={
+            "store": absolute(args.store),
+            "api_keys_file": absolute(args.api_keys_file) if args.api_keys_file else None,
+        }
+    )
+    build_app(args)  # every mistake (store, versions, families) fails here, before the cluster sees it
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+    config = {
+        "name": app_name,
+        "route_prefix": route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": args.model_dump(mode="json", exclude_defaults=True),
+        "deployments": [{"name": INGRESS, "user_config": {"traffic": dict(args.traffic)}}],
+        "logging_config": QUIET_LOGS,
+    }
+    others = [a for a in _declarative_apps() if a["name"] != app_name]
+    _apply([*others, config], app_name)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+
+
+def _declarative_apps() -> list[dict[str, Any]]:
+    details = _client().get_serve_details()
+    return [
+        a["deployed_app_config"]
+        for a in (details.get("applications") or {}).values()
+        if a.get("source") == "declarative" and a.get("deployed_app_config")
+    ]
+
+
+def _apply(apps: list[dict[str, Any]], app_name: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    _client().deploy_apps(ServeDeploySchema.model_validate({"applications": apps}))
+    wait_ready(app_name)
+
+
+def wait_ready(app_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until the app runs and its ingress is at its target config on every replica."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = (_client().get_serve_details().get("applications") or {}).get(app_name) or {}
+        status = app.get("status")
+        ingress = (app.get("deployments") or {}).get(INGRESS) or {}
+        if status == "DEPLOY_FAILED" or ingress.get("status") == "DEPLOY_FAILED":
+            raise RuntimeError(
+                f"Serve app {app_name!r} failed to deploy: {app.get('message') or ingress.get('message')}"
+            )
+        if status == "RUNNING" and ingress.get("status") == "HEALTHY":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app {app_name!r} not ready after {timeout_s:.0f}s (status {status})")
+        time.sleep(0.1)
+
+
+def live_canary(app_name: str) -> tuple[dict[str, Any], AppArgs, dict[str, int]]:
+    """The live app's declarative config, its args and its current weights."""
+    for config in _declarative_apps():
+        if config["name"] == app_name:
+            break
+    else:
+        apps = sorted(_client().get_serve_details().get("applications") or {})
+        raise ValueError(f"no canary app {app_name!r} deployed by foundry serve --traffic; Serve runs {apps}")
+    if config.get("import_path") != IMPORT_PATH or not (config.get("args") or {}).get("traffic"):
+        raise ValueError(f"app {app_name!r} is not a canary (no traffic in its args)")
+    args = AppArgs.model_validate(config["args"])
+    ingress = next((d for d in config.get("deployments") or [] if d.get("name") == INGRESS), {})
+    weights = (ingress.get("user_config") or {}).get("traffic") or dict(args.traffic or {})
+    return config, args, {k: int(v) for k, v in weights.items()}
+
+
+def weights_from(given: dict[str, int], arms: list[str]) -> dict[str, int]:
+    """--weight values for all arms, or all but one (which takes the rest of 100)."""
+    unknown = sorted(set(given) - set(arms))
+    if unknown:
+        raise ValueError(f"--weight names {unknown}; this app serves {arms}")
+    missing = [a for a in arms if a not in given]
+    if len(missing) > 1:
+        raise ValueError(f"give a weight for every version but at most one; missing {missing}")
+    out = dict(given)
+    if missing:
+        rest = 100 - sum(given.values())
+        if rest < 0:
+            raise ValueError(f"weights {given} exceed 100")
+        out[missing[0]] = rest
+    check_traffic(out, arms)
+    return {a: out[a] for a in arms}
+
+
+def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
+    """New weights for a live canary, applied in place; returns them. Nothing changes when they
+    are wrong (unknown arms, not summing to 100)."""
+    config, args, _ = live_canary(app_name)
+    weights = weights_from(weights, list(args.traffic or {}))
+    for d in config.setdefault("deployments", []):
+        if d.get("name") == INGRESS:
+            d["user_config"] = {"traffic": weights}
+            break
+    else:
+        config["deployments"].append({"name": INGRESS, "user_config": {"traffic": weights}})
+    others = [a for a in _declarative_apps() if a["name"] != app_name]
+    _apply([*others, config], app_name)
+    return weights
+
+
+def promote(app_name: str, label: str = "challenger", tracking_uri: str | None = None) -> dict[str, Any]:
+    """The arm `label`'s version becomes the store's champion and gets all traffic."""
+    from modelfoundry import store as model_store
+    from modelfoundry import tracking
+
+    _, args, _ = live_canary(app_name)
+    arms = list(args.traffic or {})
+    if label not in arms:
+        raise ValueError(f"--promote {label}: this app serves {arms}")
+    version = _arm_version(app_name, label)
+    weights = set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
+    move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
+    tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
+    return {"weights": weights, "alias": move}
+
+
+def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """All traffic to the champion arm (the version that was champion at deploy time), and the
+    store's champion alias back to it if a promote moved it."""
+    from modelfoundry import store as model_store
+    from modelfoundry import tracking
+
+    _, args, _ = live_canary(app_name)
+    arms = list(args.traffic or {})
+    if CHAMPION not in arms:
+        raise ValueError(f"--rollback sends all traffic to the {CHAMPION} arm; this app serves {arms}")
+    version = _arm_version(app_name, CHAMPION)
+    weights = set_traffic(app_name, {a: 100 if a == CHAMPION else 0 for a in arms})
+    move = None
+    if model_store.aliases(args.store, args.model or "").get(CHAMPION) != version:
+        move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
+        tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
+    return {"weights": weights, "alias": move}
+
+
+def _arm_version(app_name: str, label: str) -> int:
+    """The version the live app serves for arm `label` (resolved when it was deployed, asked of a
+    replica: an alias may have moved since)."""
+    meta = serve.get_deployment_handle(INGRESS, app_name=app_name).metadata.remote().result()
+    return int(meta["traffic"][label]["version"])
