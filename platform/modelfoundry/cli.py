@@ -146,14 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(c)
 
     s = _sub(sub, "serve", help="serve a model-store name or a Serve config YAML on Ray Serve")
-    s.add_argument("target", help="a model-store name, or a serve_apps/*.yaml file")
+    s.add_argument("target", help="a model-store name (NAME, NAME:VERSION or NAME@ALIAS), or a serve_apps/*.yaml file")
     s.add_argument("--split", help="cut the model into stage services: auto, auto:K, or JSON groups like [[0],[1,2]]")
     s.add_argument(
         "--stage-models",
         help="with --split: JSON list, per stage, of a model-store entry to run there instead (null keeps the "
         "model), e.g. '[null, \"cnn-digits-dynamic-int8\"]' for an int8 stage beside a float one",
     )
-    s.add_argument("--version", default="latest")
+    s.add_argument(
+        "--version", default="latest", help="a version number, latest, or @ALIAS (or NAME:VERSION, NAME@ALIAS)"
+    )
+    s.add_argument(
+        "--traffic",
+        help="a canary: versions and percents, e.g. champion=90,challenger=10 (aliases, version numbers or "
+        "latest); change it live with foundry rollout",
+    )
+    s.add_argument(
+        "--sticky-header",
+        help="with --traffic: a request header (user or session id) that keeps a client on one version",
+    )
     s.add_argument("--store", default="models", help="model store directory or URI (default: models)")
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
     s.add_argument("--api-keys-env", help="NAME of an env var holding comma-separated API keys (required off loopback)")
@@ -164,6 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+
+    ro = _sub(sub, "rollout", help="change a live canary app's traffic, promote or roll back")
+    ro.add_argument("app", help="the canary app: the model name foundry serve --traffic deployed")
+    act = ro.add_mutually_exclusive_group(required=True)
+    act.add_argument(
+        "--weight", action="append", metavar="ARM=PERCENT", help="e.g. challenger=25 (the other arm takes the rest)"
+    )
+    act.add_argument(
+        "--promote",
+        nargs="?",
+        const="challenger",
+        metavar="ARM",
+        help="ARM (default challenger) becomes champion and takes all traffic",
+    )
+    act.add_argument(
+        "--rollback", action="store_true", help="all traffic back to the champion arm, and the champion alias with it"
+    )
+    act.add_argument("--status", action="store_true", help="print the live weights")
+    ro.add_argument("--address", help="the Ray cluster serving the app (default: $RAY_ADDRESS, else the local one)")
+    _add_tracking_arg(ro)
 
     sb = _sub(sub, "submit", help="submit train/tune as a Ray job to a running cluster and follow it")
     sb.add_argument("kind", choices=["train", "tune", "compress"])
@@ -387,22 +418,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(connect(args.address), flush=True)
         urls = run_serve_config(args.target, host=args.host, port=args.port)
     else:
-        from modelfoundry.serving.apps import AppArgs, run_app
-        from modelfoundry.store import resolve
+        from modelfoundry.serving.apps import AppArgs, build_app, run_app
+        from modelfoundry.store import parse_ref
 
-        app_args = AppArgs(
-            model=args.target,
-            version=args.version,
+        name, version = parse_ref(args.target)
+        if version != "latest" and args.version != "latest":
+            raise ValueError(f"give the version once: {args.target} or --version {args.version}")
+        version = version if version != "latest" else args.version
+        app_args = _app_args(
+            AppArgs,
+            model=name,
+            version=int(version) if version.isdigit() else version,
             store=args.store,
             split=split,
             stage_models=json.loads(args.stage_models) if args.stage_models else None,
             api_keys_env=args.api_keys_env,
             api_keys_file=args.api_keys_file,
+            traffic=parse_traffic(args.traffic) if args.traffic else None,
+            sticky_header=args.sticky_header,
         )
         check_exposure(args.host, bool(args.api_keys_env or args.api_keys_file), args.insecure)
-        resolve(args.store, args.target, args.version)  # an unknown model fails before Ray starts
+        build_app(app_args)  # an unknown model, version or alias fails before Ray starts
         print(connect(args.address), flush=True)
-        urls = [run_app(app_args, host=args.host, port=args.port)]
+        if app_args.traffic is not None:
+            from modelfoundry.serving.rollout import deploy_canary
+
+            urls = [deploy_canary(app_args, name, host=args.host, port=args.port)]
+            print(f"canary {name}: {app_args.traffic}; change it with: foundry rollout {name} --weight ARM=PERCENT")
+        else:
+            urls = [run_app(app_args, host=args.host, port=args.port)]
     for url in urls:
         print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, the page at {url}/)")
     try:
@@ -412,6 +456,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     serve.shutdown()
+    return 0
+
+
+def _app_args(cls, **kw):
+    """The app's args, a mistake as one line naming the field (not pydantic's report)."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**kw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(map(str, e["loc"])) or "serve options"
+        raise ValueError(f"{where}: {e['msg'].removeprefix('Value error, ')}") from None
+
+
+def parse_traffic(text: str) -> dict[str, int]:
+    """champion=90,challenger=10 -> {"champion": 90, "challenger": 10}."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        label, sep, weight = part.strip().partition("=")
+        if not sep or not weight.strip().isdigit() or not label.strip():
+            raise ValueError(f"--traffic/--weight {part.strip()!r}: give ARM=PERCENT, e.g. champion=90,challenger=10")
+        if label.strip() in out:
+            raise ValueError(f"--traffic/--weight names {label.strip()!r} twice")
+        out[label.strip()] = int(weight)
+    return out
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import os
+
+    from modelfoundry.cluster import LOOPBACK_ENV, connect
+
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # the local cluster lives on 127.0.0.1
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # read by Ray at import (cluster.keep_on_loopback)
+    from modelfoundry.serving import rollout
+
+    weights = {}
+    for w in args.weight or []:
+        weights.update(parse_traffic(w))
+    # the app's cluster: --address, $RAY_ADDRESS, else the local cluster foundry serve started
+    try:
+        connect(args.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    except ConnectionError as err:
+        raise ValueError(
+            f"no Ray cluster to reach ({str(err).splitlines()[0]}); is `foundry serve ... --traffic` running? "
+            "Pass --address for a remote cluster"
+        ) from None
+    if args.status:
+        _, _, live = rollout.live_canary(args.app)
+        print(f"{args.app}: {live}")
+    elif args.promote:
+        out = rollout.promote(args.app, args.promote, tracking_uri=args.tracking_uri)
+        print(f"{args.app}: {out['weights']}; champion -> v{out['alias']['version']} (was v{out['alias']['previous']})")
+    elif args.rollback:
+        out = rollout.rollback(args.app, tracking_uri=args.tracking_uri)
+        moved = f"; champion back to v{out['alias']['version']}" if out["alias"] else ""
+        print(f"{args.app}: {out['weights']}{moved}")
+    else:
+        print(f"{args.app}: {rollout.set_traffic(args.app, weights)} (in place)")
     return 0
 
 
@@ -541,6 +645,7 @@ COMMANDS = {
     "compress": cmd_compress,
     "export": cmd_export,
     "serve": cmd_serve,
+    "rollout": cmd_rollout,
     "jobs": cmd_jobs,
     "models": cmd_models,
 }
