@@ -8,6 +8,9 @@ import tempfile
 import pytest
 
 _SANDBOX = tempfile.mkdtemp(prefix="mf-tests-")
+# every tracked run of the session in one MLflow store (one schema migration, not one per run);
+# the tracking tests name their own
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SANDBOX}/mlflow.db")
 
 # modules whose tests start Ray clusters of their own (a CLI driver, `ray start` nodes)
 CLUSTER_MODULES = {"test_cluster_start", "test_multinode", "test_quickstart", "test_submit", "test_training_faults"}

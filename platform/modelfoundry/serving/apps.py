@@ -60,6 +60,9 @@ class AppArgs(Strict):
     traffic: dict[str, int] | None = None
     # canary: a request header (a user or session id) whose value keeps a client on one version
     sticky_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    # canary: the store version behind each traffic key, pinned when the app was deployed (an
+    # alias may move later; a rebuilt app must serve what it served). Resolved when absent.
+    arm_versions: dict[str, int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AppArgs:
@@ -69,8 +72,12 @@ class AppArgs(Strict):
                 raise ValueError("traffic (a canary) applies to a monolithic model app (kind model, no split)")
             if self.version != "latest":
                 raise ValueError("with traffic, name the versions in it (e.g. {champion: 90, '3': 10}), not in version")
-        elif self.sticky_header is not None:
-            raise ValueError("sticky_header applies to a canary app (one with traffic)")
+            if self.arm_versions is not None and set(self.arm_versions) != set(self.traffic):
+                raise ValueError(
+                    f"arm_versions names {sorted(self.arm_versions)}; traffic names {sorted(self.traffic)}"
+                )
+        elif self.sticky_header is not None or self.arm_versions is not None:
+            raise ValueError("sticky_header and arm_versions apply to a canary app (one with traffic)")
         if self.kind == "ensemble":
             if not self.models or len(self.models) < 2:
                 raise ValueError("an ensemble needs models: a list of at least 2 model-store names")
@@ -86,7 +93,8 @@ class AppArgs(Strict):
         return self
 
 
-def _arm_version(label: str) -> str:
+def arm_ref(label: str) -> str:
+    """A traffic key as a store version: a number or latest as is, else an alias."""
     return label if label.isdigit() or label == "latest" else f"@{label}"
 
 
@@ -211,8 +219,9 @@ def _canary_app(args: AppArgs, store: str, ingress, limits: Limits, common: dict
     """One ingress serving several versions of one model, each request routed by the traffic
     weights (the Ingress deployment's user_config, changed in place by `foundry rollout`)."""
     arms, metas = [], []
+    pinned = args.arm_versions or {}
     for label in args.traffic or {}:
-        path, meta = _load_meta(store, args.model or "", _arm_version(label))
+        path, meta = _load_meta(store, args.model or "", pinned.get(label) or arm_ref(label))
         if family_spec(meta["family"]).verbs != ("predict",):
             raise ValueError(f"a canary serves predict models; {args.model} is a {meta['family']} ({meta.get('task')})")
         arms.append(Arm(label, path.rstrip("/").rsplit("/", 1)[-1], path))

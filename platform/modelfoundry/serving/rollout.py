@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import serve
 
-from modelfoundry.serving.apps import QUIET_LOGS, AppArgs, build_app
+from modelfoundry.serving.apps import QUIET_LOGS, AppArgs, arm_ref, build_app
 from modelfoundry.serving.spec import check_traffic
 from modelfoundry.storage import absolute
 
@@ -42,11 +42,18 @@ def deploy_canary(
     """Deploy a canary app declaratively (other declarative apps kept); returns its base URL."""
     if args.traffic is None:
         raise ValueError("deploy_canary needs an app with traffic")
-    # the controller builds the app in its own process: paths must not depend on this one's cwd
-    args = args.model_copy(
-        update={
-            "store": absolute(args.store),
+    from modelfoundry.store import resolve
+
+    # the controller builds the app in its own process: paths must not depend on this one's cwd;
+    # each arm's version is pinned now, so a rebuilt app serves what this one does
+    store = absolute(args.store)
+    pinned = {label: int(resolve(store, args.model or "", arm_ref(label)).rsplit("/", 1)[-1]) for label in args.traffic}
+    args = AppArgs.model_validate(
+        {
+            **args.model_dump(exclude_defaults=True),
+            "store": store,
             "api_keys_file": absolute(args.api_keys_file) if args.api_keys_file else None,
+            "arm_versions": pinned,
         }
     )
     build_app(args)  # every mistake (store, versions, families) fails here, before the cluster sees it
@@ -184,7 +191,9 @@ def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
 
 
 def _arm_version(app_name: str, label: str) -> int:
-    """The version the live app serves for arm `label` (resolved when it was deployed, asked of a
-    replica: an alias may have moved since)."""
-    meta = serve.get_deployment_handle(INGRESS, app_name=app_name).metadata.remote().result()
-    return int(meta["traffic"][label]["version"])
+    """The version the live app serves for arm `label` (pinned when it was deployed: an alias may
+    have moved since)."""
+    _, args, _ = live_canary(app_name)
+    if not args.arm_versions:
+        raise ValueError(f"app {app_name!r} has no pinned versions; redeploy it with foundry serve --traffic")
+    return args.arm_versions[label]
