@@ -59,7 +59,7 @@ def test_every_subcommand_has_a_description_and_an_example(capsys):
     from modelfoundry.cli import ABOUT, build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) | {"models list"} == set(ABOUT)
+    assert set(commands) | {"models list", "models show", "models alias"} == set(ABOUT)
     for name in ABOUT:
         with pytest.raises(SystemExit):
             main([*name.split(), "--help"])

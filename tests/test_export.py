@@ -126,7 +126,7 @@ def test_requests_that_cannot_be_met_are_refused_with_the_reason(cnn, digits, tm
         (["cnn-digits-int8", "--format", "onnx"], "export its float parent instead (cnn-digits)"),
         (["no-such-model", "--format", "onnx"], "model 'no-such-model' is not in the store"),
         (["cnn-digits:9", "--format", "onnx"], "has no version 9"),
-        (["cnn-digits:one", "--format", "torchscript"], "must be an integer or 'latest'"),
+        (["cnn-digits:one", "--format", "torchscript"], "must be an integer, 'latest' or @ALIAS"),
         (["../escape", "--format", "onnx"], "model name '../escape' must be"),
     ):
         assert main(["export", *argv, "--store", models]) == 2, argv

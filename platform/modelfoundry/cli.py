@@ -419,7 +419,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         urls = run_serve_config(args.target, host=args.host, port=args.port)
     else:
         from modelfoundry.serving.apps import AppArgs, build_app, run_app
-        from modelfoundry.store import parse_ref
+        from modelfoundry.store import parse_ref, resolve
 
         name, version = parse_ref(args.target)
         if version != "latest" and args.version != "latest":
@@ -438,7 +438,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sticky_header=args.sticky_header,
         )
         check_exposure(args.host, bool(args.api_keys_env or args.api_keys_file), args.insecure)
-        build_app(app_args)  # an unknown model, version or alias fails before Ray starts
+        resolve(args.store, name, "latest" if app_args.traffic else app_args.version)  # an unknown model first
+        build_app(app_args)  # an unknown version or alias, bad keys: all fail before Ray starts
         print(connect(args.address), flush=True)
         if app_args.traffic is not None:
             from modelfoundry.serving.rollout import deploy_canary
