@@ -254,10 +254,10 @@ def test_a_run_finishes_and_exports_when_mlflow_is_unreachable(ray_cluster, tmp_
 
 @pytest.fixture(scope="module")
 def canary(ray_cluster, tmp_path_factory):
+    import yaml
     from ray import serve
 
-    from modelfoundry.serving.apps import AppArgs
-    from modelfoundry.serving.rollout import deploy_canary
+    from modelfoundry.serving.config_file import run_serve_config
 
     tmp = tmp_path_factory.mktemp("canary")
     splits = load_splits(DIGITS)
@@ -266,8 +266,14 @@ def canary(ray_cluster, tmp_path_factory):
     models = {str(v): _publish(tmp, s, name, seed, splits) for v, seed in ((1, 0), (2, 1))}
     store.set_alias(s, name, "champion", 1)
     store.set_alias(s, name, "challenger", 2)
-    args = AppArgs(model=name, store=s, traffic={"champion": 100, "challenger": 0}, sticky_header="x-user")
-    deploy_canary(args, name, port=PORT)
+    # the shipped serve_apps/canary.yaml, pointed at this store, started as `foundry serve` starts it
+    cfg = yaml.safe_load((ROOT / "serve_apps" / "canary.yaml").read_text())
+    app = cfg["applications"][0]
+    app["name"] = name
+    app["args"].update(model=name, store=s, traffic={"champion": 100, "challenger": 0}, sticky_header="x-user")
+    app["args"]["ingress"]["num_replicas"] = 1
+    (tmp / "canary.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_serve_config(str(tmp / "canary.yaml"), port=PORT) == [URL]
     yield {"name": name, "store": s, "models": models, "x": splits.x_test[:2]}
     serve.delete(name)
     serve.shutdown()

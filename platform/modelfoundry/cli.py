@@ -487,6 +487,7 @@ def parse_traffic(text: str) -> dict[str, int]:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     import os
+    import time
 
     from modelfoundry.cluster import LOOPBACK_ENV, connect
 
@@ -516,7 +517,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         moved = f"; champion back to v{out['alias']['version']}" if out["alias"] else ""
         print(f"{args.app}: {out['weights']}{moved}")
     else:
-        print(f"{args.app}: {rollout.set_traffic(args.app, weights)} (in place)")
+        t0 = time.perf_counter()
+        applied = rollout.set_traffic(args.app, weights)
+        print(f"{args.app}: {applied} (in place, every replica serving it after {time.perf_counter() - t0:.2f}s)")
     return 0
 
 

@@ -81,7 +81,7 @@ def set_alias(store: str, name: str, alias: str, version: int | str | None) -> d
     check_alias(alias)
     if version is not None:
         version = int(resolve(store, name, version).rsplit("/", 1)[-1])  # a missing version fails here
-    elif not _versions(store, name):
+    elif not versions(store, name):
         resolve(store, name)  # the unknown-model error
     fs, root = filesystem(store)
     with _alias_lock(fs, f"{root}/{name}"):
@@ -145,7 +145,8 @@ def _check_name(name: str) -> None:
         raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
 
 
-def _versions(store: str, name: str) -> list[int]:
+def versions(store: str, name: str) -> list[int]:
+    """The version numbers of `name` in the store (directories; an upload may be under way in the newest)."""
     fs, root = filesystem(store)
     infos = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
     return sorted(int(i.base_name) for i in infos if i.type == pafs.FileType.Directory and i.base_name.isdigit())
@@ -192,7 +193,7 @@ def _publish_local(staged: Path, parent: Path) -> int:
     try:
         shutil.copytree(staged, hidden)
         for _ in range(ALLOCATION_ATTEMPTS):
-            version = (_versions(str(parent.parent), parent.name) or [0])[-1] + 1
+            version = (versions(str(parent.parent), parent.name) or [0])[-1] + 1
             try:
                 hidden.rename(parent / str(version))  # atomic; refuses a version another export took
                 return version
@@ -224,7 +225,7 @@ def _publish_uri(staged: Path, store: str, name: str) -> int:
     fs, root = filesystem(store)
     token = uuid.uuid4().hex.encode()
     for _ in range(ALLOCATION_ATTEMPTS):
-        version = (_versions(store, name) or [0])[-1] + 1
+        version = (versions(store, name) or [0])[-1] + 1
         vdir = f"{root}/{name}/{version}"
         marker = f"{vdir}/.owner"
         if fs.get_file_info(marker).type != pafs.FileType.NotFound:
@@ -287,7 +288,7 @@ def list_models(store: str) -> list[dict[str, Any]]:
     for info in sorted(names, key=lambda i: i.base_name):
         if info.type != pafs.FileType.Directory or not NAME_RE.match(info.base_name):
             continue
-        for version in _versions(store, info.base_name):
+        for version in versions(store, info.base_name):
             try:
                 out.append(entry(store, info.base_name, version))
             except CheckpointError:
@@ -299,8 +300,8 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
     """The path/URI of `name` at `version` (latest when None or "latest"; "@ALIAS": the version
     the alias points at)."""
     _check_name(name)
-    versions = _versions(store, name)
-    if not versions:
+    have = versions(store, name)
+    if not have:
         known = sorted({m["name"] for m in list_models(store)})
         raise ValueError(f"model {name!r} is not in the store {store!r}; it holds {known}")
     if isinstance(version, str) and version.startswith("@"):
@@ -312,7 +313,7 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
         version = known[alias]
     if version in (None, "latest"):  # the newest complete one (an upload to a URI store may be under way)
         fs, root = filesystem(store)
-        done = [v for v in versions if fs.get_file_info(f"{root}/{name}/{v}/model.json").type == pafs.FileType.File]
+        done = [v for v in have if fs.get_file_info(f"{root}/{name}/{v}/model.json").type == pafs.FileType.File]
         if not done:
             raise ValueError(f"model {name!r} in the store {store!r} has no complete version yet")
         v = done[-1]
@@ -321,6 +322,6 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
             v = int(version)
         except (TypeError, ValueError):
             raise ValueError(f"version {version!r} must be an integer, 'latest' or @ALIAS") from None
-        if v not in versions:
-            raise ValueError(f"model {name!r} has no version {v}; it has {versions}")
+        if v not in have:
+            raise ValueError(f"model {name!r} has no version {v}; it has {have}")
     return join(absolute(store), name, str(v))

@@ -269,9 +269,13 @@ def _mirror(uri: str, store: str, name: str, model_store) -> dict[str, int]:
         for mv in client.search_model_versions(f"name='{name}'")
         if VERSION_TAG in (mv.tags or {})
     }
-    for entry in [e for e in model_store.list_models(store) if e["name"] == name]:
-        if entry["version"] in by_version:
+    for version in model_store.versions(store, name):
+        if version in by_version:
             continue
+        try:
+            entry = model_store.entry(store, name, version)
+        except model_store.CheckpointError:
+            continue  # not a complete version (an upload under way)
         run_id = (entry.get("lineage") or {}).get("tracking_run_id")
         mv = client.create_model_version(
             name, source=entry["path"], run_id=run_id, tags={VERSION_TAG: str(entry["version"])}

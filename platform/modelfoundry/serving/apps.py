@@ -257,10 +257,14 @@ def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> li
     return paths
 
 
-def app(args: dict) -> Application:
+def app(args: AppArgs) -> Application:
     """The import path `modelfoundry.serving.apps:app` for `serve deploy` configs (declarative
     apps; a canary's traffic is changed in place through them, serving/rollout.py)."""
-    return build_app(AppArgs.model_validate(args))
+    return build_app(args)
+
+
+# real classes (not this module's postponed strings): Serve validates `args:` into AppArgs by them
+app.__annotations__ = {"args": AppArgs, "return": Application}
 
 
 def run_app(

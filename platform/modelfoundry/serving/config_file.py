@@ -36,6 +36,11 @@ def run_serve_config(path: str, host: str | None = None, port: int | None = None
         args = arg_type.model_validate(app.get("args") or {})
         prefix = app.get("route_prefix", "/")
         logs = app.get("logging_config") or data.get("logging_config") or QUIET_LOGS
+        if getattr(args, "traffic", None) is not None:  # a canary: declarative, its weights changed in place
+            from modelfoundry.serving.rollout import deploy_canary
+
+            urls.append(deploy_canary(args, app["name"], prefix, host, port))
+            continue
         serve.run(builder(args), name=app["name"], route_prefix=prefix, logging_config=logs)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
     return urls
