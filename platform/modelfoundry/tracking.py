@@ -79,6 +79,16 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating a store's tables, its alembic migrations) stay out of the
+    console unless a logging level was set for them."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic"):  # MLflow sets its own root logger to INFO at import
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: dotted keys, values as text (MLflow's 6,000-char cap)."""
     out: dict[str, str] = {}
@@ -136,6 +146,7 @@ class Tracker:
         def go() -> str:
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
+            quiet_mlflow()
             from mlflow import MlflowClient
 
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -149,6 +160,7 @@ class Tracker:
             run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
             self.run_id = run.info.run_id
             self._log_params(params)
+            print(f"[{self.experiment}] tracking in MLflow: {self.uri} (run {self.run_id})", flush=True)
             return self.run_id
 
         return self._call("starting a run", go)
@@ -256,6 +268,7 @@ def mirror_registry(uri: str | None, store: str, name: str) -> dict[str, Any] | 
 def _mirror(uri: str, store: str, name: str, model_store) -> dict[str, int]:
     for k, v in HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    quiet_mlflow()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
