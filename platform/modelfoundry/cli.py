@@ -509,17 +509,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.status:
         _, _, live = rollout.live_canary(args.app)
         print(f"{args.app}: {live}")
-    elif args.promote:
+        return 0
+    t0 = time.perf_counter()
+    if args.promote:
         out = rollout.promote(args.app, args.promote, tracking_uri=args.tracking_uri)
-        print(f"{args.app}: {out['weights']}; champion -> v{out['alias']['version']} (was v{out['alias']['previous']})")
+        weights, note = out["weights"], f"; champion -> v{out['alias']['version']} (was v{out['alias']['previous']})"
     elif args.rollback:
         out = rollout.rollback(args.app, tracking_uri=args.tracking_uri)
-        moved = f"; champion back to v{out['alias']['version']}" if out["alias"] else ""
-        print(f"{args.app}: {out['weights']}{moved}")
+        weights, note = out["weights"], f"; champion back to v{out['alias']['version']}" if out["alias"] else ""
     else:
-        t0 = time.perf_counter()
-        applied = rollout.set_traffic(args.app, weights)
-        print(f"{args.app}: {applied} (in place, every replica serving it after {time.perf_counter() - t0:.2f}s)")
+        weights, note = rollout.set_traffic(args.app, weights), ""
+    print(f"{args.app}: {weights}{note} (in place, every replica serving it after {time.perf_counter() - t0:.2f}s)")
     return 0
 
 
