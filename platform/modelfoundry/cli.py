@@ -585,7 +585,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':24} {'ver':>4} {'family':6} {'dataset':14} metrics / path")
     for r in rows:
         shown = {k: round(v, 4) for k, v in r["metrics"].items() if k.startswith("test_") and isinstance(v, float)}
-        print(f"{r['name']:24} {r['version']:>4} {r['family']:6} {str(r['dataset']):14} {shown}\n{'':51}{r['path']}")
+        named = f"  @{', @'.join(r['aliases'])}" if r["aliases"] else ""
+        print(
+            f"{r['name']:24} {r['version']:>4} {r['family']:6} {str(r['dataset']):14} {shown}{named}\n{'':51}{r['path']}"
+        )
     return 0
 
 

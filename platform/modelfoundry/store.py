@@ -288,11 +288,14 @@ def list_models(store: str) -> list[dict[str, Any]]:
     for info in sorted(names, key=lambda i: i.base_name):
         if info.type != pafs.FileType.Directory or not NAME_RE.match(info.base_name):
             continue
+        named = aliases(store, info.base_name)
         for version in versions(store, info.base_name):
             try:
-                out.append(entry(store, info.base_name, version))
+                e = entry(store, info.base_name, version)
             except CheckpointError:
                 continue  # not a complete version
+            e["aliases"] = sorted(a for a, v in named.items() if v == version)
+            out.append(e)
     return out
 
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,16 @@ def collect(sweep: SweepConfig, results, objs: list[tuple[str, str]]) -> list[di
     return rows
 
 
-def finish(sweep: SweepConfig, results, objs, exp_path: str, model_store: str | None, t_start: float) -> ParetoOutcome:
+def finish(
+    sweep: SweepConfig,
+    results,
+    objs,
+    exp_path: str,
+    model_store: str | None,
+    t_start: float,
+    lineage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> ParetoOutcome:
+    """The front, its members exported (each with `lineage(row)` recorded, when given)."""
     from modelfoundry import store
 
     rows = collect(sweep, results, objs)
@@ -213,6 +223,8 @@ def finish(sweep: SweepConfig, results, objs, exp_path: str, model_store: str | 
         for r in sorted(front, key=lambda r: r[objs[0][0]], reverse=objs[0][1] == "max"):
             if r["checkpoint_path"]:
                 objectives_meta = {"objectives": {n: r[n] for n, _ in objs}, "sweep": sweep.name}
+                if lineage:
+                    objectives_meta["lineage"] = lineage(r)
                 outcome.models.append(
                     store.export(r["checkpoint_path"], model_store, f"{sweep.name}-front", extra_meta=objectives_meta)
                 )

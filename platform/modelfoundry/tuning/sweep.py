@@ -363,10 +363,25 @@ def run_sweep(
         from modelfoundry.tuning import pareto
 
         store_dir = absolute(sweep.job.train.model_store) if export else None
-        front = pareto.finish(sweep, results, objs, exp_path, store_dir, t_start)
+
+        def member_lineage(row: dict[str, Any]) -> dict[str, Any]:
+            return store.lineage_record(
+                with_overrides(sweep.job, {k: row[k] for k in sweep.job_paths()}).to_dict(),
+                sweep={"name": sweep.name, "path": exp_path, "tracking_run_id": tracker.run_id},
+                trial={
+                    "id": row["trial_id"],
+                    "tracking_run_id": (trials_cb.runs if trials_cb else {}).get(row["trial_id"]),
+                },
+                compression=row.get("compression"),
+                tracking_run_id=tracker.run_id,
+            )
+
+        front = pareto.finish(sweep, results, objs, exp_path, store_dir, t_start, member_lineage)
         for f in front.files:
             tracker.log_artifact(f, "sweep")
         tracker.end()
+        if front.models:
+            tracking.mirror_registry(tracker.uri if tracker.enabled else None, store_dir, f"{sweep.name}-front")
         return front
     outcome = summarize(sweep, results, metric, mode, exp_path)
     best_ckpt = outcome.best_config.pop("_checkpoint_path")
