@@ -44,6 +44,31 @@ def _publish(tmp: Path, store_dir: str, name: str, seed: int, splits) -> torch.n
     return model.eval()
 
 
+def _closed_port() -> int:
+    """A port nobody listens on (an unreachable tracking server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _job(tmp_path: Path, name: str, epochs: int):
+    from modelfoundry.config import load_config
+
+    job = {
+        "name": name,
+        "model": {"family": "mlp", "preset": "tiny"},
+        "data": {"dataset": "digits"},
+        "train": {
+            "epochs": epochs,
+            "num_workers": 1,
+            "storage": str(tmp_path / "runs"),
+            "model_store": str(tmp_path / "models"),
+        },
+    }
+    (tmp_path / f"{name}.yaml").write_text(json.dumps(job))
+    return job, load_config(tmp_path / f"{name}.yaml")
+
+
 def _mlflow(uri: str):
     from mlflow import MlflowClient
 
@@ -128,10 +153,7 @@ def test_models_alias_and_show_cli_mirror_to_mlflow_and_show_a_compressed_models
 def test_unreachable_mlflow_warns_once_and_tracking_stops():
     from modelfoundry.tracking import Tracker
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    tracker = Tracker(f"http://127.0.0.1:{port}", "exp")
+    tracker = Tracker(f"http://127.0.0.1:{_closed_port()}", "exp")
     with pytest.warns(RuntimeWarning, match="the run goes on without tracking"):
         assert tracker.start("r", {"a": 1}) is None
     assert not tracker.enabled
@@ -170,24 +192,12 @@ def test_canary_args_refuse_bad_traffic():
 
 
 def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
-    from modelfoundry.config import load_config
     from modelfoundry.training import train
     from modelfoundry.tuning import parse_sweep, run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = {
-        "name": "tracked",
-        "model": {"family": "mlp", "preset": "tiny"},
-        "data": {"dataset": "digits"},
-        "train": {
-            "epochs": 2,
-            "num_workers": 1,
-            "storage": str(tmp_path / "runs"),
-            "model_store": str(tmp_path / "models"),
-        },
-    }
-    (tmp_path / "job.yaml").write_text(json.dumps(job))
-    outcome = train(load_config(tmp_path / "job.yaml"), tracking_uri=uri)
+    job, cfg = _job(tmp_path, "tracked", 2)
+    outcome = train(cfg, tracking_uri=uri)
     client = _mlflow(uri)
     run = client.get_run(outcome.tracking_run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
@@ -225,26 +235,11 @@ def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
 
 
 def test_a_run_finishes_and_exports_when_mlflow_is_unreachable(ray_cluster, tmp_path, capsys):
-    from modelfoundry.config import load_config
     from modelfoundry.training import train
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    job = {
-        "name": "untracked",
-        "model": {"family": "mlp", "preset": "tiny"},
-        "data": {"dataset": "digits"},
-        "train": {
-            "epochs": 1,
-            "num_workers": 1,
-            "storage": str(tmp_path / "runs"),
-            "model_store": str(tmp_path / "models"),
-        },
-    }
-    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    _, cfg = _job(tmp_path, "untracked", 1)
     with pytest.warns(RuntimeWarning, match="goes on without tracking"):
-        outcome = train(load_config(tmp_path / "job.yaml"), tracking_uri=f"http://127.0.0.1:{port}")
+        outcome = train(cfg, tracking_uri=f"http://127.0.0.1:{_closed_port()}")
     assert outcome.model["version"] == 1 and outcome.tracking_run_id is None
     assert "the run goes on untracked" in capsys.readouterr().out
 

@@ -157,25 +157,19 @@ def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
 
 def promote(app_name: str, label: str = "challenger", tracking_uri: str | None = None) -> dict[str, Any]:
     """The arm `label`'s version becomes the store's champion and gets all traffic."""
-    from modelfoundry import store as model_store
-    from modelfoundry import tracking
-
     _, args, _ = live_canary(app_name)
     arms = list(args.traffic or {})
     if label not in arms:
         raise ValueError(f"--promote {label}: this app serves {arms}")
     version = _arm_version(app_name, label)
     weights = set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
-    move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
-    tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
-    return {"weights": weights, "alias": move}
+    return {"weights": weights, "alias": _move_champion(args, version, tracking_uri)}
 
 
 def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """All traffic to the champion arm (the version that was champion at deploy time), and the
     store's champion alias back to it if a promote moved it."""
     from modelfoundry import store as model_store
-    from modelfoundry import tracking
 
     _, args, _ = live_canary(app_name)
     arms = list(args.traffic or {})
@@ -183,11 +177,18 @@ def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
         raise ValueError(f"--rollback sends all traffic to the {CHAMPION} arm; this app serves {arms}")
     version = _arm_version(app_name, CHAMPION)
     weights = set_traffic(app_name, {a: 100 if a == CHAMPION else 0 for a in arms})
-    move = None
-    if model_store.aliases(args.store, args.model or "").get(CHAMPION) != version:
-        move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
-        tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
-    return {"weights": weights, "alias": move}
+    moved = model_store.aliases(args.store, args.model or "").get(CHAMPION) != version
+    return {"weights": weights, "alias": _move_champion(args, version, tracking_uri) if moved else None}
+
+
+def _move_champion(args: AppArgs, version: int, tracking_uri: str | None) -> dict[str, Any]:
+    """The store's champion alias to `version`, mirrored to the MLflow registry."""
+    from modelfoundry import store as model_store
+    from modelfoundry import tracking
+
+    move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
+    tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
+    return move
 
 
 def _arm_version(app_name: str, label: str) -> int:
