@@ -157,12 +157,7 @@ def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
 
 def promote(app_name: str, label: str = "challenger", tracking_uri: str | None = None) -> dict[str, Any]:
     """The arm `label`'s version becomes the store's champion and gets all traffic."""
-    _, args, _ = live_canary(app_name)
-    arms = list(args.traffic or {})
-    if label not in arms:
-        raise ValueError(f"--promote {label}: this app serves {arms}")
-    version = _arm_version(app_name, label)
-    weights = set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
+    args, version, weights = _all_traffic_to(app_name, label, "--promote")
     return {"weights": weights, "alias": _move_champion(args, version, tracking_uri)}
 
 
@@ -171,14 +166,19 @@ def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
     store's champion alias back to it if a promote moved it."""
     from modelfoundry import store as model_store
 
-    _, args, _ = live_canary(app_name)
-    arms = list(args.traffic or {})
-    if CHAMPION not in arms:
-        raise ValueError(f"--rollback sends all traffic to the {CHAMPION} arm; this app serves {arms}")
-    version = _arm_version(app_name, CHAMPION)
-    weights = set_traffic(app_name, {a: 100 if a == CHAMPION else 0 for a in arms})
+    args, version, weights = _all_traffic_to(app_name, CHAMPION, "--rollback")
     moved = model_store.aliases(args.store, args.model or "").get(CHAMPION) != version
     return {"weights": weights, "alias": _move_champion(args, version, tracking_uri) if moved else None}
+
+
+def _all_traffic_to(app_name: str, label: str, action: str) -> tuple[AppArgs, int, dict[str, int]]:
+    """All of a live canary's traffic to arm `label`: its args, the arm's version, the weights."""
+    _, args, _ = live_canary(app_name)
+    arms = list(args.traffic or {})
+    if label not in arms:
+        raise ValueError(f"{action} needs an arm named {label!r}; this app serves {arms}")
+    version = _arm_version(app_name, label)
+    return args, version, set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
 
 
 def _move_champion(args: AppArgs, version: int, tracking_uri: str | None) -> dict[str, Any]:
