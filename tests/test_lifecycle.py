@@ -5,6 +5,7 @@ in place on a live Serve app, and the per-version metrics on Ray's Prometheus en
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -218,7 +219,9 @@ def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
         "search": {"train.lr": {"grid": [0.01, 0.001]}},
         "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1, "cpus_per_worker": 0.9},
     }
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     s = run_sweep(parse_sweep(sweep, "test", tmp_path), tracking_uri=uri).summary()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # Ray's MLflow setup exports it: restored
     parent = client.get_run(s["tracking_run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert parent.info.status == "FINISHED" and len(children) == 2

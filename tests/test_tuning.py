@@ -212,7 +212,7 @@ def test_pbt_cosine_schedule_conflict_is_refused(tmp_path):
         parse_sweep(cfg, "test", tmp_path)
 
 
-def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_path):
+def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_path, recwarn):
     cfg = sweep_dict(tmp_path, name="pbt-sweep", samples=4, epochs=4)
     # one lr that learns, three that barely move: the weak trials must continue from the good
     # one's checkpoint (its weights and epoch) with a mutated learning rate
@@ -231,9 +231,19 @@ def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_
         }
     )
     cfg["job"]["model"]["hidden_sizes"] = [32]
-    outcome = run_sweep(parse_sweep(cfg, "test", tmp_path))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outcome = run_sweep(parse_sweep(cfg, "test", tmp_path), tracking_uri=uri)
     s = outcome.summary()
     assert s["trials"] == 4 and s["best_metric"] > 0.5
+    # tracked: a child run per trial; an exploited trial's new learning rate is logged as a metric
+    # (MLflow params are write-once: re-logging the mutated config used to end tracking)
+    from mlflow import MlflowClient
+
+    assert not [w for w in recwarn if "MLflow tracking" in str(w.message)]
+    client = MlflowClient(uri)
+    parent = client.get_run(s["tracking_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4 and any("config.train.lr" in c.data.metrics for c in children)
     csv = Path(s["files"][0]).read_text()
     assert "pbt-sweep" in s["path"] and csv.count("\n") == 5
     # Tune's own record of every exploit: [target, donor, target step, donor step, old, new config]

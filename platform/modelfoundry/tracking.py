@@ -218,14 +218,39 @@ def trial_callback(parent: Tracker):
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
             self.runs = {}
-            self._guarded("connecting", lambda: MLflowLoggerCallback.setup(self, *args, **kwargs))
+            # mlflow.set_tracking_uri (which Ray's setup calls) also exports MLFLOW_TRACKING_URI to
+            # this process's environment: a later run in the process would follow it silently
+            saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+            try:
+                self._guarded("connecting", lambda: MLflowLoggerCallback.setup(self, *args, **kwargs))
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
         def log_trial_start(self, trial: Any) -> None:
             def go() -> None:
+                if trial in self._trial_runs:  # restarted (PBT: with a mutated config)
+                    self._log_restart(trial)
+                    return
                 MLflowLoggerCallback.log_trial_start(self, trial)
                 self.runs[os.path.basename(trial.path)] = self._trial_runs[trial]
 
             self._guarded("starting a trial's run", go)
+
+        def _log_restart(self, trial: Any) -> None:
+            """MLflow params are write-once: a config PBT mutated goes in as metrics (the
+            numbers, at the trial's iteration, so the schedule shows) and tags (the latest)."""
+            run_id = self._trial_runs[trial]
+            step = int((trial.last_result or {}).get("training_iteration", 0))
+            config = flat_params(trial.config)
+            parent.client.log_batch(
+                run_id,
+                metrics=[_metric(f"config.{k}", v, step) for k, v in config.items() if _is_number(v)],
+                tags=[_tag(f"config.{k}", v) for k, v in config.items()],
+            )
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
             self._guarded(
@@ -242,6 +267,26 @@ def trial_callback(parent: Tracker):
         experiment_name=parent.experiment,
         tags={"mlflow.parentRunId": parent.run_id, "foundry.kind": "trial"},
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text not in ("True", "False")
+
+
+def _metric(key: str, value: str, step: int):
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), step)
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
 
 
 def log_model_entry(tracker: Tracker, entry: dict[str, Any] | None) -> None:
