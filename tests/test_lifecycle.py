@@ -8,6 +8,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -321,14 +323,26 @@ def test_canary_weights_change_in_place_promote_and_rollback(canary):
                 else:
                     seen[r.json()["model_version"]] += 1
 
+    import ray
+
+    def foundry_rollout(*argv: str) -> subprocess.CompletedProcess:
+        """`foundry rollout` as a user runs it, from another process, reaching this cluster."""
+        gcs = ray.get_runtime_context().gcs_address
+        cmd = [str(Path(sys.executable).parent / "foundry"), "rollout", name, *argv, "--address", gcs]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
     t = threading.Thread(target=load)
     t.start()
     try:
-        assert rollout.set_traffic(name, {"challenger": 10}) == {"champion": 90, "challenger": 10}
+        done = foundry_rollout("--weight", "challenger=10")
     finally:
         stop.set()
         t.join()
+    assert done.returncode == 0 and "(in place, every replica serving it after" in done.stdout, done.stderr[-2000:]
+    assert "'champion': 90" in done.stdout and "'challenger': 10" in done.stdout
     assert failures == [] and _replicas(name) == replicas  # in place: the same replicas
+    bad = foundry_rollout("--weight", "nope=10")
+    assert bad.returncode == 2 and "--weight names ['nope']" in bad.stderr
     share = _ask(client, canary, 1000, seen)["2"] / 10
     assert abs(share - 10) < 5, share  # 5 standard deviations of 1,000 draws at 10%
     # sticky: a user keeps their version
@@ -356,7 +370,6 @@ def test_canary_weights_change_in_place_promote_and_rollback(canary):
     assert _replicas(name) == replicas
 
     # the per-version request counts on Ray's Prometheus endpoint match what the clients saw
-    import ray
 
     port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
     pattern = re.compile(
