@@ -151,6 +151,12 @@ def test_models_alias_and_show_cli_mirror_to_mlflow_and_show_a_compressed_models
         assert main([*argv, "--store", s]) == 2
         assert words in capsys.readouterr().err
     assert store.aliases(s, "m") == {"champion": 2}
+    # serve by alias: NAME@ALIAS resolves to the alias's version; a missing alias fails before Ray
+    from modelfoundry.serving.apps import _load_meta
+
+    assert _load_meta(s, "m", "@champion")[0].endswith("/m/2")
+    assert main(["serve", "m@ghost", "--store", s]) == 2
+    assert "no alias 'ghost'" in capsys.readouterr().err
 
 
 def test_unreachable_mlflow_warns_once_and_tracking_stops():
