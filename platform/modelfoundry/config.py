@@ -271,3 +271,23 @@ __all__ = [
     "with_overrides",
     "dump_config",
 ]
+
+
+def flatten(d: dict[str, Any], prefix: str = "", keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A nested config as dotted keys ({"train": {"lr": 1}} -> {"train.lr": 1}); dicts under a key
+    in `keep` stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in keep:
+            out.update(flatten(v, f"{prefix}{k}.", keep))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_sha256(d: dict[str, Any]) -> str:
+    """The hash of a config dict (keys sorted): what --resume compares and lineage records."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from modelfoundry.artifacts import CheckpointError, consolidate, library_versions, read_meta, verify
+from modelfoundry.config import config_sha256
 from modelfoundry.storage import absolute, download_dir, filesystem, join
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -132,7 +132,7 @@ def lineage_record(config: dict[str, Any], **links: Any) -> dict[str, Any]:
     data = config.get("data") or {}
     return {
         "config": config,
-        "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+        "config_sha256": config_sha256(config),
         "dataset": data.get("dataset"),
         "split_seed": data.get("seed"),
         "versions": library_versions(),

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelfoundry.config import flatten
 from modelfoundry.storage import absolute, is_uri
 
 LOCAL_DB = "mlflow.db"
@@ -89,16 +90,9 @@ def quiet_mlflow() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flat_params(config: dict[str, Any]) -> dict[str, str]:
     """A nested config as MLflow params: dotted keys, values as text (MLflow's 6,000-char cap)."""
-    out: dict[str, str] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flat_params(v, f"{key}."))
-        else:
-            out[key] = (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]
-    return out
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000] for k, v in flatten(config).items()}
 
 
 NOT_METRICS = {"epoch", "started_at", "attempt"}  # the step, a timestamp, a restart count

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from modelfoundry import tracking
 from modelfoundry.artifacts import run_checkpoints
-from modelfoundry.config import JobConfig
+from modelfoundry.config import JobConfig, config_sha256, flatten
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
 from modelfoundry.tracking import Tracker
@@ -222,21 +222,8 @@ RESUME_SAFE = {
 }
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "worker_resources":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_hash(cfg: JobConfig) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    return config_sha256(cfg.to_dict())
 
 
 def write_run_config(run_path: str, cfg: JobConfig) -> None:
@@ -263,7 +250,7 @@ def check_resume_config(run_path: str, cfg: JobConfig, allow_changes: set[str]) 
         return
     if saved.get("sha256") == config_hash(cfg):
         return
-    old, new = _flat(saved["config"]), _flat(cfg.to_dict())
+    old, new = (flatten(c, keep=frozenset({"worker_resources"})) for c in (saved["config"], cfg.to_dict()))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_IGNORED)
     unsafe = [k for k in changed if k not in RESUME_SAFE]
     unasked = [k for k in changed if k in RESUME_SAFE and k not in allow_changes]
