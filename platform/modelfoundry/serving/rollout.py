@@ -177,7 +177,7 @@ def _all_traffic_to(app_name: str, label: str, action: str) -> tuple[AppArgs, in
     arms = list(args.traffic or {})
     if label not in arms:
         raise ValueError(f"{action} needs an arm named {label!r}; this app serves {arms}")
-    version = _arm_version(app_name, label)
+    version = _arm_version(app_name, args, label)
     return args, version, set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
 
 
@@ -191,10 +191,9 @@ def _move_champion(args: AppArgs, version: int, tracking_uri: str | None) -> dic
     return move
 
 
-def _arm_version(app_name: str, label: str) -> int:
+def _arm_version(app_name: str, args: AppArgs, label: str) -> int:
     """The version the live app serves for arm `label` (pinned when it was deployed: an alias may
     have moved since)."""
-    _, args, _ = live_canary(app_name)
     if not args.arm_versions:
         raise ValueError(f"app {app_name!r} has no pinned versions; redeploy it with foundry serve --traffic")
     return args.arm_versions[label]
