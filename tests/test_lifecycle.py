@@ -115,6 +115,16 @@ def test_aliases_point_move_resolve_and_refuse_bad_input(tmp_path):
     assert store.aliases(s, "m") == before  # nothing changed by the refused moves
 
 
+def test_aliases_on_a_uri_store(tmp_path):
+    splits = load_splits(DIGITS)
+    s = (tmp_path / "store").as_uri()  # file://...: the store's URI path, as for s3:// or gs://
+    for seed in (0, 1):
+        _publish(tmp_path, s, "m", seed, splits)
+    store.set_alias(s, "m", "champion", 2)
+    assert store.resolve(s, "m", "@champion").endswith("/m/2") and store.aliases(s, "m") == {"champion": 2}
+    assert store.describe(s, "m@champion")["chain"][0]["aliases"] == ["champion"]
+
+
 def test_models_alias_and_show_cli_mirror_to_mlflow_and_show_a_compressed_models_chain(tmp_path, capsys):
     from modelfoundry.cli import main
 
