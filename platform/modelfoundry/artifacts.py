@@ -6,10 +6,13 @@ A checkpoint is a directory holding
                sha256 of model.pt (checked on every read: a mismatch is refused)
   state.pt     optional: optimizer state and epoch, for resuming training (not needed to serve)
 
-A training checkpoint of an FSDP run (train.strategy: fsdp) holds, instead of model.pt, the
-model's and the optimizer's shards as torch.distributed.checkpoint files under sharded/, each
-file's sha256 recorded in model.json ("sharded"); state.pt keeps the epoch and history.
-`consolidate()` makes one model.pt of it: what the model store publishes and serving loads.
+A training checkpoint of an FSDP run (train.strategy: fsdp) holds, beside model.pt (the full
+weights, gathered on rank 0 when the checkpoint is written), the model's and the optimizer's
+shards as torch.distributed.checkpoint files under sharded/, each file's sha256 recorded in
+model.json ("sharded"); state.pt keeps the epoch and history. The shards are for resuming the run
+only (DCP's `.metadata` is a pickle: reading it runs code): serving, export and compression read
+model.pt with weights_only and never open a shard. Every file name model.json lists must stay
+inside the checkpoint directory (no absolute paths, no `..`, no symlink out of it).
 
 A compressed model (compression/) is a checkpoint like any other: a pruned model or a distilled
 student is a smaller model of its family (its own config); a quantized one records
@@ -85,14 +88,16 @@ def write_checkpoint(
     """Write model.pt (+ state.pt) and then model.json, which names model.pt's sha256.
     `state`: the tensors to store instead of the model's own (a quantized model's; the model then
     gives the family and config its structure is rebuilt from). `shards`: the model's weights are
-    already written as sharded files (path -> sha256, training/sharding.py); no model.pt."""
+    already written as sharded files (path -> sha256, training/sharding.py), for resuming; `state`
+    then holds the full weights gathered from them (model.pt, what serving and export read)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     m = unwrap(model)
-    if shards is None:
-        if state is None:
-            state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-        torch.save(state, d / MODEL_FILE)
+    if shards is not None and state is None:
+        raise ValueError("a sharded checkpoint needs its full weights as state (sharding.full_state)")
+    if state is None:
+        state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    torch.save(state, d / MODEL_FILE)
     if train_state is not None:
         torch.save(train_state, d / STATE_FILE)
     meta = {
@@ -103,7 +108,7 @@ def write_checkpoint(
         "dataset": dataset,
         "metrics": metrics,
         "versions": library_versions(),
-        "sha256": None if shards is not None else sha256_file(d / MODEL_FILE),
+        "sha256": sha256_file(d / MODEL_FILE),
         **({"sharded": shards} if shards is not None else {}),
         **({"state_sha256": sha256_file(d / STATE_FILE)} if train_state is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -155,26 +160,55 @@ def checkpoint_epoch(location: str) -> int:
         return 0
 
 
+def inside(directory: Path, name: object) -> Path:
+    """`directory / name` for a file name model.json gives, refused unless it is a relative path
+    that stays inside `directory` (no absolute path, no `..`, no symlink pointing out of it)."""
+    from pathlib import PurePosixPath
+
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        raise CheckpointError(f"{directory / META_FILE}: file name {name!r} is not a relative path")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise CheckpointError(f"{directory / META_FILE}: file name {name!r} points outside the checkpoint")
+    path = directory / rel
+    root = directory.resolve()
+    if path.exists() or path.is_symlink():
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            raise CheckpointError(f"{directory / META_FILE}: {name!r} is a link out of the checkpoint")
+    return path
+
+
 def verify(directory: str | Path) -> dict[str, Any]:
-    """model.json's metadata, after checking model.pt (and, in a training checkpoint, state.pt)
-    against the sha256 model.json records: a truncated or corrupt file is refused."""
+    """model.json's metadata, after checking model.pt (and, in a training checkpoint, state.pt and
+    an FSDP run's shards) against the sha256 model.json records: a truncated, corrupt or missing
+    file is refused, and so is a file name that leads out of the checkpoint."""
     d = Path(directory)
     meta = read_meta(d)
     files = [(STATE_FILE, meta.get("state_sha256"))]  # state.pt: in training checkpoints only
     if "sharded" in meta:
         if not isinstance(meta["sharded"], dict) or not meta["sharded"]:
             raise CheckpointError(f"{d / META_FILE}: 'sharded' must map the shard files to their sha256")
+        if not isinstance(meta["sha256"], str):  # written before model.pt was gathered at save time
+            raise CheckpointError(
+                f"{d} is a sharded (FSDP) checkpoint without a consolidated {MODEL_FILE}: its weights could "
+                "only be read through DCP's pickled .metadata, which runs code on load, so it is refused. "
+                "Resume the run with this version of modelfoundry (train --resume) to write a checkpoint "
+                f"that carries {MODEL_FILE}"
+            )
         files += list(meta["sharded"].items())
-    else:
-        if not (d / MODEL_FILE).is_file():
-            raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
-        files.append((MODEL_FILE, meta["sha256"]))
+    if not inside(d, MODEL_FILE).is_file():
+        raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
+    files.append((MODEL_FILE, meta["sha256"]))
     for name, expected in files:
         if expected is None:
             continue
-        if not (d / name).is_file():
+        path = inside(d, name)
+        if not isinstance(expected, str):
+            raise CheckpointError(f"{d / META_FILE}: the sha256 of {name!r} must be a string, got {expected!r}")
+        if not path.is_file():
             raise CheckpointError(f"{d} is not a complete checkpoint: {name} is missing")
-        actual = sha256_file(d / name)
+        actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(
                 f"checkpoint {d} failed its integrity check: {name} has sha256 {actual[:16]}..., "
@@ -197,10 +231,7 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
     with tempfile.TemporaryDirectory(prefix="mf-ckpt-") as tmp:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
-        weights = local / MODEL_FILE
-        if "sharded" in meta:  # a training checkpoint of an FSDP run: consolidated in the temp dir
-            meta = consolidate(local, meta, Path(tmp) / "consolidated")  # (a local checkpoint is never written to)
-            weights = Path(tmp) / "consolidated" / MODEL_FILE
+        weights = local / MODEL_FILE  # an FSDP checkpoint's too: its shards are for resuming only
         model = build_model(meta["family"], "default", **meta["config"])
         scheme = (meta.get("quantization") or {}).get("scheme")
         if device == "auto":
@@ -220,14 +251,10 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model.to(device).eval(), meta, str(location), device)
 
 
-def consolidate(checkpoint: Path, meta: dict[str, Any], out: Path) -> dict[str, Any]:
-    """One model.pt in `out` from a verified sharded checkpoint's model shards (all of them, read
-    on one process: what export and serving need); returns `meta` (its model.json) made to fit."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    out.mkdir(parents=True, exist_ok=True)
-    dcp_to_torch_save(str(checkpoint / SHARDED_MODEL_DIR), str(out / MODEL_FILE))
-    return {**{k: v for k, v in meta.items() if k != "sharded"}, "sha256": sha256_file(out / MODEL_FILE)}
+def published_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """model.json of a training checkpoint as the store publishes it: the weights only (model.pt),
+    no shards or optimizer state."""
+    return {k: v for k, v in meta.items() if k not in ("sharded", "state_sha256")}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

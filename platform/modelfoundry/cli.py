@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
     sb.add_argument("--working-dir", help="the project root to upload (default: this installation's)")
     sb.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    sb.add_argument(
+        "--dry-run", action="store_true", help="list the files the upload would carry (secrets excluded) and stop"
+    )
 
     j = _sub(sub, "jobs", help="list, show logs of, or stop Ray jobs")
     j.add_argument("action", choices=["list", "logs", "stop"])
@@ -524,8 +527,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
-    from modelfoundry.submit import follow, submit
+    from modelfoundry.submit import follow, project_root, submit, upload_listing
 
+    if args.dry_run:
+        files = upload_listing(project_root(args.kind, args.working_dir))
+        for path, size in files:
+            print(f"{size:>12,}  {path}")
+        print(f"{len(files)} files, {sum(s for _, s in files):,} bytes would be uploaded (nothing was sent)")
+        return 0
     job_id = submit(args.address, args.kind, rest, args.working_dir)
     print(f"submitted job {job_id} to {args.address}", flush=True)
     if args.no_follow:

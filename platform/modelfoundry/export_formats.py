@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -235,15 +237,32 @@ def _parity(model: nn.Module, meta: dict[str, Any], run: Callable[[torch.Tensor]
 
 def _publish(staged: Path, location: str) -> str:
     """Move the staged export into place: a rename on local disk (the old export, if any, is
-    replaced only after the new one is complete); on a URI, files first and export.json last."""
+    replaced only after the new one is complete); on a URI, replace then delete: the files are
+    uploaded beside the old ones first, then each is moved over its old copy (every object is
+    replaced whole), export.json last, and only then is anything the new export lacks deleted.
+    A failed upload leaves the old export as it was."""
     if is_uri(location):
         fs, path = filesystem(location)
-        fs.delete_dir_contents(path, missing_dir_ok=True)
+        incoming = f"{path}/.incoming-{uuid.uuid4().hex}"
         manifest = (staged / MANIFEST).read_bytes()
         (staged / MANIFEST).unlink()
-        upload_dir(str(staged), location)
-        with fs.open_output_stream(f"{path}/{MANIFEST}") as f:
-            f.write(manifest)
+        new = sorted(p.name for p in staged.iterdir())
+        try:
+            upload_dir(str(staged), join(location, Path(incoming).name))
+            for name in new:
+                fs.move(f"{incoming}/{name}", f"{path}/{name}")
+            with fs.open_output_stream(f"{path}/{MANIFEST}") as f:
+                f.write(manifest)
+        finally:
+            if fs.get_file_info(incoming).type != pafs.FileType.NotFound:
+                fs.delete_dir(incoming)
+        for info in fs.get_file_info(pafs.FileSelector(path)):
+            if info.base_name in (*new, MANIFEST) or info.base_name.startswith(".incoming-"):
+                continue
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)
         return location
     dest = Path(location)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,46 @@ def check_writable(location: str) -> None:
         raise ValueError(f"storage {location!r} cannot be written: {err}") from None
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new entry in a local directory durable (POSIX: fsync the directory)."""
+    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under `root` (before it is renamed into place)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(Path(dirpath) / name, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(dirpath)
+
+
+def write_atomic(location: str, data: bytes) -> None:
+    """Replace one file whole. Local disk: a temp file beside it, fsync, rename over it, fsync of
+    the directory (a crash leaves the old file or the new one, never a torn one). A URI: one put,
+    which object stores apply whole."""
+    fs, path = filesystem(location)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    target = Path(path)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(target.parent)
+
+
 def download_dir(location: str, local_dir: str) -> str:
     """Copy a directory from a URI to `local_dir`; a local path is returned as is."""
     if not is_uri(location):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -26,9 +25,16 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry.artifacts import CheckpointError, consolidate, library_versions, read_meta, verify
+from modelfoundry.artifacts import (
+    META_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    library_versions,
+    published_meta,
+    verify,
+)
 from modelfoundry.config import config_sha256
-from modelfoundry.storage import absolute, download_dir, filesystem, join
+from modelfoundry.storage import absolute, download_dir, filesystem, fsync_dir, fsync_tree, join, write_atomic
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -100,14 +106,7 @@ def set_alias(store: str, name: str, alias: str, version: int | str | None) -> d
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         data["history"].append(move)
-        body = json.dumps(data, indent=2, sort_keys=True).encode()
-        if isinstance(fs, pafs.LocalFileSystem):
-            tmp = Path(root) / name / f".{ALIASES_FILE}.{uuid.uuid4().hex}"
-            tmp.write_bytes(body)
-            os.replace(tmp, Path(root) / name / ALIASES_FILE)
-        else:
-            with fs.open_output_stream(f"{root}/{name}/{ALIASES_FILE}") as f:
-                f.write(body)
+        write_atomic(join(absolute(store), name, ALIASES_FILE), json.dumps(data, indent=2, sort_keys=True).encode())
     return move
 
 
@@ -171,11 +170,9 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
         meta = verify(local)  # never publish a corrupt checkpoint
         staged = Path(tmp) / "staged"
         staged.mkdir()
-        if "sharded" in meta:  # an FSDP run's checkpoint: its model shards become one model.pt
-            meta = consolidate(local, meta, staged)
-        else:
-            shutil.copy2(local / "model.pt", staged / "model.pt")  # optimizer state is not part of a published model
-        meta.pop("state_sha256", None)
+        # the weights only: an FSDP run's shards and the optimizer state are not part of a published model
+        shutil.copy2(local / MODEL_FILE, staged / MODEL_FILE)
+        meta = published_meta(meta)
         meta.update(extra_meta or {})  # e.g. a Pareto-front member's objectives
         (staged / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         fs, root = filesystem(store)
@@ -192,10 +189,12 @@ def _publish_local(staged: Path, parent: Path) -> int:
     hidden = parent / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         shutil.copytree(staged, hidden)
+        fsync_tree(hidden)  # on disk before it becomes visible: a crash never publishes torn files
         for _ in range(ALLOCATION_ATTEMPTS):
             version = (versions(str(parent.parent), parent.name) or [0])[-1] + 1
             try:
                 hidden.rename(parent / str(version))  # atomic; refuses a version another export took
+                fsync_dir(parent)
                 return version
             except OSError as err:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
@@ -244,10 +243,25 @@ def _publish_uri(staged: Path, store: str, name: str) -> int:
     raise RuntimeError(f"could not allocate a version of {name} in {ALLOCATION_ATTEMPTS} attempts")
 
 
+def read_version_meta(store: str, name: str, version: int) -> dict[str, Any]:
+    """model.json of one version, read alone (never the weights beside it)."""
+    path = join(absolute(store), name, str(version))
+    fs, root = filesystem(path)
+    try:
+        with fs.open_input_stream(f"{root}/{META_FILE}") as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a checkpoint: {META_FILE} is missing") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}/{META_FILE} cannot be read: {err}") from None
+    if not isinstance(meta, dict) or "family" not in meta:
+        raise CheckpointError(f"{path}/{META_FILE} is not a model.json")
+    return meta
+
+
 def entry(store: str, name: str, version: int) -> dict[str, Any]:
     path = join(absolute(store), name, str(version))
-    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-        meta = read_meta(download_dir(path, tmp))
+    meta = read_version_meta(store, name, version)
     return {
         "name": name,
         "version": version,
@@ -304,9 +318,10 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
     the alias points at)."""
     _check_name(name)
     have = versions(store, name)
-    if not have:
-        known = sorted({m["name"] for m in list_models(store)})
-        raise ValueError(f"model {name!r} is not in the store {store!r}; it holds {known}")
+    if not have:  # the names only (directory listing): nothing is downloaded to say what is missing
+        known = names(store)
+        shown = known[:20] + ([f"... {len(known) - 20} more"] if len(known) > 20 else [])
+        raise ValueError(f"model {name!r} is not in the store {store!r}; it holds {shown}")
     if isinstance(version, str) and version.startswith("@"):
         alias = version[1:]
         check_alias(alias)
@@ -327,4 +342,17 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
             raise ValueError(f"version {version!r} must be an integer, 'latest' or @ALIAS") from None
         if v not in have:
             raise ValueError(f"model {name!r} has no version {v}; it has {have}")
+        fs, root = filesystem(store)
+        if fs.get_file_info(f"{root}/{name}/{v}/{META_FILE}").type != pafs.FileType.File:
+            raise ValueError(
+                f"version {v} of {name!r} is not complete (its upload is under way or failed): "
+                "it cannot be served, aliased or exported"
+            )
     return join(absolute(store), name, str(v))
+
+
+def names(store: str) -> list[str]:
+    """The model names in the store (its directories), without reading any version."""
+    fs, root = filesystem(store)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and NAME_RE.match(i.base_name))

@@ -10,8 +10,10 @@ from pathlib import Path
 
 # gitignore-style, anchored at the project root (a bare "models" would drop modelfoundry/models)
 EXCLUDES = ["/.venv/", "/.git/", "/runs/", "/models/", "/bench/results/", "__pycache__/", "*.egg-info/"]
-# secrets never travel with a job, wherever they sit in the tree: env files, private keys and
-# certificates, Ray's cluster token, API key files (the platform's api_keys_file convention)
+# secrets never travel with a job, wherever they sit in the tree (gitignore rules, as Ray applies
+# them): env files, private keys and certificates, SSH keys and config, Ray's cluster token, API
+# key files (the platform's api_keys_file convention), cloud, Kubernetes, Docker, git and package
+# registry credentials. `foundry submit --dry-run` lists what would be uploaded.
 SECRET_EXCLUDES = [
     ".env",
     ".env.*",
@@ -21,7 +23,10 @@ SECRET_EXCLUDES = [
     "*.p12",
     "*.pfx",
     "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
     "id_ed25519*",
+    ".ssh/",
     "auth_token",
     "*.token",
     ".ray/",
@@ -29,6 +34,14 @@ SECRET_EXCLUDES = [
     "*_api_keys*",
     ".netrc",
     ".aws/",
+    ".azure/",
+    ".config/gcloud/",
+    ".kube/",
+    "kubeconfig*",
+    ".docker/config.json",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
     "credentials.json",
 ]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -53,10 +66,33 @@ def client(address: str):
         raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
 
 
-def submit(address: str, kind: str, args: list[str], working_dir: str | None = None) -> str:
+def project_root(kind: str, working_dir: str | None) -> Path:
     root = Path(working_dir or Path(__file__).resolve().parents[2])
     if not (root / "jobs" / f"{kind}.py").is_file():
         raise ValueError(f"{root} has no jobs/{kind}.py; run from the project root or pass --working-dir")
+    return root
+
+
+def upload_listing(root: Path) -> list[tuple[str, int]]:
+    """(path, bytes) of every file the job's working_dir upload would carry: Ray's own packaging
+    code (the .gitignore files it honours, the excludes above) writes the zip, which is listed."""
+    import logging
+    import tempfile
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    quiet = logging.getLogger("modelfoundry.submit.dry_run")
+    quiet.setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="mf-dry-run-") as tmp:
+        out = Path(tmp) / "package.zip"
+        create_package(str(root), out, include_gitignore=True, excludes=EXCLUDES + SECRET_EXCLUDES, logger=quiet)
+        with zipfile.ZipFile(out) as z:
+            return sorted((i.filename, i.file_size) for i in z.infolist() if not i.is_dir())
+
+
+def submit(address: str, kind: str, args: list[str], working_dir: str | None = None) -> str:
+    root = project_root(kind, working_dir)
     entrypoint = " ".join(shlex.quote(a) for a in ["python", f"jobs/{kind}.py", *args])
     # the job and its Ray Train workers run in the uploaded tree; PYTHONPATH=platform (relative to
     # it) makes the uploaded `modelfoundry` importable on nodes that do not have it installed

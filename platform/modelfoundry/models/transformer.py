@@ -219,11 +219,17 @@ class Sequence:
         self.ids.append(token)
 
 
+# below this a temperature samples as greedy: softmax(logits / T) is one-hot to float32 precision
+# there, and a tiny T would overflow logits / T to inf (a NaN distribution)
+MIN_TEMPERATURE = 1e-3
+
+
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> int:
     """One token id from the last position's logits (shape (vocab,)): the argmax at temperature
-    0, else a sample from softmax(logits / temperature) over the top_k most likely tokens."""
+    0 (or below MIN_TEMPERATURE), else a sample from softmax(logits / temperature) over the top_k
+    most likely tokens."""
     logits = logits.float()
-    if temperature == 0:
+    if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
     logits = logits / temperature
     if top_k is not None and top_k < logits.numel():

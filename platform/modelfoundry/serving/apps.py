@@ -42,6 +42,13 @@ class AppArgs(Strict):
     max_instances: int = Field(default=256, gt=0)
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     max_new_tokens: int = Field(default=MAX_NEW_TOKENS, gt=0)  # language models, per request
+    # OIP v2: the largest reply, known from the outputs' shapes before the model runs (413 beyond)
+    max_response_bytes: int = Field(default=8_000_000, gt=0)
+    # language models: generations in progress at once per ingress replica (429 + Retry-After beyond)
+    max_generations: int = Field(default=64, gt=0)
+    # Host header names answered besides loopback ones ("*": any). Unset: loopback only when the app
+    # has no API keys (a web page cannot reach it by DNS rebinding), any name when it has keys
+    allowed_hosts: list[Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9._:-]{1,253})$")]] | None = None
     # API keys: the NAME of an env var (comma-separated keys) and/or a key file path; never keys
     api_keys_env: str | None = None
     api_keys_file: str | None = None
@@ -110,8 +117,15 @@ def build_app(args: AppArgs | dict) -> Application:
     store = absolute(args.store)
     batching = args.batching.model_dump() if args.batching else None
     ingress = Ingress.options(**args.ingress.serve_options())
-    limits = Limits(args.max_instances, args.max_body_bytes, args.max_new_tokens)
-    common = {"batching": batching, "api_keys_env": args.api_keys_env, "api_keys_file": args.api_keys_file}
+    limits = Limits(
+        args.max_instances, args.max_body_bytes, args.max_new_tokens, args.max_response_bytes, args.max_generations
+    )
+    common = {
+        "batching": batching,
+        "api_keys_env": args.api_keys_env,
+        "api_keys_file": args.api_keys_file,
+        "allowed_hosts": tuple(h.lower() for h in args.allowed_hosts) if args.allowed_hosts is not None else None,
+    }
 
     if args.kind == "ensemble":
         members, metas = [], []

@@ -11,14 +11,18 @@
 
 import asyncio
 import hashlib
+import logging
 import random
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import modelfoundry
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth, multiplex, oip, webpage
+from modelfoundry.serving import auth, guard, multiplex, oip, webpage
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.metrics import IngressMetrics, StageMetrics
@@ -46,6 +50,60 @@ MAX_SAMPLES = 64
 # generation requests whose KV cache one stage replica holds at once (least recently used go
 # first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
 MAX_SESSIONS_PER_REPLICA = 64
+# a reply (OIP v2) larger than this is encoded in a thread, off the replica's event loop
+INLINE_REPLY_BYTES = 64 * 1024
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+IMAGE_VERBS = ("predict", "encode", "reconstruct")  # verbs whose instances may come as one PNG
+
+log = logging.getLogger("ray.serve")
+
+
+def request_id() -> str:
+    """Serve's id of the request being handled (HAProxy sets x-request-id), for logs and errors."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or "-"
+
+
+class GenerationSlots:
+    """At most `cap` generations at once on an ingress replica; beyond it a 429 with Retry-After.
+    take() returns the slot's release, safe to call more than once."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.active = cap, 0
+
+    def check(self) -> None:
+        if self.active >= self.cap:
+            raise RequestError(
+                429,
+                f"{self.cap} generations are in progress on this replica, its limit; retry in {RETRY_AFTER_S} s",
+                {"retry-after": str(RETRY_AFTER_S)},
+            )
+
+    def take(self) -> Callable[[], None]:
+        self.check()
+        self.active += 1
+        held = [True]
+
+        def give_back() -> None:
+            if held[0]:
+                held[0] = False
+                self.active -= 1
+
+        return give_back
+
+
+class Session:
+    """One generation request's KV cache on a stage replica. Serve's multiplex LRU calls __del__
+    when it evicts it (and Python may again at collection: harmless)."""
+
+    def __init__(self) -> None:
+        self.cache = Cache()
+        self.evicted = False
+
+    def __del__(self) -> None:
+        self.evicted = True
+        self.cache.reset()
 
 
 async def _call(handle, x: np.ndarray) -> np.ndarray:
@@ -85,6 +143,7 @@ class Stage:
 
     def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
         self.runner = ModelRunner(model_path, group)
+        self.sessions: dict[str, Session] = {}  # generation sessions this replica holds, by id
         self.batcher = batcher(self.runner, batching)
         name, version = model_path.rstrip("/").rsplit("/", 2)[-2:]
         self.metrics = StageMetrics(name, version, "-".join(map(str, self.runner.group)))
@@ -98,32 +157,54 @@ class Stage:
     # ---- language-model generation: the request's cache lives on this replica; Serve's
     # multiplexed routing (the session id as model id) sends the request's later steps here
     @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
-    async def _session(self, session_id: str) -> Cache:
-        return Cache()
+    async def _session(self, session_id: str) -> Session:
+        for sid in [k for k, v in self.sessions.items() if v.evicted]:  # forget what the LRU dropped
+            del self.sessions[sid]
+        session = self.sessions[session_id] = Session()
+        return session
 
     async def step(self, x: np.ndarray, start: int) -> np.ndarray | None:
         """Feed positions start.. of the request; None when this replica lacks its cache."""
-        cache = await self._session(serve.get_multiplexed_model_id())
+        cache = (await self._session(serve.get_multiplexed_model_id())).cache
         if start and cache.start != start:
             return None
         return await asyncio.to_thread(self.runner.step, x, cache, start)
 
     async def end(self) -> None:
-        (await self._session(serve.get_multiplexed_model_id())).reset()
+        """The request is over: free its cache. A session the LRU evicted (or that never reached
+        this replica) is not loaded again just to be ended: that would evict a live one."""
+        session = self.sessions.pop(serve.get_multiplexed_model_id(), None)
+        if session is not None and not session.evicted:
+            session.cache.reset()
+
+    def session_ids(self) -> list[str]:
+        """The sessions this replica holds a live cache for (tests, stats)."""
+        return [k for k, v in self.sessions.items() if not v.evicted]
 
 
-app = FastAPI(title="modelfoundry model service", description="KServe v1 / TF-Serving style REST API")
+# the docs page and the schema are the Ingress's own routes below (behind its Host check and keys;
+# Swagger UI's files served from the package, no CDN)
+app = FastAPI(
+    title="modelfoundry model service",
+    description="KServe v1 / TF-Serving style REST API",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 @app.exception_handler(RequestError)
 async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
 
 @app.exception_handler(Exception)
 async def _unexpected(_: Request, err: Exception) -> JSONResponse:
-    # a bug, not a bad request: logged by Serve with its traceback; the client gets JSON, not text
-    return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
+    # a bug, not a bad request: logged with its traceback and the request id; the client gets the
+    # id to quote, never the exception's text
+    rid = request_id()
+    log.error("request %s failed", rid, exc_info=err)
+    return JSONResponse({"error": f"internal error (request id {rid})"}, status_code=500)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -140,11 +221,12 @@ class Ingress:
         self.task = spec.task
         self.input_shape = tuple(spec.input_spec["shape"])
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
+        self.allowed_hosts = spec.allowed_hosts
         self.stages = [replica_transport(s) for s in stages or []]
         self.members = [replica_transport(m) for m in members or []]
         self.local = ModelRunner(spec.model_path) if spec.kind == "model" and not spec.arms else None
         self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
-        self.active_generations = 0  # streams in progress on this replica
+        self.generations = GenerationSlots(spec.limits.max_generations)  # in progress on this replica
         self.generated_tokens = 0  # tokens produced on this replica since it started
         self.batcher = batcher(self.local, spec.batching) if self.local else None
         self.metrics = IngressMetrics()
@@ -184,16 +266,55 @@ class Ingress:
                 return label
         return next(label for label, w in reversed(self.traffic) if w > 0)
 
+    # ---- every route but the health probes starts here
+    def _admit(self, request: Request, keyed: bool = True) -> None:
+        """The Host check (serving/guard.py: DNS rebinding), then the API key when `keyed`."""
+        guard.check_host(request.headers, self.allowed_hosts, bool(self.keys))
+        if keyed:
+            auth.check(self.keys, request.headers)
+
     # ---- routes
     @app.get("/", response_class=HTMLResponse)
     async def page(self, request: Request) -> HTMLResponse:
         """The demo page (serving/web/). It holds nothing secret: its API calls carry the key."""
+        self._admit(request, keyed=False)
         return HTMLResponse(webpage.index(request.scope.get("root_path", "")))
 
     @app.get("/ui/{name}")
-    async def page_asset(self, name: str) -> Response:
+    async def page_asset(self, name: str, request: Request) -> Response:
+        self._admit(request, keyed=False)
         text, media_type = webpage.asset(name)
         return Response(text, media_type=media_type)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        self._admit(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI, its files from the package (webpage.swagger_asset). With API keys the docs
+        page is off: a page cannot send the key, and the schema is behind it."""
+        self._docs_allowed(request)
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title=f"{self.name} - API",
+            swagger_js_url=f"{root}/ui/swagger/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/ui/swagger/swagger-ui.css",
+            swagger_favicon_url=f"{root}/ui/swagger/favicon-32x32.png",
+        )
+
+    @app.get("/ui/swagger/{name}", include_in_schema=False)
+    async def swagger_asset(self, name: str, request: Request) -> Response:
+        self._docs_allowed(request)
+        data, media_type = webpage.swagger_asset(name)
+        return Response(data, media_type=media_type)
+
+    def _docs_allowed(self, request: Request) -> None:
+        self._admit(request, keyed=False)
+        if self.keys:
+            raise RequestError(404, "the docs page is off on a service with API keys; GET /openapi.json with a key")
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -201,12 +322,12 @@ class Ingress:
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         return {"models": [self.metadata()]}
 
     @app.get("/v1/models/{target}")
     async def get_model(self, target: str, request: Request) -> dict:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         model_id = self._route(target, request.headers, require=False)
         return {**self.metadata(), **({"model_id": model_id} if model_id else {})}
 
@@ -238,7 +359,7 @@ class Ingress:
             )
 
     async def _post(self, target: str, request: Request, seen: dict) -> Response:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         name, _, verb = target.rpartition(":")
         verbs = list(self.spec.verbs)
         if not name:
@@ -253,12 +374,18 @@ class Ingress:
         if arm is not None:
             seen["version"] = self.arms[arm].version
         limits = self.spec.limits
+        # what each verb documents: JSON; an image's instances also as PNG (checked before the body is read)
+        images = verb in IMAGE_VERBS and len(self.input_shape) == 3 and self.input_shape[0] == 1
+        accepted = (guard.JSON, guard.PNG) if images else (guard.JSON,)
+        media = guard.check_content_type(request.headers, accepted, f":{verb}")
+        if verb == "generate":
+            self.generations.check()  # before the body is read; taken once it is valid
         body = await read_body(request, limits.max_body_bytes)
         if verb == "sample":
             return await self.sample(parse_json_body(body or b"{}", limits.max_body_bytes), request)
         if verb == "generate":
             return await self.generate(parse_json_body(body, limits.max_body_bytes))
-        if request.headers.get("content-type", "").startswith("image/png"):
+        if media == guard.PNG:
             # decoding is CPU work: off the event loop, which keeps answering other requests
             x = await asyncio.to_thread(png_array, body, self.input_shape, limits.max_body_bytes)
         else:
@@ -275,7 +402,7 @@ class Ingress:
     # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
     @app.get("/v2")
     async def v2_server(self, request: Request) -> dict:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         return {"name": "modelfoundry", "version": modelfoundry.__version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")
@@ -289,7 +416,7 @@ class Ingress:
     @app.get("/v2/models/{target}")
     @app.get("/v2/models/{target}/versions/{version}")
     async def v2_metadata(self, target: str, request: Request, version: str | None = None) -> dict:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         model_id = self._check_v2(target, version, request.headers)
         s = self.spec
         return oip.metadata(model_id or self.name, s.version, self.task, list(self.input_shape), s.config)
@@ -297,7 +424,7 @@ class Ingress:
     @app.get("/v2/models/{target}/ready")
     @app.get("/v2/models/{target}/versions/{version}/ready")
     async def v2_model_ready(self, target: str, request: Request, version: str | None = None) -> dict:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         model_id = self._check_v2(target, version, request.headers)
         return {"name": model_id or self.name, "ready": True}
 
@@ -307,7 +434,7 @@ class Ingress:
         return await self._measured(self._v2_infer(target, request, version, seen := {"verb": "infer"}), seen)
 
     async def _v2_infer(self, target: str, request: Request, version: str | None, seen: dict) -> Response:
-        auth.check(self.keys, request.headers)
+        self._admit(request)
         model_id = self._check_v2(target, version, request.headers)
         if model_id is not None:
             seen["model"] = model_id
@@ -321,11 +448,29 @@ class Ingress:
                 f"model {self.name} is a {self.task} model with no tensor verb; use POST /v1/models/{self.name}:{self.spec.verbs[0]}",
             )
         limits = self.spec.limits
+        # JSON, or binary tensors after a JSON header; no Content-Type only with the binary
+        # extension's header (tritonclient sends none; a cross-site "simple" request cannot carry it)
+        if guard.media_type(request.headers) or oip.HEADER_LENGTH not in request.headers:
+            guard.check_content_type(request.headers, (guard.JSON, guard.OCTET), "infer")
         body = await read_body(request, limits.max_body_bytes)
-        req = oip.parse_infer(body, request.headers, self.input_shape, limits.max_instances, limits.max_body_bytes)
+        specs = oip.output_specs(self.task, list(self.input_shape), self.spec.config)
+        req = oip.parse_infer(
+            body,
+            request.headers,
+            self.input_shape,
+            limits.max_instances,
+            limits.max_body_bytes,
+            specs,
+            limits.max_response_bytes,
+        )
         out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x, model_id, arm))
         answered = self.arms[arm].version if arm is not None else self.spec.version
-        content, headers = oip.response(model_id or self.name, answered, req, oip.tensors(self.task, out))
+        outs = oip.tensors(self.task, out)
+        encode = (model_id or self.name, answered, req, outs)
+        if oip.reply_bytes(req, specs) <= INLINE_REPLY_BYTES:
+            content, headers = oip.response(*encode)
+        else:  # CPU work in proportion to the reply: off the event loop, which keeps answering
+            content, headers = await asyncio.to_thread(oip.response, *encode)
         return Response(content, headers=headers, media_type=headers.pop("content-type"))
 
     def _check_v2(self, target: str, version: str | None, headers) -> str | None:
@@ -383,30 +528,36 @@ class Ingress:
 
     async def generate(self, data: dict) -> Response:
         """Language models: new text for a prompt, streamed as JSON lines (one per token, then a
-        summary line), or as one JSON object with "stream": false."""
+        summary line), or as one JSON object with "stream": false. Everything is checked before
+        the first byte is sent; a failure after it ends the stream with an error line that names
+        the request id only (the exception goes to the log)."""
         context = self.spec.config["context"]
         request = parse_generate(data, self.tokenizer, context, self.spec.limits.max_new_tokens)
+        give_back = self.generations.take()
         step, release = local_step(self.local) if self.local else self._split_step()
         if not request.stream:
             try:
                 ids = [t async for t in self._counted(tokens(step, request, context))]
             finally:
+                give_back()
                 release()
             return JSONResponse(self._summary(ids))
-        return StreamingResponse(self._stream(step, release, request), media_type="application/x-ndjson")
+        stream = self._stream(step, release, request, request_id(), give_back)
+        weakref.finalize(stream, give_back)  # a stream never started (client gone first) frees its slot too
+        return StreamingResponse(stream, media_type="application/x-ndjson")
 
-    async def _stream(self, step, release, request):
+    async def _stream(self, step, release, request, rid: str, give_back: Callable[[], None]):
         # a client that disconnects cancels this generator at its next await (Serve cancels the
         # request): the finally block frees the request's caches and no more steps run
-        self.active_generations += 1
         try:
             token_ids = self._counted(tokens(step, request, self.spec.config["context"]))
             async for chunk in json_lines(token_ids, self.tokenizer, self._summary):
                 yield chunk
         except Exception as err:  # headers are sent: the error goes in the stream, as JSON
-            yield line({"error": f"generation failed ({type(err).__name__}: {err})"[:500]})
+            log.error("generation of request %s failed", rid, exc_info=err)
+            yield line({"error": f"generation failed (request id {rid})"})
         finally:
-            self.active_generations -= 1
+            give_back()
             release()
 
     async def _counted(self, token_ids):
@@ -505,7 +656,8 @@ class Ingress:
                 "context": s.config["context"],
                 "max_new_tokens": s.limits.max_new_tokens,
                 "vocabulary": self.tokenizer.vocab if self.tokenizer else None,
-                "active": self.active_generations,
+                "active": self.generations.active,
+                "max_generations": self.generations.cap,
                 "generated_tokens": self.generated_tokens,
             }
         return out

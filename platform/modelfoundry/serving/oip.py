@@ -7,7 +7,12 @@ numeric datatype (converted to FP32, checked finite). Outputs: a classifier give
 FP32 [n, classes] and "class" INT64 [n]; a regressor "prediction" FP32 [n]; the VAE
 "reconstruction" FP32 [n, *input_shape]. Tensors travel as JSON `data` or, with the binary
 extension (`Inference-Header-Content-Length`), as raw little-endian bytes after the JSON header,
-as tritonclient sends them by default. Everything a client can get wrong is a RequestError (4xx)."""
+as tritonclient sends them by default. Everything a client can get wrong is a RequestError (4xx).
+
+A reply is bounded before the model runs: each output may be asked for once (a repeated or
+unknown name is a 400: repeating one was a way to make a small request produce a reply thousands
+of times its size), and the reply's size, known from the outputs' shapes, must be within
+`max_response_bytes` (413 beyond it, naming binary outputs as the smaller encoding)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfoundry.serving.requests import RequestError, parse_json_body
+from modelfoundry.serving.requests import RequestError, header_int, parse_json_body
 from modelfoundry.serving.runner import softmax
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -46,8 +51,13 @@ TENSOR_VERB = {"classification": "predict", "regression": "predict", "generative
 class InferRequest:
     id: str | None
     x: np.ndarray  # float32, (n, *input_shape), finite
-    outputs: list[str] | None  # requested output names (None: all)
+    outputs: list[str]  # the output names to return, each once, in the order asked
     binary: set[str]  # outputs to return as binary data
+
+
+# the most bytes one value takes in a JSON reply: a float32 as a Python float's repr
+# ("-1.2345678901234567e-05") or an int64, plus the ", " between values
+JSON_VALUE_BYTES = 25
 
 
 def output_specs(task: str, input_shape: list[int], config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -76,15 +86,9 @@ def metadata(name: str, version: str, task: str, input_shape: list[int], config:
 
 
 def _split_body(body: bytes, headers: Any, max_body_bytes: int) -> tuple[dict[str, Any], bytes]:
-    declared = headers.get(HEADER_LENGTH)
-    if declared is None:
+    n = header_int(headers, HEADER_LENGTH, len(body))  # the JSON header's byte count, at most the body
+    if n is None:
         return parse_json_body(body, max_body_bytes), b""
-    if not declared.isdigit() or int(declared) > len(body):
-        raise RequestError(
-            400,
-            f"Inference-Header-Content-Length is {declared!r}; it must be the JSON header's byte count, at most {len(body)}",
-        )
-    n = int(declared)
     return parse_json_body(body[:n], max_body_bytes), body[n:]
 
 
@@ -105,8 +109,16 @@ def _numeric_data(data: Any, count: int, name: str) -> np.ndarray:
 
 
 def parse_infer(
-    body: bytes, headers: Any, input_shape: tuple[int, ...], max_instances: int, max_body_bytes: int
+    body: bytes,
+    headers: Any,
+    input_shape: tuple[int, ...],
+    max_instances: int,
+    max_body_bytes: int,
+    specs: list[dict[str, Any]],
+    max_response_bytes: int,
 ) -> InferRequest:
+    """A validated infer request for a model whose outputs are `specs` (output_specs), whose reply
+    will fit in max_response_bytes."""
     req, binary = _split_body(body, headers, max_body_bytes)
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -154,25 +166,61 @@ def parse_infer(
         x = values.astype(np.float32).reshape(n, *input_shape)
     if not np.isfinite(x).all():
         raise RequestError(400, f"input {name!r} holds NaN or infinite values, or numbers beyond float32's range")
-    return InferRequest(req.get("id") if isinstance(req.get("id"), str) else None, x, *_requested(req))
+    request_id = req.get("id") if isinstance(req.get("id"), str) else None
+    if request_id is not None and len(request_id) > MAX_ID_CHARS:
+        raise RequestError(400, f"'id' is {len(request_id)} characters; the limit is {MAX_ID_CHARS}")
+    outputs, binary = _requested(req, [o["name"] for o in specs])
+    request = InferRequest(request_id, x, outputs, binary)
+    size = reply_bytes(request, specs)
+    if size > max_response_bytes:
+        raise RequestError(
+            413,
+            f"the reply would be about {size} bytes; the limit is {max_response_bytes}: send fewer instances, "
+            "ask for fewer outputs, or ask for binary outputs (parameters.binary_data_output)",
+        )
+    return request
 
 
-def _requested(req: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+MAX_ID_CHARS = 256
+
+
+def _requested(req: dict[str, Any], names: list[str]) -> tuple[list[str], set[str]]:
     outputs = req.get("outputs")
     params = req.get("parameters") or {}
-    binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    if not isinstance(params, dict):
+        raise RequestError(400, "'parameters' must be an object")
+    binary_all = params.get("binary_data_output") is True
     if outputs is None:
-        return None, {"*"} if binary_all else set()
+        return list(names), set(names) if binary_all else set()
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise RequestError(400, "'outputs' must be a list of objects with a 'name'")
+    wanted = [o["name"] for o in outputs]
+    unknown = [o[:64] for o in dict.fromkeys(wanted) if o not in names][:8]
+    if unknown:
+        raise RequestError(400, f"unknown output(s) {unknown}; this model gives {names}")
+    if len(set(wanted)) != len(wanted):
+        raise RequestError(400, f"'outputs' names an output more than once; ask for each of {names} at most once")
     binary = {
         o["name"]
         for o in outputs
         if binary_all or (isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True)
     }
-    return [o["name"] for o in outputs], binary
+    return wanted, binary
+
+
+def reply_bytes(request: InferRequest, specs: list[dict[str, Any]]) -> int:
+    """An upper bound on the reply's size, from the outputs' shapes (before the model runs)."""
+    n = len(request.x)
+    by_name = {o["name"]: o for o in specs}
+    total = 512  # the JSON header's fixed part
+    for name in request.outputs:
+        spec = by_name[name]
+        values = n * math.prod(max(d, 1) for d in spec["shape"][1:])
+        itemsize = DATATYPES[spec["datatype"]].itemsize
+        total += 128 + len(name) + values * (itemsize if name in request.binary else JSON_VALUE_BYTES)
+    return total
 
 
 def tensors(task: str, output: np.ndarray) -> dict[str, np.ndarray]:
@@ -188,17 +236,14 @@ def tensors(task: str, output: np.ndarray) -> dict[str, np.ndarray]:
 def response(
     name: str, version: str, request: InferRequest, outs: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers (binary outputs follow the JSON header)."""
-    wanted = request.outputs if request.outputs is not None else list(outs)
-    unknown = [o for o in wanted if o not in outs]
-    if unknown:
-        raise RequestError(400, f"unknown output(s) {unknown}; this model gives {list(outs)}")
+    """The response body and its extra headers (binary outputs follow the JSON header). CPU work
+    proportional to the reply: the ingress runs a large one off its event loop."""
     entries, chunks = [], []
-    for o in wanted:
+    for o in request.outputs:
         arr = outs[o]
         datatype = "INT64" if arr.dtype == np.int64 else "FP32"
         entry: dict[str, Any] = {"name": o, "datatype": datatype, "shape": list(arr.shape)}
-        if o in request.binary or "*" in request.binary:
+        if o in request.binary:
             raw = np.ascontiguousarray(arr, dtype=DATATYPES[datatype]).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 MAX_INT_DIGITS = 40  # any integer a model input or a verb's option can use; 10**400 cannot be a float32
@@ -35,11 +36,26 @@ def _constant(name: str) -> float:
     raise RequestError(400, f"request body is not valid JSON: {name} is not a JSON number")
 
 
+DIGITS_RE = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() accepts '²' and other scripts' digits
+
+
+def header_int(headers: Any, name: str, high: int) -> int | None:
+    """A header holding a count: None when absent, else a plain decimal from 0 to `high` (else 400:
+    never int() on a client's text, which raises on '²' or on 5,000 digits)."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not DIGITS_RE.match(text) or int(text) > high:
+        raise RequestError(400, f"header {name} is {raw[:40]!r}; it must be a whole number from 0 to {high}")
+    return int(text)
+
+
 async def read_body(request: Any, max_body_bytes: int) -> bytes:
     """The request body, read chunk by chunk and refused with 413 as soon as it passes the limit
     (a chunked upload declares no Content-Length; one that lies about it is caught too)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body_bytes:
+    if declared and DIGITS_RE.match(declared) and int(declared) > max_body_bytes:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {max_body_bytes}")
     chunks, size = [], 0
     async for chunk in request.stream():

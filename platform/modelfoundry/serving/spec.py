@@ -33,6 +33,8 @@ class Limits:
     max_instances: int
     max_body_bytes: int
     max_new_tokens: int  # language models: the most tokens one request may ask for
+    max_response_bytes: int = 8_000_000  # OIP v2: the largest reply (413 beyond it)
+    max_generations: int = 64  # language models: generations at once per ingress replica (429 beyond)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class IngressSpec:
     api_keys_file: str | None = None
     arms: tuple[Arm, ...] = ()  # a canary app's versions (traffic weights come as user_config)
     sticky_header: str | None = None  # canary: requests with this header keep their arm
+    # Host names answered besides loopback ("*": any); None: loopback only without keys, any with keys
+    allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_meta(cls, name: str, kind: str, path: str, meta: dict[str, Any], limits: Limits, **rest: Any):

@@ -26,3 +26,20 @@ def asset(name: str) -> tuple[str, str]:
     if name not in ASSETS:
         raise RequestError(404, f"no such file {name!r}; the page's files are {sorted(ASSETS)}")
     return _read(name), ASSETS[name]
+
+
+# Swagger UI for /docs, from the swagger-ui-bundle distribution (no CDN on the origin where the
+# page keeps an API key): only these files are served
+SWAGGER_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+
+
+def swagger_asset(name: str) -> tuple[bytes, str]:
+    if name not in SWAGGER_ASSETS:
+        raise RequestError(404, f"no such file {name!r}; the docs page's files are {sorted(SWAGGER_ASSETS)}")
+    from swagger_ui_bundle import swagger_ui_path
+
+    return (Path(swagger_ui_path) / name).read_bytes(), SWAGGER_ASSETS[name]

@@ -270,6 +270,7 @@ def report(
         return
     with tempfile.TemporaryDirectory(prefix="mf-report-") as tmp:
         shards = sharding.save(tmp, model, optimizer) if fsdp else None  # collective: every rank
+        full = sharding.full_state(model) if fsdp else None  # collective too: rank 0 gets the weights
         if rank == 0:
             train_state = {
                 **({} if fsdp else {"optimizer": optimizer.state_dict()}),
@@ -286,6 +287,7 @@ def report(
                 metrics=metrics,
                 extra={**extra, "strategy": "fsdp" if fsdp else "ddp", "history": history},
                 train_state=train_state,
+                state=full,
                 shards=shards,
             )
         session.report(metrics, tmp)

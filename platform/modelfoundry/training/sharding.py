@@ -10,7 +10,9 @@ shard of each parameter, gradient and optimizer state instead of a full replica.
   one checkpoint directory (distinct names, __<rank>_0.distcp); rank 0 adds model.json, which
   records every file's sha256 (gathered from the workers), so a checkpoint is verified as a DDP
   one is. `load()` resumes from it on any number of workers (DCP reshards).
-- artifacts.consolidate() turns the model part into one model.pt when the run is exported.
+- `full_state()` gathers the full weights on rank 0 for the checkpoint's model.pt: what serving,
+  export and compression read (weights_only). DCP's `.metadata` is a pickle, so nothing but a
+  resume of the run reads the shards (docs/security.md).
 """
 
 from __future__ import annotations
@@ -62,6 +64,14 @@ def save(directory: str, model: nn.Module, optimizer) -> dict[str, str]:
     everyone: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(everyone, mine)
     return {k: v for files in everyone for k, v in files.items()}
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Collective: the model's full (unsharded) weights on CPU, on rank 0; None on the others."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in state.items()} if dist.get_rank() == 0 else None
 
 
 def load(directory: str, model: nn.Module, optimizer) -> None:
