@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback --host without API keys (anyone can call it)"
     )
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="a Host header name to answer besides loopback ones (repeatable; '*' for any). Without API keys "
+        "other names get 421, which stops web pages reaching the service by DNS rebinding",
+    )
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
@@ -414,6 +422,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.target.endswith((".yaml", ".yml")):
         from modelfoundry.serving.config_file import load_serve_config, run_serve_config
 
+        if args.allowed_hosts:
+            raise ValueError("with a serve YAML, set allowed_hosts in each application's args, not --allowed-host")
         data = load_serve_config(args.target)  # a bad file fails before Ray starts
         for app in data["applications"]:  # run_serve_config binds --host
             a = app.get("args") or {}
@@ -439,6 +449,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_keys_file=args.api_keys_file,
             traffic=parse_traffic(args.traffic) if args.traffic else None,
             sticky_header=args.sticky_header,
+            allowed_hosts=args.allowed_hosts,
         )
         check_exposure(args.host, bool(args.api_keys_env or args.api_keys_file), args.insecure)
         resolve(args.store, name, "latest" if app_args.traffic else app_args.version)  # an unknown model first

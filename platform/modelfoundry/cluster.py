@@ -57,6 +57,9 @@ def serve_env(local: bool = True) -> dict[str, str]:
         # the wrapper keeps request bodies buffered so HAProxy can resend them
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
         "RAY_SERVE_HAPROXY_RETRIES": "3",
+        # a client idle this long is dropped (Ray's default: 3600 s, which lets idle or slow clients
+        # hold connections for an hour); the wrapper adds `timeout http-request` (10 s)
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_WRAPPER),
         "MODELFOUNDRY_HAPROXY_REAL_BINARY": get_haproxy_binary(),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{d}/haproxy.cfg",

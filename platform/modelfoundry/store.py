@@ -246,9 +246,9 @@ def _publish_uri(staged: Path, store: str, name: str) -> int:
 def read_version_meta(store: str, name: str, version: int) -> dict[str, Any]:
     """model.json of one version, read alone (never the weights beside it)."""
     path = join(absolute(store), name, str(version))
-    fs, root = filesystem(path)
+    fs, root = filesystem(store)
     try:
-        with fs.open_input_stream(f"{root}/{META_FILE}") as f:
+        with fs.open_input_stream(f"{root}/{name}/{version}/{META_FILE}") as f:
             meta = json.loads(f.read())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is not a checkpoint: {META_FILE} is missing") from None

@@ -8,6 +8,11 @@ The rollout verbs change the weights (`set_traffic`), promote a version (the sto
 alias moves to it and it gets all traffic) and roll back (all traffic to the version that was
 champion when the app was deployed, and the alias back to it). Every change is checked against the
 live app before anything is applied: a bad one changes nothing.
+
+Serve's declarative API writes the whole set of apps at once, so each change is a read-modify-write
+of that set done under the cluster's Serve-config lease (serving/control_lock.py): concurrent
+rollouts from several processes apply one after another, each on what the previous one left, and
+no app is lost.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from ray import serve
 
+from modelfoundry.serving import control_lock
 from modelfoundry.serving.apps import QUIET_LOGS, AppArgs, arm_ref, build_app
 from modelfoundry.serving.spec import check_traffic
 from modelfoundry.storage import absolute
@@ -66,8 +72,10 @@ def deploy_canary(
         "deployments": [{"name": INGRESS, "user_config": {"traffic": dict(args.traffic)}}],
         "logging_config": QUIET_LOGS,
     }
-    others = [a for a in _declarative_apps() if a["name"] != app_name]
-    _apply([*others, config], app_name)
+    with control_lock.held(f"foundry serve --traffic of {app_name}"):
+        others = [a for a in _declarative_apps() if a["name"] != app_name]
+        _deploy([*others, config])
+    wait_ready(app_name)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
@@ -80,11 +88,11 @@ def _declarative_apps() -> list[dict[str, Any]]:
     ]
 
 
-def _apply(apps: list[dict[str, Any]], app_name: str) -> None:
+def _deploy(apps: list[dict[str, Any]]) -> None:
+    """The whole declarative set (call it holding control_lock, with `apps` read under it)."""
     from ray.serve.schema import ServeDeploySchema
 
     _client().deploy_apps(ServeDeploySchema.model_validate({"applications": apps}))
-    wait_ready(app_name)
 
 
 def wait_ready(app_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -105,9 +113,12 @@ def wait_ready(app_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         time.sleep(0.1)
 
 
-def live_canary(app_name: str) -> tuple[dict[str, Any], AppArgs, dict[str, int]]:
-    """The live app's declarative config, its args and its current weights."""
-    for config in _declarative_apps():
+def live_canary(
+    app_name: str, apps: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], AppArgs, dict[str, int]]:
+    """The live app's declarative config, its args and its current weights (from `apps`, the
+    declarative set already read, or read now)."""
+    for config in apps if apps is not None else _declarative_apps():
         if config["name"] == app_name:
             break
     else:
@@ -141,17 +152,20 @@ def weights_from(given: dict[str, int], arms: list[str]) -> dict[str, int]:
 
 def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
     """New weights for a live canary, applied in place; returns them. Nothing changes when they
-    are wrong (unknown arms, not summing to 100)."""
-    config, args, _ = live_canary(app_name)
-    weights = weights_from(weights, list(args.traffic or {}))
-    for d in config.setdefault("deployments", []):
-        if d.get("name") == INGRESS:
-            d["user_config"] = {"traffic": weights}
-            break
-    else:
-        config["deployments"].append({"name": INGRESS, "user_config": {"traffic": weights}})
-    others = [a for a in _declarative_apps() if a["name"] != app_name]
-    _apply([*others, config], app_name)
+    are wrong (unknown arms, not summing to 100). A compare-and-set: the set of apps is read and
+    written back under the cluster's lease, so a concurrent change is never lost or undone."""
+    with control_lock.held(f"foundry rollout of {app_name}"):
+        apps = _declarative_apps()
+        config, args, _ = live_canary(app_name, apps)
+        weights = weights_from(weights, list(args.traffic or {}))
+        for d in config.setdefault("deployments", []):
+            if d.get("name") == INGRESS:
+                d["user_config"] = {"traffic": weights}
+                break
+        else:
+            config["deployments"].append({"name": INGRESS, "user_config": {"traffic": weights}})
+        _deploy([config if a["name"] == app_name else a for a in apps])
+    wait_ready(app_name)
     return weights
 
 
