@@ -13,7 +13,6 @@ import builtins
 import concurrent.futures
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import socket
@@ -314,3 +313,334 @@ def test_submit_dry_run_lists_the_upload_without_credentials(tmp_path):
     leaked = [p for p in listed if any(p == s or p.endswith("/" + s) for s in SECRETS)]
     assert not leaked, leaked
     assert "nothing was sent" in r.stdout
+
+
+# ---- on a live Serve app, over HTTP on 127.0.0.1 -----------------------------------------------
+
+
+def _publish(tmp: Path, store_dir: str, name: str, family: str, splits, task: str, seed: int = 0):
+    from modelfoundry.models import set_normalization
+
+    torch.manual_seed(seed)
+    extra = {} if family == "vae" else {"output_dim": splits.spec.output_dim}
+    model = build_model(family, "tiny", input_shape=splits.spec.input_shape, **extra)
+    set_normalization(model, splits.stats())
+    d = tmp / f"{name}-{seed}"
+    write_checkpoint(d, model, dataset=splits.spec.to_dict(), metrics={"test_x": 1.0}, extra={"task": task})
+    store.export(str(d), store_dir, name)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+
+    tmp = tmp_path_factory.mktemp("security")
+    s = str(tmp / "store")
+    digits = load_splits(DataSection(dataset="digits"))
+    _publish(tmp, s, "mlp-d", "mlp", digits, "classification")
+    _publish(tmp, s, "vae-d", "vae", digits, "generative")
+    for seed in (1, 2):  # two versions: a canary's champion and challenger
+        _publish(tmp, s, "canary-d", "mlp", digits, "classification", seed)
+    store.set_alias(s, "canary-d", "champion", 1)
+    store.set_alias(s, "canary-d", "challenger", 2)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    yield {"store": s, "x": digits.x_test[:4], "tmp": tmp}
+    serve.shutdown()
+
+
+def deploy(served, name="t", **args):
+    from ray import serve
+
+    from modelfoundry.serving.apps import build_app
+
+    serve.run(build_app({"store": served["store"], **args}), name=name, route_prefix="/")
+    return httpx.Client(base_url=URL, timeout=60)
+
+
+def _raw(request: bytes) -> tuple[int, bytes]:
+    """One request as raw bytes (headers httpx would refuse to send), its status and body."""
+    with socket.create_connection(("127.0.0.1", PORT), timeout=60) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return int(v)
+    return 0
+
+
+def test_oip_duplicates_are_refused_and_healthz_answers_while_the_largest_reply_is_made(served):
+    # the VAE's reconstruction is the largest reply per instance: 4,096 instances of 64 values as
+    # JSON is ~5.3 MB, within this app's 8 MB bound; four clients ask for it at once
+    c = deploy(served, model="vae-d", max_instances=4096, max_body_bytes=2_000_000, max_response_bytes=8_000_000)
+    x = np.random.default_rng(0).random((4096, 64), dtype=np.float32)
+    head = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4096, 64], "parameters": {
+        "binary_data_size": x.nbytes}}]}  # fmt: skip
+    header = json.dumps(head).encode()
+    largest = {"content": header + x.tobytes(), "headers": {"Inference-Header-Content-Length": str(len(header))}}
+    r = c.post("/v2/models/vae-d/infer", **largest)
+    assert r.status_code == 200 and 5_000_000 < len(r.content) <= 8_000_000, (r.status_code, len(r.content))
+    small = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 64], "data": [0.5] * 256}]}
+    dup = c.post("/v2/models/vae-d/infer", json={**small, "outputs": [{"name": "reconstruction"}] * 3000})
+    assert dup.status_code == 400 and "more than once" in dup.json()["error"]
+
+    stop, made, health = threading.Event(), [], []
+
+    def heavy() -> None:
+        with httpx.Client(base_url=URL, timeout=120) as h:
+            while not stop.is_set():
+                resp = h.post("/v2/models/vae-d/infer", **largest)
+                assert resp.status_code == 200, resp.text[:200]
+                made.append(len(resp.content))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(heavy) for _ in range(4)]
+        try:
+            while len(made) < 8 or len(health) < 40:  # probes during at least 8 largest replies
+                t0 = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                health.append(time.perf_counter() - t0)
+        finally:
+            stop.set()
+        for f in futures:
+            f.result()
+    assert max(health) < 1.0, f"/healthz took {max(health):.2f}s while large replies were made"
+
+
+def test_bad_headers_content_types_and_hosts_get_a_4xx_json_error(served):
+    c = deploy(served, model="vae-d")
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]})
+    for value in ("9" * 5000, "\u00b2"):
+        req = (
+            f"POST /v2/models/vae-d/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Inference-Header-Content-Length: {value}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body.encode()
+        status, answer = _raw(req)
+        assert status == 400 and "whole number" in json.loads(answer)["error"], (status, answer[:200])
+    # PNG where the verb takes JSON (the VAE's decode takes latent vectors): 415 before the model
+    png = (ROOT / "platform" / "modelfoundry" / "serving" / "web" / "index.html").read_bytes()
+    for verb in ("decode", "sample"):
+        r = c.post(
+            f"/v1/models/vae-d:{verb}", content=b"\x89PNG\r\n\x1a\n" + png, headers={"content-type": "image/png"}
+        )
+        assert r.status_code == 415 and "takes Content-Type application/json" in r.json()["error"], r.text
+    # a cross-site "simple" POST: JSON sent as text/plain or a form is refused, never parsed
+    instances = json.dumps({"instances": served["x"].reshape(4, 64).tolist()})
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = c.post("/v1/models/vae-d:reconstruct", content=instances, headers=headers)
+        assert r.status_code == 415, (ctype, r.status_code, r.text)
+    r = c.post("/v2/models/vae-d/infer", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    # a DNS-rebinding page's requests carry its own name as Host
+    for path in ("/", "/v1/models/vae-d", "/openapi.json", "/docs"):
+        r = c.get(path, headers={"host": "rebind.attacker.example:18129"})
+        assert r.status_code == 421 and "is not served here" in r.json()["error"], (path, r.text)
+    assert c.get("/healthz", headers={"host": "10.1.2.3"}).status_code == 200  # probes stay open
+    assert not any(k.lower().startswith("access-control") for k in c.get("/v1/models/vae-d").headers)
+    ok = c.post("/v1/models/vae-d:reconstruct", content=instances, headers={"content-type": "application/json"})
+    assert ok.status_code == 200
+    # a configured name is answered
+    c = deploy(served, model="vae-d", allowed_hosts=["models.internal"])
+    assert c.get("/v1/models/vae-d", headers={"host": "models.internal:8000"}).status_code == 200
+    assert c.get("/v1/models/vae-d", headers={"host": "other.internal"}).status_code == 421
+
+
+def test_docs_are_served_from_the_package_and_behind_the_keys(served, tmp_path):
+    c = deploy(served, model="mlp-d")
+    page = c.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "cdn" not in page.text and "https://" not in page.text.replace("https://fastapi.tiangolo.com", "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert c.get(f"/ui/swagger/{asset}").status_code == 200
+    assert c.get("/ui/swagger/../../etc/passwd").status_code == 404
+    assert "/v1/models/{target}" in c.get("/openapi.json").json()["paths"]
+    keys = tmp_path / "keys"
+    keys.write_text("docs-key\n")
+    c = deploy(served, model="mlp-d", api_keys_file=str(keys))
+    assert c.get("/docs").status_code == 404 and c.get("/ui/swagger/swagger-ui.css").status_code == 404
+    assert c.get("/openapi.json").status_code == 401
+    assert c.get("/openapi.json", headers={"x-api-key": "wrong"}).status_code == 403
+    assert c.get("/openapi.json", headers={"authorization": "Bearer docs-key"}).status_code == 200
+
+
+def _ingress_pid(app: str) -> int:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"][app]
+    return details["deployments"]["Ingress"]["replicas"][0]["pid"]
+
+
+def test_a_thousand_unknown_multiplexed_names_get_404s_with_memory_flat(served):
+    import psutil
+
+    c = deploy(served, kind="multiplex", models=["mlp-d", "canary-d"])
+
+    def unknown(i: int) -> None:
+        if i % 2:
+            r = c.post(f"/v1/models/nope-{i}:predict", json={"instances": served["x"].tolist()})
+        else:
+            r = c.post("/v1/models/multiplex:predict", json={"instances": served["x"].tolist()},
+                       headers={"serve_multiplexed_model_id": f"nope-{i}"})  # fmt: skip
+        assert r.status_code == 404 and "unknown model" in r.json()["error"], r.text
+
+    proc = psutil.Process(_ingress_pid("t"))
+    for i in range(200):  # warm up: allocator pools, caches
+        unknown(i)
+    before = proc.memory_info().rss
+    for i in range(200, 1200):
+        unknown(i)
+    grown = proc.memory_info().rss - before
+    assert grown < 8 * 2**20, f"the ingress grew {grown / 2**20:.1f} MiB over 1,000 unknown names"
+    ok = c.post("/v1/models/mlp-d:predict", json={"instances": served["x"].tolist()})
+    assert ok.status_code == 200 and ok.json()["model_id"] == "mlp-d"
+
+
+def test_slow_clients_do_not_hold_the_proxy(served):
+    """500 connections that send their request a byte a second (slowloris) beside a normal client:
+    it is answered as usual, and HAProxy's `timeout http-request` (the wrapper's, 10 s) closes them."""
+    import selectors
+
+    c = deploy(served, model="mlp-d")
+    body = {"instances": served["x"].tolist()}
+    slow = []
+    for _ in range(500):
+        s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        s.sendall(b"POST /v1/models/mlp-d:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        s.setblocking(False)
+        slow.append(s)
+    stop, closed = threading.Event(), set()
+
+    def drip() -> None:  # one more header byte a second on every open slow connection
+        while not stop.is_set() and len(closed) < len(slow):
+            for i, s in enumerate(slow):
+                if i not in closed:
+                    try:
+                        s.send(b"x")
+                    except OSError:
+                        closed.add(i)
+            stop.wait(1.0)
+
+    t = threading.Thread(target=drip)
+    t.start()
+    try:
+        lat = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            assert c.post("/v1/models/mlp-d:predict", json=body).status_code == 200
+            lat.append(time.perf_counter() - t0)
+        p99 = float(np.percentile(lat, 99))
+        # the slow connections end: each gets HAProxy's 408 or is closed (a condition, with a bound)
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(slow):
+            sel.register(s, selectors.EVENT_READ, i)
+        deadline = time.monotonic() + 120
+        while len(closed) < len(slow) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1.0):
+                try:
+                    data = key.fileobj.recv(4096)
+                except OSError:
+                    data = b""
+                if not data or data.startswith(b"HTTP/1.1 408") or data.startswith(b"HTTP/1.0 408"):
+                    closed.add(key.data)
+                    sel.unregister(key.fileobj)
+    finally:
+        stop.set()
+        t.join()
+        for s in slow:
+            s.close()
+    assert p99 < 1.0, f"a normal client's p99 was {p99:.2f}s beside 500 slow connections"
+    assert len(closed) == 500, f"{500 - len(closed)} slow connections still open"
+
+
+def test_concurrent_rollouts_from_eight_processes_lose_no_update_and_no_app(served, tmp_path):
+    """Two canary apps; 8 processes change their weights at the same moment (4 on each; they
+    connect first and wait on a barrier), then `foundry rollout --promote` promotes one. Each app
+    ends at one of its writers' weights (what some serial order gives: without the lease a writer
+    of the other app wrote back the weights it had read, reverting this app's change), and both
+    apps answer every request throughout."""
+    import ray
+
+    from modelfoundry.serving.apps import AppArgs
+    from modelfoundry.serving.rollout import deploy_canary, live_canary
+
+    names = ["cas-a", "cas-b"]
+    for n in names:
+        args = AppArgs(model="canary-d", store=served["store"], traffic={"champion": 100, "challenger": 0})
+        deploy_canary(args, n, route_prefix=f"/{n}", port=PORT)
+    stop, failures, answered = threading.Event(), [], []
+
+    def load(n: str) -> None:
+        with httpx.Client(base_url=f"{URL}/{n}", timeout=60) as h:
+            while not stop.is_set():
+                r = h.post("/v1/models/canary-d:predict", json={"instances": served["x"].tolist()})
+                (answered if r.status_code == 200 else failures).append((n, r.status_code, r.text[:200]))
+
+    gcs = ray.get_runtime_context().gcs_address
+    wanted = {"cas-a": [10, 20, 30, 40], "cas-b": [50, 60, 70, 80]}
+    writer = (
+        "import sys, time, pathlib\n"
+        "from modelfoundry.cluster import connect\n"
+        "from modelfoundry.serving.rollout import live_canary, set_traffic\n"
+        "gcs, app, weight, ready, go = sys.argv[1:]\n"
+        "connect(gcs)\n"
+        "live_canary(app)  # Serve's client warm: the writes start together\n"
+        "pathlib.Path(ready).touch()\n"
+        "while not pathlib.Path(go).exists():\n"
+        "    time.sleep(0.002)\n"
+        "print(set_traffic(app, {'challenger': int(weight)}))\n"
+    )
+    go = tmp_path / "go"
+    threads = [threading.Thread(target=load, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", writer, gcs, n, str(w), str(tmp_path / f"ready-{n}-{w}"), str(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in range(4)
+            for n, w in ((names[0], wanted["cas-a"][i]), (names[1], wanted["cas-b"][i]))
+        ]
+        deadline = time.monotonic() + 600
+        while len(list(tmp_path.glob("ready-*"))) < 8 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-1500:] for p in procs if p.poll()]
+            time.sleep(0.05)
+        go.touch()  # all at once
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+        for n in names:
+            weights = live_canary(n)[2]
+            assert weights["challenger"] in wanted[n] and weights["champion"] == 100 - weights["challenger"], weights
+        promote = subprocess.run([FOUNDRY, "rollout", "cas-a", "--promote", "--address", gcs],
+                                 capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert promote.returncode == 0, promote.stderr[-2000:]
+        assert live_canary("cas-a")[2] == {"champion": 0, "challenger": 100}
+        assert live_canary("cas-b")[2]["challenger"] in wanted["cas-b"]  # untouched by the promote
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        from ray import serve
+
+        for n in names:
+            serve.delete(n)
+    assert failures == [] and {a[0] for a in answered} == set(names), failures[:5]
+    store.set_alias(served["store"], "canary-d", "champion", 1)  # the promote moved it
