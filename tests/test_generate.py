@@ -5,6 +5,7 @@ input, a client that disconnects."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 
@@ -225,3 +226,81 @@ def test_the_web_page_streams_generation_under_a_route_prefix(lm, browser):
     expect(page.locator("#message")).to_contain_text("The service answered 400: prompt holds characters")
     page.close()
     serve.delete("writer")
+
+
+def test_generation_limits_tiny_temperatures_and_content_types(lm):
+    """A generation cap per replica (429 with Retry-After beyond it, the slot freed when a stream
+    ends), sampling that stays finite at any temperature the API admits, JSON only."""
+    c = deploy(lm, split="auto:4", max_generations=1)
+    for stream in (False, True):
+        body = {"prompt": PROMPT, "max_new_tokens": 8, "temperature": 1e-300, "stream": stream}
+        if stream:
+            assert stream_lines(c, body)[-1]["text"] == lm["expected"][:8]  # greedy below the floor
+        else:
+            r = c.post("/v1/models/lm:generate", json=body)
+            assert r.status_code == 200 and r.json()["text"] == lm["expected"][:8], r.text
+    with c.stream("POST", "/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 1024}) as r:
+        next(r.iter_lines())  # the one slot is taken while this stream runs
+        busy = c.post("/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 4})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1", busy.text
+        assert "1 generations are in progress" in busy.json()["error"]
+    deadline = time.monotonic() + 120  # the client left: its slot comes back
+    while c.get("/v1/models/lm").json()["generate"]["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 3})[-1]["tokens"] == 3
+    r = c.post("/v1/models/lm:generate", content=json.dumps({"prompt": "a"}), headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_ending_an_evicted_session_never_evicts_a_live_one(lm):
+    """A stage replica holds MAX_SESSIONS_PER_REPLICA generation caches (an LRU). Ending a session
+    the LRU already dropped must not load it again: that would evict the least recent live one."""
+    from ray import serve
+
+    from modelfoundry.serving.deployments import MAX_SESSIONS_PER_REPLICA
+
+    deploy(lm, split="auto")
+    ids = np.asarray([lm["tokenizer"].encode(PROMPT)], dtype=np.int64)
+    n = MAX_SESSIONS_PER_REPLICA + 1
+
+    async def run():  # the handle routes on its caller's event loop (Serve's fast path)
+        stage = serve.get_deployment_handle("stage-0", app_name="lm")
+        for i in range(n):  # session 0 is evicted by the last one
+            await stage.options(method_name="step", multiplexed_model_id=f"s{i}").remote(ids, 0)
+        await stage.options(method_name="end", multiplexed_model_id="s0").remote()
+        return await stage.options(method_name="session_ids").remote()
+
+    # a loop left open (Serve's shutdown reaches the handles made on it), in a thread of its own
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        live = pool.submit(lambda: asyncio.new_event_loop().run_until_complete(run())).result()
+    assert "s0" not in live and "s1" in live and len(live) == MAX_SESSIONS_PER_REPLICA, sorted(live)
+
+
+def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
+    """After the first byte the error goes in the stream: one JSON line naming the request id;
+    the exception's text stays in the log."""
+    from modelfoundry.serving.deployments import GenerationSlots, Ingress
+    from modelfoundry.serving.generation import GenerateRequest
+
+    tok = CharTokenizer("abc")
+    ingress = object.__new__(Ingress.func_or_class)  # the replica's class, without a replica
+    ingress.spec = type("S", (), {"config": {"context": 16}, "version": "1"})()
+    ingress.name, ingress.tokenizer, ingress.generated_tokens = "lm", tok, 0
+    slots = GenerationSlots(1)
+    give_back = slots.take()
+    calls = {"n": 0}
+
+    async def step(ids, start):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("/secret/path/to/weights.pt: internal detail")
+        return torch.tensor([0.0, 5.0, 1.0])
+
+    async def run():
+        request = GenerateRequest([0], 10, 0.0, None, None, True)
+        return [json.loads(x) async for x in ingress._stream(step, lambda: None, request, "req-7", give_back)]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop
+        lines = pool.submit(asyncio.run, run()).result()
+    assert [x.get("token") for x in lines[:2]] == ["b", "b"]
+    assert lines[-1] == {"error": "generation failed (request id req-7)"} and slots.active == 0
