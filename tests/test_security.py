@@ -13,6 +13,7 @@ import builtins
 import concurrent.futures
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import socket
@@ -347,6 +348,11 @@ def served(ray_cluster, tmp_path_factory):
         _publish(tmp, s, "canary-d", "mlp", digits, "classification", seed)
     store.set_alias(s, "canary-d", "champion", 1)
     store.set_alias(s, "canary-d", "challenger", 2)
+    text = load_splits(DataSection(dataset="pydocs", window=64))
+    torch.manual_seed(0)
+    lm = build_model("transformer", "tiny", vocab_size=len(text.spec.tokenizer["vocab"]))
+    write_checkpoint(tmp / "lm", lm, dataset=text.spec.to_dict(), metrics={}, extra={"task": "language-model"})
+    store.export(str(tmp / "lm"), s, "lm")
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     yield {"store": s, "x": digits.x_test[:4], "tmp": tmp}
     serve.shutdown()
@@ -644,3 +650,55 @@ def test_concurrent_rollouts_from_eight_processes_lose_no_update_and_no_app(serv
             serve.delete(n)
     assert failures == [] and {a[0] for a in answered} == set(names), failures[:5]
     store.set_alias(served["store"], "canary-d", "champion", 1)  # the promote moved it
+
+
+# every app shape, both protocols: (name, app args, requests' extra header)
+SHAPES = [
+    ("model", {"model": "mlp-d"}),
+    ("split", {"model": "mlp-d", "split": "auto", "api_keys_file": "KEYS"}),
+    ("services", {"model": "vae-d"}),
+    ("ensemble", {"kind": "ensemble", "models": ["mlp-d", "canary-d"]}),
+    ("multiplex", {"kind": "multiplex", "models": ["mlp-d", "canary-d"]}),
+    ("canary", {"model": "canary-d", "traffic": {"champion": 50, "challenger": 50}}),
+    ("language-model", {"model": "lm", "max_new_tokens": 32}),
+    ("language-model-split", {"model": "lm", "split": "auto", "max_new_tokens": 32}),
+]
+
+
+def test_schemathesis_finds_no_server_error_on_any_app_shape(served, tmp_path):
+    """Schemathesis against each app's own /openapi.json, every check it has (positive and
+    negative data, methods, headers, auth), a fixed seed: the pass condition is no 5xx. What it
+    tried per app is written to bench/results/fuzz.json when MF_FUZZ_RESULTS names a file."""
+    keys = tmp_path / "keys"
+    keys.write_text("fuzz-key\n")  # the split app has keys: the fuzzer sends one
+    tried = {}
+    for shape, args in SHAPES:
+        args = {k: str(keys) if v == "KEYS" else v for k, v in args.items()}
+        c = deploy(served, **args)
+        c.headers["authorization"] = "Bearer fuzz-key"
+        assert c.get("/healthz").status_code == 200
+        report = tmp_path / f"{shape}.json"
+        cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{URL}/openapi.json", "--checks", "all",
+               "--max-examples", "25", "--seed", "1", "--workers", "2", "--no-color", "--request-timeout", "60",
+               "--report", "json", "--report-json-path", str(report)]  # fmt: skip
+        if "api_keys_file" in args:
+            cmd += ["-H", "Authorization: Bearer fuzz-key"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert report.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+        result = json.loads(report.read_text())
+        server_errors = [f for f in result["failures"] if f["code"] == "ST101"]
+        assert not server_errors, (shape, server_errors, run.stdout[-6000:])
+        network = [e for e in result["errors"] if "network" in e["title"].lower() or "connection" in e["title"].lower()]
+        assert not network, (shape, network, run.stdout[-4000:])
+        assert result["operations"]["tested"] >= 8 and result["test_cases"]["generated"] > 100, result
+        assert c.get("/healthz").status_code == 200  # and the replica is still there
+        tried[shape] = {
+            "operations": result["operations"]["tested"],
+            "cases": result["test_cases"]["generated"],
+            "server_errors": 0,
+            "other_findings": {f["code"]: f["count"] for f in result["failures"]},
+        }
+    out = os.environ.get("MF_FUZZ_RESULTS")
+    if out:
+        Path(out).write_text(json.dumps(tried, indent=2))
+    print(json.dumps(tried, indent=2))

@@ -161,7 +161,11 @@ def test_shipped_serve_yaml_runs_under_plain_serve_deploy(head, tmp_path):
     deadline, answer, last = time.monotonic() + 300, None, ""
     try:
         while answer is None and time.monotonic() < deadline:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/cnn-digits:predict", data=body)
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models/cnn-digits:predict",
+                data=body,
+                headers={"content-type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
                     answer = json.loads(r.read())

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import modelfoundry
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth, guard, multiplex, oip, webpage
+from modelfoundry.serving import auth, guard, multiplex, oip, openapi, webpage
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
 from modelfoundry.serving.metrics import IngressMetrics, StageMetrics
@@ -104,6 +104,18 @@ class Session:
     def __del__(self) -> None:
         self.evicted = True
         self.cache.reset()
+
+
+def finite(out: np.ndarray) -> np.ndarray:
+    """A model's output, refused with a 400 when it overflowed: inputs that are finite but far
+    outside anything the model was trained on can drive it to inf or NaN, which JSON cannot carry."""
+    if not np.isfinite(out).all():
+        raise RequestError(
+            400,
+            "the model's output overflows (inf or NaN) for these inputs: their values are far outside the "
+            "range it was trained on; check the input's scale",
+        )
+    return out
 
 
 async def _call(handle, x: np.ndarray) -> np.ndarray:
@@ -209,7 +221,7 @@ async def _unexpected(_: Request, err: Exception) -> JSONResponse:
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
 @serve.deployment
@@ -280,7 +292,7 @@ class Ingress:
         self._admit(request, keyed=False)
         return HTMLResponse(webpage.index(request.scope.get("root_path", "")))
 
-    @app.get("/ui/{name}")
+    @app.get("/ui/{name}", include_in_schema=False)
     async def page_asset(self, name: str, request: Request) -> Response:
         self._admit(request, keyed=False)
         text, media_type = webpage.asset(name)
@@ -288,8 +300,10 @@ class Ingress:
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
+        """The API of this app (serving/openapi.py): its model names, verbs and bodies."""
         self._admit(request)
-        return JSONResponse(app.openapi())
+        names = list(self.spec.members or []) if self.spec.kind == "multiplex" else [self.name]
+        return JSONResponse(openapi.document(app.openapi(), self.spec, names))
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request) -> HTMLResponse:
@@ -395,7 +409,7 @@ class Ingress:
         if model_id is not None:  # multiplexed: predict is its one verb
             return JSONResponse({**await self.verb_predict(x, model_id), "model_id": model_id})
         if arm is not None:  # a canary: predict is its one verb; the answer names its version
-            out = predictions(self.task, await self.forward(x, arm))
+            out = predictions(self.task, await self.logits(x, None, arm))
             return JSONResponse({"predictions": out, "model_version": self.arms[arm].version, "arm": arm})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
@@ -492,26 +506,26 @@ class Ingress:
         multiplexed app: model_id's, from a replica of the models deployment that holds it; a
         canary: the arm's version's)."""
         if model_id is not None:
-            return await self.stages[0].options(multiplexed_model_id=model_id).remote(x)
+            return finite(await self.stages[0].options(multiplexed_model_id=model_id).remote(x))
         if self.members:
             outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
-            return np.log(np.mean([softmax(o) for o in outs], axis=0) + 1e-12)
-        return await self.forward(x, arm)
+            return np.log(np.mean([softmax(finite(o)) for o in outs], axis=0) + 1e-12)
+        return finite(await self.forward(x, arm))
 
     async def verb_encode(self, x: np.ndarray) -> dict:
-        stats = await self.stages[0].remote(x)
+        stats = finite(await self.stages[0].remote(x))
         mu, logvar = np.split(stats, 2, axis=1)
         return {"predictions": [{"mu": m.tolist(), "logvar": lv.tolist()} for m, lv in zip(mu, logvar)]}
 
     async def verb_decode(self, z: np.ndarray) -> dict:
-        return {"predictions": sigmoid(await self.stages[1].remote(z)).tolist()}
+        return {"predictions": sigmoid(finite(await self.stages[1].remote(z))).tolist()}
 
     async def verb_reconstruct(self, x: np.ndarray) -> dict:
         return {"predictions": (await self.reconstruction(x)).tolist()}
 
     async def reconstruction(self, x: np.ndarray) -> np.ndarray:
-        mu = np.split(await self.stages[0].remote(x), 2, axis=1)[0]  # the latent's mean (eval mode)
-        return sigmoid(await self.stages[1].remote(mu))
+        mu = np.split(finite(await self.stages[0].remote(x)), 2, axis=1)[0]  # the latent's mean (eval mode)
+        return sigmoid(finite(await self.stages[1].remote(mu)))
 
     async def sample(self, data: dict, request: Request) -> Response:
         n = data.get("n", 8)
