@@ -462,9 +462,9 @@ class Ingress:
                 f"model {self.name} is a {self.task} model with no tensor verb; use POST /v1/models/{self.name}:{self.spec.verbs[0]}",
             )
         limits = self.spec.limits
-        # JSON, or binary tensors after a JSON header; no Content-Type only with the binary
-        # extension's header (tritonclient sends none; a cross-site "simple" request cannot carry it)
-        if guard.media_type(request.headers) or oip.HEADER_LENGTH not in request.headers:
+        # JSON, or binary tensors after a JSON header; or no Content-Type at all: tritonclient sends
+        # none (text/plain and form types, what a cross-site simple POST uses, are refused)
+        if guard.media_type(request.headers):
             guard.check_content_type(request.headers, (guard.JSON, guard.OCTET), "infer")
         body = await read_body(request, limits.max_body_bytes)
         specs = oip.output_specs(self.task, list(self.input_shape), self.spec.config)
