@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures
 import json
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -187,6 +186,18 @@ def unknown_names_rss(store: str, c: httpx.Client) -> dict:
             "rss_after_mib": round(after / 2**20, 1), "grown_mib": round((after - before) / 2**20, 2)}  # fmt: skip
 
 
+def side_by_side(setups: dict, rounds: int) -> tuple[dict, list]:
+    """Each setup (a function returning (latencies, extra)) once per round, in alternating order:
+    the latency percentiles per setup, and every extra value."""
+    lat: dict[str, list[float]] = {name: [] for name in setups}
+    extras = []
+    for _, name in alternating(list(setups), rounds):
+        got, extra = setups[name]()
+        lat[name] += got
+        extras.append(extra)
+    return {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)} for k, v in lat.items()}, extras
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2)
@@ -208,37 +219,28 @@ def main() -> None:
 
     deploy(store, model="vae-d", max_instances=4096, max_body_bytes=2_000_000, max_response_bytes=8_000_000)
     out["amplification"] = amplification(c)
-    health: dict[str, list[float]] = {"alone": [], "4 clients fetching the largest reply": []}
-    replies = 0
-    for _, name in alternating(list(health), args.rounds):
-        if name == "alone":
-            health[name] += healthz(c, args.requests)
-        else:
-            lat, made = healthz_under_large_replies(c, args.requests)
-            health[name] += lat
-            replies += made
-    out["healthz_ms"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)} for k, v in health.items()}
-    out["largest_replies_made"] = replies
+    health, made = side_by_side(
+        {"alone": lambda: (healthz(c, args.requests), 0),
+         "4 clients fetching the largest reply": lambda: healthz_under_large_replies(c, args.requests)},
+        args.rounds,
+    )  # fmt: skip
+    out["healthz_ms"] = health
+    out["largest_replies_made"] = sum(made)
 
     deploy(store, model="mlp-d")
-    normal: dict[str, list[float]] = {"alone": [], "beside 500 slow connections": []}
-    closes = []
-    for _, name in alternating(list(normal), args.rounds):
-        if name == "alone":
-            normal[name] += predict_latency(c, args.requests)
-        else:
-            lat, closed_s = with_slow_clients(c, args.requests)
-            normal[name] += lat
-            closes.append(closed_s)
-    out["predict_ms"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)} for k, v in normal.items()}
-    out["slow_connections_all_closed_after_s"] = closes
+    normal, closes = side_by_side(
+        {"alone": lambda: (predict_latency(c, args.requests), None),
+         "beside 500 slow connections": lambda: with_slow_clients(c, args.requests)},
+        args.rounds,
+    )  # fmt: skip
+    out["predict_ms"] = normal
+    out["slow_connections_all_closed_after_s"] = [x for x in closes if x is not None]
     out["unknown_multiplexed_names"] = unknown_names_rss(store, c)
     serve.shutdown()
     out["machine_after"] = finish(machine)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if not k.startswith("machine")}, indent=2))
-    print(f"median healthz alone {statistics.median(health['alone']) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -319,19 +319,6 @@ def test_submit_dry_run_lists_the_upload_without_credentials(tmp_path):
 # ---- on a live Serve app, over HTTP on 127.0.0.1 -----------------------------------------------
 
 
-def _publish(tmp: Path, store_dir: str, name: str, family: str, splits, task: str, seed: int = 0):
-    from modelfoundry.models import set_normalization
-
-    torch.manual_seed(seed)
-    extra = {} if family == "vae" else {"output_dim": splits.spec.output_dim}
-    model = build_model(family, "tiny", input_shape=splits.spec.input_shape, **extra)
-    set_normalization(model, splits.stats())
-    d = tmp / f"{name}-{seed}"
-    write_checkpoint(d, model, dataset=splits.spec.to_dict(), metrics={"test_x": 1.0}, extra={"task": task})
-    store.export(str(d), store_dir, name)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
     from ray import serve
@@ -342,6 +329,8 @@ def served(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("security")
     s = str(tmp / "store")
     digits = load_splits(DataSection(dataset="digits"))
+    from test_serving import _publish
+
     _publish(tmp, s, "mlp-d", "mlp", digits, "classification")
     _publish(tmp, s, "vae-d", "vae", digits, "generative")
     for seed in (1, 2):  # two versions: a canary's champion and challenger

@@ -25,13 +25,16 @@ PORT = 18123
 URL = f"http://127.0.0.1:{PORT}"
 
 
-def _publish(tmp, store, name, family, splits, task):
-    torch.manual_seed(0)
+def _publish(tmp, store, name, family, splits, task, seed=0):
+    """A tiny untrained model of `family` with the data's normalization, as the next version of
+    `name` in `store` (also used by test_security.py)."""
+    torch.manual_seed(seed)
     extra = {} if family == "vae" else {"output_dim": splits.spec.output_dim}
     model = build_model(family, "tiny", input_shape=splits.spec.input_shape, **extra)
     set_normalization(model, splits.stats())
-    write_checkpoint(tmp / name, model, dataset=splits.spec.to_dict(), metrics={"test_x": 1.0}, extra={"task": task})
-    export(str(tmp / name), store, name)
+    d = tmp / f"{name}-{seed}"
+    write_checkpoint(d, model, dataset=splits.spec.to_dict(), metrics={"test_x": 1.0}, extra={"task": task})
+    export(str(d), store, name)
     return model.eval()
 
 

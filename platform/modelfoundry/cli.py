@@ -452,6 +452,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allowed_hosts=args.allowed_hosts,
         )
         check_exposure(args.host, bool(args.api_keys_env or args.api_keys_file), args.insecure)
+        if args.insecure and not (args.api_keys_env or args.api_keys_file or args.allowed_hosts):
+            from modelfoundry.serving.auth import is_loopback
+
+            if not is_loopback(args.host):
+                print(
+                    "note: without API keys the service answers loopback Host names only (a web page cannot "
+                    "reach it by DNS rebinding); add --allowed-host NAME for the names clients use, or '*'",
+                    flush=True,
+                )
         resolve(args.store, name, "latest" if app_args.traffic else app_args.version)  # an unknown model first
         build_app(app_args)  # an unknown version or alias, bad keys: all fail before Ray starts
         print(connect(args.address), flush=True)
