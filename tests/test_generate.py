@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import json
 import time
+import types
 
 import httpx
 import numpy as np
@@ -282,10 +283,11 @@ def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
     from modelfoundry.serving.deployments import GenerationSlots, Ingress
     from modelfoundry.serving.generation import GenerateRequest
 
-    tok = CharTokenizer("abc")
-    ingress = object.__new__(Ingress.func_or_class)  # the replica's class, without a replica
-    ingress.spec = type("S", (), {"config": {"context": 16}, "version": "1"})()
-    ingress.name, ingress.tokenizer, ingress.generated_tokens = "lm", tok, 0
+    cls = Ingress.func_or_class  # the replica's class; its methods on a stand-in for a replica
+    spec = types.SimpleNamespace(config={"context": 16}, version="1")
+    ingress = types.SimpleNamespace(spec=spec, name="lm", tokenizer=CharTokenizer("abc"), generated_tokens=0)
+    for method in ("_stream", "_counted", "_summary"):
+        setattr(ingress, method, types.MethodType(getattr(cls, method), ingress))
     slots = GenerationSlots(1)
     give_back = slots.take()
     calls = {"n": 0}
