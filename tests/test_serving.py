@@ -484,10 +484,16 @@ def test_stage_handles_call_the_way_the_replica_is_set_not_the_driver(ray_cluste
 
     from modelfoundry.serving.deployments import replica_transport
 
-    for grpc in (True, False):
-        monkeypatch.setattr(constants, "RAY_SERVE_USE_GRPC_BY_DEFAULT", grpc)
-        stale = DeploymentHandle("stage-0", "app").options(_by_reference=grpc)  # the other transport
-        assert replica_transport(stale).handle_options._by_reference is (not grpc)
+    async def check() -> None:  # with Serve running, a handle's options start its router on this loop
+        for grpc in (True, False):
+            monkeypatch.setattr(constants, "RAY_SERVE_USE_GRPC_BY_DEFAULT", grpc)
+            stale = DeploymentHandle("stage-0", "app").options(_by_reference=grpc)  # the other transport
+            assert replica_transport(stale).handle_options._by_reference is (not grpc)
+
+    # a loop of its own, left open (Serve's shutdown reaches the routers made on it): the test does
+    # not depend on a loop some earlier test left running in this thread
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.new_event_loop().run_until_complete(check())).result()
 
 
 def test_small_models_run_on_the_event_loop_and_large_ones_in_a_thread(served, tmp_path):

@@ -47,7 +47,7 @@ def header_int(headers: Any, name: str, high: int) -> int | None:
         return None
     text = raw.strip()
     if not DIGITS_RE.match(text) or int(text) > high:
-        raise RequestError(400, f"header {name} is {raw[:40]!r}; it must be a whole number from 0 to {high}")
+        raise RequestError(400, f"header {name.title()} is {raw[:40]!r}; it must be a whole number from 0 to {high}")
     return int(text)
 
 
