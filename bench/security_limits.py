@@ -228,6 +228,7 @@ def main() -> None:
     out["largest_replies_made"] = sum(made)
 
     deploy(store, model="mlp-d")
+    predict_latency(c, 100)  # warm-up: the replica's first requests
     normal, closes = side_by_side(
         {"alone": lambda: (predict_latency(c, args.requests), None),
          "beside 500 slow connections": lambda: with_slow_clients(c, args.requests)},
