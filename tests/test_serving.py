@@ -27,7 +27,7 @@ URL = f"http://127.0.0.1:{PORT}"
 
 def _publish(tmp, store, name, family, splits, task, seed=0):
     """A tiny untrained model of `family` with the data's normalization, as the next version of
-    `name` in `store` (also used by test_security.py)."""
+    `name` in `store` (also used by test_threats.py)."""
     torch.manual_seed(seed)
     extra = {} if family == "vae" else {"output_dim": splits.spec.output_dim}
     model = build_model(family, "tiny", input_shape=splits.spec.input_shape, **extra)

@@ -635,8 +635,12 @@ def test_concurrent_rollouts_from_eight_processes_lose_no_update_and_no_app(serv
             t.join()
         from ray import serve
 
+        from modelfoundry.serving import control_lock
+
         for n in names:
             serve.delete(n)
+        # the lease is a detached actor: it would outlive this module and hold a worker process
+        ray.kill(ray.get_actor(control_lock.NAME, namespace=control_lock.NAMESPACE))
     assert failures == [] and {a[0] for a in answered} == set(names), failures[:5]
     store.set_alias(served["store"], "canary-d", "champion", 1)  # the promote moved it
 
