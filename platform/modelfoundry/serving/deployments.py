@@ -481,7 +481,7 @@ class Ingress:
         answered = self.arms[arm].version if arm is not None else self.spec.version
         outs = oip.tensors(self.task, out)
         encode = (model_id or self.name, answered, req, outs)
-        if oip.reply_bytes(req, specs) <= INLINE_REPLY_BYTES:
+        if req.reply_bytes <= INLINE_REPLY_BYTES:
             content, headers = oip.response(*encode)
         else:  # CPU work in proportion to the reply: off the event loop, which keeps answering
             content, headers = await asyncio.to_thread(oip.response, *encode)

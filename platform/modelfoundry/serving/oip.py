@@ -54,6 +54,7 @@ class InferRequest:
     x: np.ndarray  # float32, (n, *input_shape), finite
     outputs: list[str]  # the output names to return, each once, in the order asked
     binary: set[str]  # outputs to return as binary data
+    reply_bytes: int = 0  # the bound on the reply's size (reply_bytes()), set by parse_infer
 
 
 # the most bytes one value takes in a JSON reply: a float32 as a Python float's repr
@@ -173,6 +174,7 @@ def parse_infer(
     outputs, binary = _requested(req, [o["name"] for o in specs])
     request = InferRequest(request_id, x, outputs, binary)
     size = reply_bytes(request, specs)
+    request = InferRequest(request_id, x, outputs, binary, size)
     if size > max_response_bytes:
         raise RequestError(
             413,
