@@ -45,13 +45,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compress.json"))
     args = ap.parse_args()
 
-    from modelfoundry.artifacts import load_checkpoint
     from modelfoundry.cluster import connect
     from modelfoundry.compression.config import parse_compress
     from modelfoundry.compression.measure import evaluate, latencies_ms, parameters, size_bytes
     from modelfoundry.compression.run import compress, plan
     from modelfoundry.config import load_config, with_overrides
     from modelfoundry.data import load_splits
+    from modelfoundry.store.checkpoint import load_checkpoint
     from modelfoundry.training import train
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mf-bench-compress-"))
@@ -81,7 +81,7 @@ def main() -> int:
             names |= {f"pruned {r:g}": f"{parent}-p{round(r * 100)}" for r in args.ratios}
             names |= {"student, distilled": f"{parent}-student", "student, no teacher": f"{parent}-student-alone"}
             have = {m["name"] for m in store.list_models(models)}
-            variants = {k: store.resolve(models, n) for k, n in names.items() if n in have}
+            variants = {k: store.resolve(models, n).uri for k, n in names.items() if n in have}
         else:
             variants = make_variants(args, family, cfg, c, train, with_overrides)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.export_formats import FORMATS, export_format
 from modelfoundry.models import REGISTRY, build_model
+from modelfoundry.store.checkpoint import write_checkpoint
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from modelfoundry.serving.requests import RequestError, instances_array, parse_j
 from modelfoundry.serving.runner import ModelRunner, predictions
 
 runner = ModelRunner(os.environ["MODEL_PATH"])
-shape = tuple(runner.meta["input_spec"]["shape"])
+shape = runner.meta.input_spec.shape
 app = FastAPI()
 
 

@@ -16,8 +16,8 @@ from modelfoundry.serving.requests import RequestError, parse_json_body
 from modelfoundry.serving.runner import ModelRunner
 
 runner = ModelRunner(os.environ["MODEL_PATH"])
-tokenizer = CharTokenizer.from_spec(runner.meta["dataset"]["tokenizer"])
-context = runner.meta["config"]["context"]
+tokenizer = CharTokenizer.from_spec(runner.meta.tokenizer)
+context = runner.meta.config["context"]
 app = FastAPI()
 
 

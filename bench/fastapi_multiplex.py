@@ -17,7 +17,7 @@ from modelfoundry.serving.runner import ModelRunner, predictions
 from modelfoundry.store import resolve
 
 STORE, MAX_MODELS = os.environ["STORE"], int(os.environ["MAX_MODELS"])
-PATHS = {m: resolve(STORE, m) for m in os.environ["MODELS"].split(",")}
+PATHS = {m: resolve(STORE, m).uri for m in os.environ["MODELS"].split(",")}
 loaded: OrderedDict[str, ModelRunner] = OrderedDict()
 app = FastAPI()
 
@@ -40,7 +40,7 @@ async def predict(target: str, request: Request):
     runner = model(name)
     try:
         x = instances_array(
-            parse_json_body(await request.body(), 1_000_000), tuple(runner.meta["input_spec"]["shape"]), 256
+            parse_json_body(await request.body(), 1_000_000), runner.meta.input_spec.shape, 256
         )
     except RequestError as err:
         return JSONResponse({"error": err.message}, status_code=err.status)

@@ -72,14 +72,14 @@ async def run_setup(url: str, concurrency: int, tokens: int) -> dict:
 
 
 def publish(store: str, tmp: str, model: str | None, source_store: str | None) -> str:
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model
     from modelfoundry.store import export, resolve
+    from modelfoundry.store.checkpoint import write_checkpoint
 
     if model:
-        return resolve(source_store or "models", model, "latest")
+        return resolve(source_store or "models", model, "latest").uri
     splits = load_splits(DataSection(dataset="pydocs", window=128))
     m = build_model("transformer", "default", vocab_size=splits.spec.num_classes)
     write_checkpoint(f"{tmp}/lm", m, dataset=splits.spec.to_dict(), metrics={}, extra={"task": "language-model"})

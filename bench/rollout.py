@@ -49,10 +49,10 @@ def make_store(root: Path) -> str:
     import torch
 
     from modelfoundry import store
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model, set_normalization
+    from modelfoundry.store.checkpoint import write_checkpoint
 
     splits = load_splits(DataSection(dataset="digits"))
     s = str(root / "store")

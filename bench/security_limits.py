@@ -35,11 +35,11 @@ URL = f"http://127.0.0.1:{PORT}"
 def publish(store: str, tmp: Path) -> None:
     import torch
 
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model, set_normalization
     from modelfoundry.store import export
+    from modelfoundry.store.checkpoint import write_checkpoint
 
     digits = load_splits(DataSection(dataset="digits"))
     for name, family, task in (("mlp-d", "mlp", "classification"), ("vae-d", "vae", "generative")):

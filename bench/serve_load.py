@@ -303,7 +303,7 @@ def main() -> None:
             dataset = {"cnn-digits": "digits", "cnn-mnist": "mnist"}[model]
             body = json.dumps({"instances": load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1].tolist()})
             body = body.encode()
-            procs = start_servers(model, resolve(store, model))
+            procs = start_servers(model, resolve(store, model).uri)
             urls = {name: f"http://127.0.0.1:{PORTS[name]}/v1/models/{model}:predict" for name in procs}
             apps: dict = {}
             try:
@@ -341,11 +341,11 @@ def publish_many(store: str, tmp: str, n: int) -> list[str]:
     models, not their quality), written straight to the store."""
     import torch
 
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model, set_normalization
     from modelfoundry.store import export
+    from modelfoundry.store.checkpoint import write_checkpoint
 
     digits = load_splits(DataSection(dataset="digits"))
     names = []

@@ -30,6 +30,9 @@ def ray_cluster():
     os.environ.setdefault("RAY_TMPDIR", os.path.join(_SANDBOX, "ray"))
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     os.environ.pop("RAY_ADDRESS", None)
+    from s3server import s3_server
+
+    s3_server()  # its AWS_* variables before the cluster starts: workers and replicas inherit them
     import ray
 
     from modelfoundry.cluster import connect
@@ -37,6 +40,16 @@ def ray_cluster():
     connect(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server on 127.0.0.1 (tests/s3server.py); the same one the session's Ray
+    cluster reaches."""
+    from s3server import s3_server
+
+    server = s3_server()
+    yield server
 
 
 @pytest.fixture(scope="module")

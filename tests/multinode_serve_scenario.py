@@ -16,12 +16,12 @@ import httpx
 import ray
 import torch
 
-from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.localcluster import LocalCluster
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.store import export
+from modelfoundry.store.checkpoint import write_checkpoint
 
 
 def exposed_listeners() -> list[str]:

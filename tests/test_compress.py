@@ -16,7 +16,6 @@ import torch
 
 from cluster_procs import foundry_cmd, kill_a_train_worker_when
 from modelfoundry import store
-from modelfoundry.artifacts import CheckpointError, load_checkpoint, write_checkpoint
 from modelfoundry.compression.config import parse_compress
 from modelfoundry.compression.prune import keep_count, parameter_count, prune
 from modelfoundry.compression.quantize import quantize_model
@@ -25,6 +24,7 @@ from modelfoundry.config import ConfigError, DataSection, parse_config
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.models.stages import run_stages
+from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
 from modelfoundry.training import train
 from modelfoundry.training.tasks import batch_loss
 from modelfoundry.tuning.pareto import dominates, pareto_front
@@ -259,7 +259,7 @@ def test_foundry_compress_quantizes_without_a_cluster_and_prints_json_last(train
     assert (s["name"], s["version"], s["method"]) == ("mlp-q-dynamic-int8", 1, "quantize")
     assert s["ratios"]["size_bytes"] <= 0.3 and s["agreement"] >= 0.97
     assert "[mlp-q-dynamic-int8] quantized to dynamic-int8" in r.stdout  # progress lines
-    assert load_checkpoint(s["path"]).meta["quantization"]["scheme"] == "dynamic-int8"
+    assert load_checkpoint(s["path"]).meta.codec == "dynamic-int8"
 
 
 def test_compress_reads_and_writes_a_uri_store(trained, digits, tmp_path):
@@ -272,9 +272,7 @@ def test_compress_reads_and_writes_a_uri_store(trained, digits, tmp_path):
     )
     assert s["path"] == f"{uri}/mlp-u-dynamic-int8/1" and s["ratios"]["size_bytes"] <= 0.3
     meta = load_checkpoint(s["path"]).meta
-    assert (
-        meta["compression"]["parent"]["name"] == "mlp-u" and meta["metrics"]["size_bytes"] == s["after"]["size_bytes"]
-    )
+    assert meta.compression["parent"]["name"] == "mlp-u" and meta.metrics["size_bytes"] == s["after"]["size_bytes"]
     assert [m["name"] for m in store.list_models(uri)] == ["mlp-u", "mlp-u-dynamic-int8"]
 
 
@@ -425,7 +423,7 @@ def test_a_multi_objective_compression_sweep_returns_a_non_dominated_front(teach
     assert len(s["model_store"]) == len(s["front"])
     for m in s["model_store"]:
         meta = load_checkpoint(m["path"]).meta
-        assert set(meta["objectives"]) == {"test_accuracy", "p50_ms_b1", "size_bytes"}
+        assert set(meta.model_extra["objectives"]) == {"test_accuracy", "p50_ms_b1", "size_bytes"}
     assert {t["compress.temperature"] for t in outcome.trials} <= {2.0, 4.0}
     with pytest.raises(ConfigError, match="Set tune.scheduler: fifo"):
         parse_sweep({**{"job": job, "search": {"compress.quantize": {"choice": [True]}}}, "tune": {}}, "t", tmp)

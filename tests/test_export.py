@@ -15,11 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import load_model
 
 from modelfoundry import store
-from modelfoundry.artifacts import sha256_file, write_checkpoint
 from modelfoundry.cli import main
 from modelfoundry.compression.quantize import quantize_model
 from modelfoundry.export_formats import export_format, read_export
 from modelfoundry.models import build_model
+from modelfoundry.store.checkpoint import sha256_file, write_checkpoint
 from test_compress import accuracy, digits, fit, publish  # noqa: F401  (digits: the fixture)
 
 
@@ -42,7 +42,7 @@ def test_a_trained_cnn_in_every_format_agrees_with_pytorch_on_the_held_out_digit
     with torch.no_grad():
         want = model(x).numpy()
     assert accuracy(model, digits) > 0.8
-    source = store.resolve(models, "cnn-digits", "latest")
+    source = store.resolve(models, "cnn-digits", "latest").uri
     for fmt, run in (
         (
             "onnx",
@@ -119,7 +119,7 @@ def test_requests_that_cannot_be_met_are_refused_with_the_reason(cnn, digits, tm
     model, models = cnn
     state = quantize_model(model, "dynamic-int8")
     write_checkpoint(tmp_path / "q", model, dataset={}, metrics={}, extra={"quantization": {"scheme": "dynamic-int8"},
-                     "parent": {"name": "cnn-digits", "version": 1}}, state=state)  # fmt: skip
+                     "compression": {"parent": {"name": "cnn-digits", "version": 1}}}, state=state)  # fmt: skip
     store.export(str(tmp_path / "q"), models, "cnn-digits-int8")
     for argv, message in (
         (["cnn-digits-int8", "--format", "onnx"], "is quantized (dynamic-int8)"),
@@ -138,7 +138,7 @@ def test_requests_that_cannot_be_met_are_refused_with_the_reason(cnn, digits, tm
         export_format(models, "cnn-digits", 1, "tflite")
     with pytest.raises(ValueError, match="has no onnx export; run foundry export"):
         read_export(models, "cnn-digits-int8", 1, "onnx")
-    assert not Path(store.resolve(models, "cnn-digits-int8", 1), "exports").exists()  # nothing written
+    assert not Path(store.resolve(models, "cnn-digits-int8", 1).uri, "exports").exists()  # nothing written
 
 
 def test_a_uri_store_gets_its_export_beside_the_version(cnn, tmp_path):

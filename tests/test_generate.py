@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.data.text import CharTokenizer
@@ -23,6 +22,7 @@ from modelfoundry.models import build_model
 from modelfoundry.models.transformer import Cache, generate
 from modelfoundry.serving.generation import CacheMiss, GenerateRequest, tokens
 from modelfoundry.store import export
+from modelfoundry.store.checkpoint import write_checkpoint
 
 PORT = 18125
 URL = f"http://127.0.0.1:{PORT}"

@@ -4,8 +4,8 @@ with CUDA; skipped elsewhere."""
 import pytest
 import torch
 
-from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.config import parse_config
+from modelfoundry.store.checkpoint import load_checkpoint
 from modelfoundry.training import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -35,11 +35,11 @@ def test_gpu_training_with_nccl_and_bf16_loads_on_cpu(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize("scheme", ["weight-only-int8", "bf16"])
 def test_gpu_quantization_schemes_load_and_agree_on_cuda(tmp_path, scheme):
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.compression.quantize import quantize_model
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model
+    from modelfoundry.store.checkpoint import write_checkpoint
     from test_compress import fit
 
     splits = load_splits(DataSection(dataset="digits"))
@@ -85,7 +85,7 @@ def test_gpu_fsdp_transformer_with_bf16_mixed_precision_resumes_and_generates(ra
     assert first.metrics["test_bpc"] < first.metrics["unigram_bpc"]
     job["train"]["epochs"] = 4
     resumed = train(parse_config(job), resume=True, allow_changes={"train.epochs"})
-    assert [h["epoch"] for h in load_checkpoint(resumed.last_checkpoint).meta["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in load_checkpoint(resumed.last_checkpoint).meta.history] == [1, 2, 3, 4]
     loaded = load_checkpoint(resumed.model["path"], device="cuda")
-    tok = CharTokenizer.from_spec(loaded.meta["dataset"]["tokenizer"])
+    tok = CharTokenizer.from_spec(loaded.meta.tokenizer)
     assert len(list(generate(loaded.model, tok.encode("The "), 32))) == 32

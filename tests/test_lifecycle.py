@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.serving.runner import softmax
+from modelfoundry.store.checkpoint import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 18127
@@ -88,7 +88,7 @@ def test_aliases_point_move_resolve_and_refuse_bad_input(tmp_path):
         _publish(tmp_path, s, "m", seed, splits)
     assert store.parse_ref("m@champion") == ("m", "@champion") and store.parse_ref("m:2") == ("m", "2")
     assert store.set_alias(s, "m", "champion", 1)["previous"] is None
-    assert store.resolve(s, "m", "@champion").endswith("/m/1")
+    assert store.resolve(s, "m", "@champion").version == 1
     move = store.set_alias(s, "m", "champion", "2")  # moved
     assert (move["version"], move["previous"]) == (2, 1)
     store.set_alias(s, "m", "challenger", "@champion")  # an alias copied from another
@@ -121,7 +121,7 @@ def test_aliases_on_a_uri_store(tmp_path):
     for seed in (0, 1):
         _publish(tmp_path, s, "m", seed, splits)
     store.set_alias(s, "m", "champion", 2)
-    assert store.resolve(s, "m", "@champion").endswith("/m/2") and store.aliases(s, "m") == {"champion": 2}
+    assert store.resolve(s, "m", "@champion").version == 2 and store.aliases(s, "m") == {"champion": 2}
     assert store.describe(s, "m@champion")["chain"][0]["aliases"] == ["champion"]
 
 
@@ -164,7 +164,7 @@ def test_models_alias_and_show_cli_mirror_to_mlflow_and_show_a_compressed_models
     # serve by alias: NAME@ALIAS resolves to the alias's version; a missing alias fails before Ray
     from modelfoundry.serving.apps import _load_meta
 
-    assert _load_meta(s, "m", "@champion")[0].endswith("/m/2")
+    assert _load_meta(s, "m", "@champion")[0].version == 2
     assert main(["serve", "m@ghost", "--store", s]) == 2
     assert "no alias 'ghost'" in capsys.readouterr().err
 
@@ -227,7 +227,7 @@ def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
     assert {"model/model.pt", "model/model.json", "plots/learning_curves.png"} <= arts
     mv = client.search_model_versions("name='tracked'")
     assert [(v.tags["foundry.version"], v.run_id) for v in mv] == [("1", run.info.run_id)]
-    lineage = store.entry(str(tmp_path / "models"), "tracked", 1)["lineage"]
+    lineage = store.entry(store.StoreVersion(str(tmp_path / "models"), "tracked", 1))["lineage"]
     assert lineage["tracking_run_id"] == run.info.run_id and lineage["run"]["path"] == outcome.run_path
     assert lineage["split_seed"] == 0 and lineage["config"]["train"]["epochs"] == 2
 
@@ -249,7 +249,7 @@ def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
     for c in children:
         assert [m.step for m in client.get_metric_history(c.info.run_id, "test_accuracy")] == [1, 2]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/trials.csv"}
-    lin = store.entry(str(tmp_path / "models"), "tracked-sweep", 1)["lineage"]
+    lin = store.entry(store.StoreVersion(str(tmp_path / "models"), "tracked-sweep", 1))["lineage"]
     assert lin["sweep"]["name"] == "tracked-sweep" and lin["sweep"]["tracking_run_id"] == parent.info.run_id
     assert lin["trial"]["id"] == s["best_trial"]
     assert lin["trial"]["tracking_run_id"] in {c.info.run_id for c in children}

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from modelfoundry.artifacts import write_checkpoint
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.serving.runner import softmax
 from modelfoundry.store import export
+from modelfoundry.store.checkpoint import write_checkpoint
 
 PORT = 18123
 URL = f"http://127.0.0.1:{PORT}"
@@ -503,9 +503,9 @@ def test_small_models_run_on_the_event_loop_and_large_ones_in_a_thread(served, t
     from modelfoundry.serving.runner import ModelRunner
     from modelfoundry.store import resolve
 
-    r = ModelRunner(resolve(served["store"], "cnn-d"))
+    r = ModelRunner(resolve(served["store"], "cnn-d").uri)
     assert not r.inline(1)  # nothing measured yet
-    shape = tuple(r.meta["input_spec"]["shape"])
+    shape = r.meta.input_spec.shape
     r.run(np.zeros((4, *shape), dtype=np.float32))
     per = r.instance_s
     assert per is not None and per > 0

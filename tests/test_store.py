@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import load_checkpoint, write_checkpoint
 from modelfoundry.models import build_model
+from modelfoundry.store import catalog
+from modelfoundry.store.checkpoint import load_checkpoint, write_checkpoint
 
 
 def _checkpoint(tmp_path: Path) -> str:
@@ -40,7 +41,7 @@ def test_parallel_exports_of_one_name_get_distinct_complete_versions(tmp_path, k
     listed = store.list_models(root)
     assert [m["version"] for m in listed] == list(range(1, n + 1))
     for v in (1, n):
-        assert load_checkpoint(store.resolve(root, "same-name", v)).meta["family"] == "mlp"  # sha256 checked
+        assert load_checkpoint(store.resolve(root, "same-name", v).uri).meta.family == "mlp"  # sha256 checked
     if kind == "local":
         assert not list((tmp_path / "store" / "same-name").glob(".incoming-*"))  # no staging left
 
@@ -50,7 +51,7 @@ def test_a_killed_exports_leftover_never_blocks_later_exports(tmp_path):
     root = tmp_path / "store"
     store.export(ckpt, str(root), "m")
     # what a killed export leaves: a staging directory, half-written (an old and a fresh one)
-    for leftover, age in [(".incoming-2", 2 * store.STALE_STAGING_S), (".incoming-deadbeef", 0)]:
+    for leftover, age in [(".incoming-2", 2 * catalog.STALE_STAGING_S), (".incoming-deadbeef", 0)]:
         (root / "m" / leftover).mkdir()
         (root / "m" / leftover / "model.pt").write_bytes(b"half")
         os.utime(root / "m" / leftover, (time.time() - age, time.time() - age))
@@ -68,32 +69,38 @@ def test_a_killed_exports_leftover_never_blocks_later_exports(tmp_path):
     assert [m["version"] for m in store.list_models(str(root))] == [1, 2, 3]
 
 
-def test_object_store_exports_claim_a_number_and_skip_one_still_uploading(tmp_path, monkeypatch):
-    """The object-store path (no rename) on a real pyarrow filesystem that is not a local one."""
+def test_object_store_exports_claim_a_number_and_skip_one_still_uploading(tmp_path, s3):
+    """The object-store path (no rename) on a real S3 endpoint (moto's server on loopback)."""
     import pyarrow.fs as pafs
 
     ckpt = _checkpoint(tmp_path)
-    root = f"file://{tmp_path}/store"
-    subtree = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
-    monkeypatch.setattr(store, "filesystem", lambda location: (subtree, "store"))
+    root = f"s3://{s3.bucket()}/models"
+    fs, path = pafs.FileSystem.from_uri(root)
     assert store.export(ckpt, root, "m")["version"] == 1
-    assert (tmp_path / "store" / "m" / "1" / ".owner").is_file()
-    (tmp_path / "store" / "m" / "2").mkdir()
-    (tmp_path / "store" / "m" / "2" / ".owner").write_text("another export")
-    assert store.resolve(root, "m").endswith("/m/1")
+    assert fs.get_file_info(f"{path}/m/1/.owner").type == pafs.FileType.File
+    with fs.open_output_stream(f"{path}/m/2/.owner") as f:  # another export, still uploading
+        f.write(b"another export")
+    assert store.resolve(root, "m") == store.StoreVersion(root, "m", 1)  # 2 is not complete
+    with pytest.raises(ValueError, match="version 2 of 'm' is not complete"):
+        store.resolve(root, "m", 2)
     assert store.export(ckpt, root, "m")["version"] == 3  # the claimed number is skipped
+    loaded = load_checkpoint(store.resolve(root, "m", 3).uri)  # downloaded, sha256-checked
+    assert loaded.meta.family == "mlp" and loaded.path == f"{root}/m/3"
+    store.set_alias(root, "m", "champion", 3)
+    assert store.resolve(root, "m", "@champion").version == 3
+    assert [e["version"] for e in store.list_models(root)] == [1, 3]
 
 
 def test_a_truncated_optimizer_state_is_refused_and_published_models_carry_none(tmp_path):
-    from modelfoundry.artifacts import CheckpointError, verify
+    from modelfoundry.store.checkpoint import CheckpointError, verify
 
     torch.manual_seed(0)
     model = build_model("mlp", "tiny", input_shape=(1, 8, 8), output_dim=10)
     state = {"epoch": 1, "optimizer": {"w": torch.zeros(100)}}
     ckpt = write_checkpoint(tmp_path / "ckpt", model, dataset={}, metrics={}, train_state=state)
-    assert "state_sha256" in verify(ckpt)
+    assert verify(ckpt).state_sha256
     published = store.export(str(ckpt), str(tmp_path / "store"), "m")  # without state.pt
-    assert "state_sha256" not in verify(published["path"])
+    assert verify(published["path"]).state_sha256 is None
     data = (ckpt / "state.pt").read_bytes()
     (ckpt / "state.pt").write_bytes(data[: len(data) // 2])  # what a full disk leaves
     with pytest.raises(CheckpointError, match="state.pt has sha256"):

@@ -124,11 +124,11 @@ def test_shipped_serve_yaml_runs_under_plain_serve_deploy(head, tmp_path):
     import torch
     import yaml
 
-    from modelfoundry.artifacts import write_checkpoint
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model, set_normalization
     from modelfoundry.store import export
+    from modelfoundry.store.checkpoint import write_checkpoint
 
     splits = load_splits(DataSection(dataset="digits"))
     torch.manual_seed(0)

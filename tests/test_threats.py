@@ -29,10 +29,10 @@ import pytest
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify, write_checkpoint
 from modelfoundry.models import build_model
 from modelfoundry.serving import guard, oip
 from modelfoundry.serving.requests import RequestError, header_int
+from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, verify, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FOUNDRY = str(Path(sys.executable).parent / "foundry")
@@ -100,9 +100,9 @@ def test_a_planted_dcp_metadata_never_runs_in_load_export_or_foundry_export(tmp_
     # a checkpoint that carries model.pt beside the planted shards: exported and served from
     # model.pt; the shards are never opened
     new = _plant_sharded(tmp_path / "new", marker, with_model_pt=True)
-    assert load_checkpoint(new).meta["sharded"]
+    assert load_checkpoint(new).meta.sharded
     published = store.export(str(new), str(s), "planted")
-    assert "sharded" not in verify(published["path"]) and not (Path(published["path"]) / "sharded").exists()
+    assert verify(published["path"]).sharded is None and not (Path(published["path"]) / "sharded").exists()
     r = _foundry("export", "planted", "--format", "safetensors", "--store", str(s))
     assert r.returncode == 0, r.stderr[-2000:]
     assert not marker.exists(), "unpickling the planted .metadata ran code"
@@ -256,7 +256,7 @@ def test_incomplete_versions_cannot_be_aliased_served_or_exported(tmp_path):
         store.set_alias(s, "m", "champion", 2)
     with pytest.raises(ValueError, match="not complete"):
         store.resolve(s, "m", 2)
-    assert store.resolve(s, "m").endswith("/m/1")  # latest: the newest complete one
+    assert store.resolve(s, "m").version == 1  # latest: the newest complete one
     store.set_alias(s, "m", "champion", 1)
     assert json.loads((tmp_path / "store" / "m" / "aliases.json").read_text())["aliases"] == {"champion": 1}
     assert not list((tmp_path / "store" / "m").glob(".aliases.json.*"))  # no temp file left

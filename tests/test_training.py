@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from modelfoundry import store
-from modelfoundry.artifacts import CheckpointError, checkpoint_epoch, load_checkpoint, verify, write_checkpoint
 from modelfoundry.config import DataSection, parse_config
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model
+from modelfoundry.store.checkpoint import CheckpointError, checkpoint_epoch, load_checkpoint, verify, write_checkpoint
 from modelfoundry.training import CapacityError, train
 from modelfoundry.training.loop import InMemoryShard
 from modelfoundry.training.trainer import latest_checkpoint, rank_shares
@@ -48,9 +48,9 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
     outcome = train(parse_config(job(tmp_path)))
     assert outcome.metric == "test_accuracy" and outcome.metrics["test_accuracy"] > 0.85
     meta = verify(outcome.checkpoint)
-    assert meta["family"] == "mlp" and meta["workers"] == 2 and meta["dataset"]["name"] == "digits"
-    assert {"torch", "ray", "modelfoundry"} <= set(meta["versions"])
-    assert [h["epoch"] for h in meta["history"]] == list(range(1, meta["epoch"] + 1))
+    assert meta.family == "mlp" and meta.workers == 2 and meta.dataset_name == "digits"
+    assert {"torch", "ray", "modelfoundry"} <= set(meta.versions)
+    assert [h["epoch"] for h in meta.history] == list(range(1, meta.epoch + 1))
     assert history(outcome) == [(e, 0) for e in (1, 2, 3, 4)]
     last = json.loads((Path(outcome.last_checkpoint) / "model.json").read_text())
     losses = [h["train_loss"] for h in last["history"]]
@@ -58,7 +58,7 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
     # the store holds the best checkpoint; it loads and reproduces the reported accuracy
     entry = outcome.model
     assert entry["name"] == "mlp-t" and entry["version"] == 1
-    loaded = load_checkpoint(store.resolve(str(tmp_path / "models"), "mlp-t"))
+    loaded = load_checkpoint(store.resolve(str(tmp_path / "models"), "mlp-t").uri)
     splits = load_splits(DataSection(dataset="digits"))
     with torch.no_grad():
         pred = loaded.model(torch.from_numpy(splits.x_test)).argmax(1).numpy()

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from cluster_procs import driver_env, foundry_cmd, kill_a_train_worker_when, kill_driver_when
-from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
 from modelfoundry.config import parse_config
+from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, verify
 from modelfoundry.training import train
 from test_training import job  # the same small MLP job on digits
 
@@ -114,7 +114,7 @@ def test_storage_filling_up_during_a_checkpoint_leaves_the_last_good_one_usable(
                 broken.append(c)
         assert complete, [(c.name, sorted((f.name, f.stat().st_size) for f in c.iterdir())) for c in checkpoints(root)]
         last_good = max(complete, key=epoch_of)
-        assert load_checkpoint(last_good).meta["metrics"]["epoch"] >= 1  # sha256-checked, loads
+        assert load_checkpoint(last_good).meta.metrics["epoch"] >= 1  # sha256-checked, loads
         # the operator frees space; --resume goes on from the last good checkpoint to the end
         subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
         outcome = train(parse_config(base), resume=True)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from cluster_procs import kill_a_train_worker_when
-from modelfoundry.artifacts import CheckpointError, load_checkpoint, verify
 from modelfoundry.config import parse_config
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models.transformer import generate
+from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, verify
 from modelfoundry.training import train
 
 # FSDP reduce-scatters where DDP all-reduces: the same sums in another order, so per-epoch losses
@@ -61,14 +61,14 @@ def test_fsdp_and_ddp_agree_and_fsdp_checkpoints_are_sharded_and_verified(ray_cl
     meta = verify(ckpt)
     # the shards (for resuming) beside model.pt: the full weights, gathered when the checkpoint was
     # written, which is all that serving and export read (DCP's .metadata is a pickle)
-    assert meta["strategy"] == "fsdp" and (ckpt / "model.pt").is_file() and meta["sha256"]
-    assert {Path(f).name for f in meta["sharded"]} >= {"__0_0.distcp", "__1_0.distcp", ".metadata"}
+    assert meta.strategy == "fsdp" and (ckpt / "model.pt").is_file() and meta.sha256
+    assert {Path(f).name for f in meta.sharded} >= {"__0_0.distcp", "__1_0.distcp", ".metadata"}
     published = load_checkpoint(fsdp.model["path"])  # the store holds model.pt only
     assert "sharded" not in published.meta and not (Path(fsdp.model["path"]) / "sharded").exists()
     direct = load_checkpoint(ckpt)  # a sharded training checkpoint loads too, from its model.pt
     for (k, v), w in zip(published.model.state_dict().items(), direct.model.state_dict().values()):
         assert torch.equal(v, w), k
-    tok = CharTokenizer.from_spec(published.meta["dataset"]["tokenizer"])
+    tok = CharTokenizer.from_spec(published.meta.tokenizer)
     text = tok.decode(list(generate(published.model, tok.encode("The "), 20)))
     assert len(text) == 20
 
@@ -95,5 +95,5 @@ def test_fsdp_resumes_from_its_sharded_checkpoint_after_a_worker_is_killed(ray_c
     hist = [(h["epoch"], h["attempt"]) for h in history(outcome.last_checkpoint)]
     assert [e for e, _ in hist] == list(range(1, 7)), hist  # every epoch once: resumed, not restarted
     assert hist[-1][1] >= 1
-    assert "sharded" in verify(outcome.last_checkpoint)
-    assert load_checkpoint(outcome.model["path"]).meta["sha256"]  # exported to a URI store, consolidated
+    assert verify(outcome.last_checkpoint).sharded
+    assert load_checkpoint(outcome.model["path"]).meta.sha256  # exported to a URI store, consolidated

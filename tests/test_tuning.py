@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from cluster_procs import driver_env, foundry_cmd, kill_cluster, kill_driver_when
-from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.config import ConfigError
+from modelfoundry.store.checkpoint import load_checkpoint
 from modelfoundry.tuning import load_sweep, parse_sweep, run_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
@@ -67,7 +67,7 @@ def test_asha_sweep_stops_trials_early_and_exports_a_loadable_best(ray_cluster, 
     assert s["metric"] == "test_accuracy" and s["best_metric"] > 0.5 and s["best_config"]["train.lr"] == 0.05
     assert set(s["best_config"]) == {"train.lr", "model.hidden_sizes"}
     loaded = load_checkpoint(s["model_store"]["path"])
-    assert loaded.meta["family"] == "mlp" and loaded.meta["metrics"]["test_accuracy"] == pytest.approx(s["best_metric"])
+    assert loaded.meta.family == "mlp" and loaded.meta.metrics["test_accuracy"] == pytest.approx(s["best_metric"])
     files = [Path(f) for f in s["files"]]
     assert all(f.is_file() for f in files)
     rows = files[0].read_text().splitlines()
@@ -257,4 +257,4 @@ def test_pbt_exploits_checkpoints_with_mutated_hyperparameters(ray_cluster, tmp_
     # ...and ends far above what its own learning rate reaches in 4 epochs from scratch
     weak_final = [t["test_accuracy"] for t in outcome.trials if "lr=0.0000" in t["trial_id"]]
     assert min(weak_final) > 0.5, (weak_final, exploits)
-    assert load_checkpoint(s["model_store"]["path"]).meta["family"] == "mlp"
+    assert load_checkpoint(s["model_store"]["path"]).meta.family == "mlp"

@@ -34,10 +34,10 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from modelfoundry.artifacts import load_checkpoint, sha256_file
 from modelfoundry.models import build_model
 from modelfoundry.storage import filesystem, is_uri, join, upload_dir
-from modelfoundry.store import resolve
+from modelfoundry.store import CheckpointMeta, resolve
+from modelfoundry.store.checkpoint import load_checkpoint, sha256_file
 
 PARITY_ATOL = 1e-4
 EXPORTS_DIR = "exports"
@@ -58,19 +58,19 @@ class _Forward(nn.Module):
         return self.model(x)
 
 
-def _example(meta: dict[str, Any], batch: int, seed: int) -> torch.Tensor:
+def _example(meta: CheckpointMeta, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    shape = meta["input_spec"]["shape"]
-    if meta["input_spec"]["dtype"] == "int64":  # token ids: a shorter sequence than the context
+    shape = meta.input_spec.shape
+    if meta.input_spec.dtype == "int64":  # token ids: a shorter sequence than the context
         length = max(1, shape[0] // 2 + seed % 3)
-        return torch.randint(0, meta["config"]["vocab_size"], (batch, length), generator=g)
+        return torch.randint(0, meta.config["vocab_size"], (batch, length), generator=g)
     return torch.randn(batch, *shape, generator=g)
 
 
-def _write_onnx(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+def _write_onnx(model: nn.Module, meta: CheckpointMeta, path: Path) -> None:
     dynamic = {0: torch.export.Dim("batch", max=4096)}
-    if meta["input_spec"]["dtype"] == "int64":
-        dynamic[1] = torch.export.Dim("sequence", max=meta["input_spec"]["shape"][0])
+    if meta.input_spec.dtype == "int64":
+        dynamic[1] = torch.export.Dim("sequence", max=meta.input_spec.shape[0])
     program = torch.onnx.export(
         _Forward(model),
         (_example(meta, 2, 0),),
@@ -94,12 +94,12 @@ def _run_onnx(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: session.run(None, {"input": x.numpy()})[0]
 
 
-def _write_safetensors(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+def _write_safetensors(model: nn.Module, meta: CheckpointMeta, path: Path) -> None:
     try:
         from safetensors.torch import save_model
     except ImportError:
         raise ValueError(MISSING.format("safetensors")) from None
-    save_model(model, str(path), metadata={"family": meta["family"], "config": json.dumps(meta["config"])})
+    save_model(model, str(path), metadata={"family": meta.family, "config": json.dumps(meta.config)})
 
 
 def _run_safetensors(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
@@ -117,7 +117,7 @@ def _run_safetensors(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: model(x).numpy()
 
 
-def _write_torchscript(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+def _write_torchscript(model: nn.Module, meta: CheckpointMeta, path: Path) -> None:
     traced = torch.jit.trace(_Forward(model), (_example(meta, 2, 0),), check_trace=False)
     torch.jit.save(traced, str(path))
 
@@ -130,7 +130,7 @@ def _run_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
 @dataclass(frozen=True)
 class Format:
     file: str
-    write: Callable[[nn.Module, dict[str, Any], Path], None]
+    write: Callable[[nn.Module, CheckpointMeta, Path], None]
     run: Callable[[Path], Callable[[torch.Tensor], np.ndarray]]  # a loaded export, as a function
     runtime: str  # the distribution that runs it (its version goes in export.json)
 
@@ -147,14 +147,16 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
-    source = resolve(store, name, version)
+    found = resolve(store, name, version)
+    source = found.uri
     loaded = load_checkpoint(source, device="cpu")
     meta, model = loaded.meta, loaded.model
-    if meta.get("quantization"):
+    if meta.quantization:
+        parent = ((meta.compression or {}).get("parent") or {}).get("name", "the model it was compressed from")
         raise ValueError(
-            f"{name}:{source.rsplit('/', 1)[-1]} is quantized ({meta['quantization'].get('scheme')}); its int8 "
+            f"{found} is quantized ({meta.codec}); its int8 "
             "kernels are PyTorch's own and do not export; export its float parent instead "
-            f"({meta.get('parent', {}).get('name', 'the model it was compressed from')})"
+            f"({parent})"
         )
     with tempfile.TemporaryDirectory(prefix="mf-export-fmt-") as tmp:
         staged = Path(tmp) / fmt
@@ -167,7 +169,7 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
             raise ValueError(MISSING.format(err.name)) from None
         except Exception as err:  # an exporter that cannot handle this model: say which and why
             raise RuntimeError(
-                f"exporting {name} ({meta['family']}) to {fmt} failed: {type(err).__name__}: {err}"
+                f"exporting {name} ({meta.family}) to {fmt} failed: {type(err).__name__}: {err}"
             ) from err
         diff = _parity(model, meta, spec.run(target))
         if diff > PARITY_ATOL:
@@ -181,12 +183,12 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
             "bytes": target.stat().st_size,
             "source": {
                 "name": name,
-                "version": int(source.rstrip("/").rsplit("/", 1)[-1]),
+                "version": found.version,
                 "path": source,
-                "model_sha256": meta["sha256"],
-                "family": meta["family"],
+                "model_sha256": meta.sha256,
+                "family": meta.family,
             },
-            "input": {"name": "input", **meta["input_spec"]},
+            "input": {"name": "input", **meta.input_spec.model_dump(mode="json")},
             "output": "output",
             "parity": {
                 "max_abs_diff": diff,
@@ -219,7 +221,7 @@ def _quiet():
 
 
 @torch.inference_mode()
-def _parity(model: nn.Module, meta: dict[str, Any], run: Callable[[torch.Tensor], np.ndarray]) -> float:
+def _parity(model: nn.Module, meta: CheckpointMeta, run: Callable[[torch.Tensor], np.ndarray]) -> float:
     """The largest absolute difference from the PyTorch model over two batches, one of a size
     other than the traced one (the batch dimension must really be dynamic)."""
     worst = 0.0
@@ -278,7 +280,7 @@ def _publish(staged: Path, location: str) -> str:
 
 def read_export(store: str, name: str, version: int | str, fmt: str) -> dict[str, Any]:
     """export.json of an existing export (ValueError when there is none)."""
-    location = join(resolve(store, name, version), EXPORTS_DIR, fmt, MANIFEST)
+    location = join(resolve(store, name, version).uri, EXPORTS_DIR, fmt, MANIFEST)
     fs, path = filesystem(location)
     try:
         with fs.open_input_stream(path) as f:

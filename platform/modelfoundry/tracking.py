@@ -325,7 +325,7 @@ def _mirror(uri: str, store: str, name: str, model_store) -> dict[str, int]:
         if version in by_version:
             continue
         try:
-            entry = model_store.entry(store, name, version)
+            entry = model_store.entry(model_store.StoreVersion(store, name, version))
         except model_store.CheckpointError:
             continue  # not a complete version (an upload under way)
         run_id = (entry.get("lineage") or {}).get("tracking_run_id")

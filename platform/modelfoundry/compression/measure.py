@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelfoundry.artifacts import MODEL_FILE
 from modelfoundry.models import build_model
 from modelfoundry.storage import filesystem, join
+from modelfoundry.store.checkpoint import MODEL_FILE, CheckpointMeta
 from modelfoundry.training.tasks import batch_loss, summarize
 
 
@@ -36,10 +36,10 @@ def size_bytes(checkpoint: str | Path) -> int:
     return fs.get_file_info(path).size
 
 
-def parameters(meta: dict[str, Any]) -> int:
+def parameters(meta: CheckpointMeta) -> int:
     """Parameters of the float model a checkpoint's model.json describes (a quantized model has
     its parent's count: quantization changes their width, not their number)."""
-    return sum(p.numel() for p in build_model(meta["family"], "default", **meta["config"]).parameters())
+    return sum(p.numel() for p in build_model(meta.family, "default", **meta.config).parameters())
 
 
 @torch.inference_mode()

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.artifacts import LoadedModel, load_checkpoint, read_meta, write_checkpoint
 from modelfoundry.compression.config import CompressConfig
 from modelfoundry.compression.measure import agreement, parameters, profile, size_bytes
 from modelfoundry.compression.prune import PRUNABLE, parameter_count, prune, widths
 from modelfoundry.compression.quantize import check_scheme, quantize_model
 from modelfoundry.config import DataSection, JobConfig
 from modelfoundry.models import model_config
-from modelfoundry.storage import absolute, check_writable, download_dir, join, upload_dir
+from modelfoundry.storage import absolute, check_writable, join, upload_dir
+from modelfoundry.store.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint, read_meta, write_checkpoint
 from modelfoundry.training.plan import TeacherSpec
 from modelfoundry.training.tasks import TASK_METRIC
 
@@ -37,7 +37,7 @@ class Plan:
     parent_name: str
     parent_version: int
     parent_path: str
-    parent_meta: dict[str, Any]
+    parent_meta: CheckpointMeta
     data: DataSection
     task: str
     output: str
@@ -52,22 +52,21 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
 
     store = absolute(store or cfg.train.model_store)
     name, version = model_store.parse_ref(parent_ref)
-    path = model_store.resolve(store, name, version)  # unknown name or version: ValueError
-    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-        meta = read_meta(download_dir(path, tmp))
-    family, task = meta["family"], meta.get("task")
+    found = model_store.resolve(store, name, version)  # unknown name or version: ValueError
+    meta = read_meta(found.uri)
+    family, task = meta.family, meta.task
     if task == "language-model":
         raise ValueError(
             f"{parent_ref} is a language model; compression here measures classifiers, regressors and VAEs "
             "(quantizing and distilling the transformer family is not built yet)"
         )
-    if meta.get("quantization"):
-        raise ValueError(f"{parent_ref} is already quantized ({meta['quantization']['scheme']}); compress its parent")
-    data_cfg = (meta.get("dataset") or {}).get("config")
+    if meta.quantization:
+        raise ValueError(f"{parent_ref} is already quantized ({meta.codec}); compress its parent")
+    data_cfg = meta.dataset.get("config")
     if not data_cfg:
         raise ValueError(f"{parent_ref} records no dataset config in model.json; it cannot be evaluated")
     data = DataSection.model_validate(data_cfg)
-    input_shape = tuple(meta["input_spec"]["shape"])
+    input_shape = meta.input_spec.shape
     transfer_path = None
     if cfg.method == "quantize":
         check_scheme(cfg.quantize.scheme, family)
@@ -83,7 +82,7 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
                 d.student.family,
                 d.student.preset,
                 input_shape=input_shape,
-                output_dim=meta["config"]["output_dim"],
+                output_dim=meta.config["output_dim"],
                 **d.student.params,
             )
         except ValueError as err:
@@ -94,14 +93,13 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
         if d.student.family == "vae":
             raise ValueError("a distillation student must be a classifier family (mlp, cnn, rnn), not vae")
         if d.transfer:
-            transfer_path = model_store.resolve(store, *model_store.parse_ref(d.transfer.vae))
-            with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-                vmeta = read_meta(download_dir(transfer_path, tmp))
-            if vmeta["family"] != "vae":
-                raise ValueError(f"transfer.vae {d.transfer.vae!r} is a {vmeta['family']}, not a vae")
-            if tuple(vmeta["input_spec"]["shape"]) != input_shape:
+            transfer_path = model_store.resolve(store, *model_store.parse_ref(d.transfer.vae)).uri
+            vmeta = read_meta(transfer_path)
+            if vmeta.family != "vae":
+                raise ValueError(f"transfer.vae {d.transfer.vae!r} is a {vmeta.family}, not a vae")
+            if vmeta.input_spec.shape != input_shape:
                 raise ValueError(
-                    f"transfer.vae {d.transfer.vae!r} generates inputs of shape {vmeta['input_spec']['shape']}; "
+                    f"transfer.vae {d.transfer.vae!r} generates inputs of shape {list(vmeta.input_spec.shape)}; "
                     f"the teacher takes {list(input_shape)}"
                 )
     check_writable(store)
@@ -110,8 +108,8 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     return Plan(
         cfg,
         name,
-        int(path.rstrip("/").rsplit("/", 1)[-1]),
-        path,
+        found.version,
+        found.uri,
         meta,
         data,
         task,
@@ -159,7 +157,7 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
     parent = load_checkpoint(p.parent_path)  # sha256-checked
     splits = load_splits(p.data)
     log = _logger(p.output)
-    log(f"compressing {p.parent_name} v{p.parent_version} ({p.parent_meta['family']}) by {cfg.method} {cfg.summary()}")
+    log(f"compressing {p.parent_name} v{p.parent_version} ({p.parent_meta.family}) by {cfg.method} {cfg.summary()}")
     with tempfile.TemporaryDirectory(prefix="mf-compress-") as tmp:
         # the checkpoint to publish: written here, or the best of a fine-tuning / distillation run
         source = str(Path(tmp) / "out")
@@ -169,9 +167,7 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
             calib = torch.from_numpy(splits.x_train[: cfg.quantize.calibration_samples])
             state = quantize_model(parent.model, scheme, calibration=calib)
             extra["quantization"] = {"scheme": scheme, "format": "int8 + per-channel float32 scale (::scale)"}
-            write_checkpoint(
-                source, parent.model, dataset=p.parent_meta["dataset"], metrics={}, extra=extra, state=state
-            )
+            write_checkpoint(source, parent.model, dataset=p.parent_meta.dataset, metrics={}, extra=extra, state=state)
             log(f"quantized to {scheme}")
         elif cfg.method == "prune":
             pruned = prune(parent.model, cfg.prune.ratio)
@@ -182,7 +178,7 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
             if cfg.prune.finetune:
                 source = _fine_tune(p, pruned, splits, tmp, log, tracker)
             else:
-                write_checkpoint(source, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra=extra)
+                write_checkpoint(source, pruned, dataset=p.parent_meta.dataset, metrics={}, extra=extra)
         else:
             source = _distill(p, splits, log, tracker)
         result = load_checkpoint(source)  # exactly as serving loads it
@@ -197,9 +193,9 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
         lineage = {
             "name": p.parent_name,
             "version": p.parent_version,
-            "sha256": p.parent_meta["sha256"],
-            "family": p.parent_meta["family"],
-            "config": p.parent_meta["config"],
+            "sha256": p.parent_meta.sha256,
+            "family": p.parent_meta.family,
+            "config": p.parent_meta.config,
         }
         compression = {
             "method": cfg.method,
@@ -211,7 +207,7 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
             "agreement": measures["agreement"],
         }
         # the store copies model.pt and model.json (without the optimizer state) and adds these
-        metrics = {**result.meta.get("metrics", {}), **after}
+        metrics = {**result.meta.metrics, **after}
         record = model_store.lineage_record(
             {"compress": cfg.model_dump(mode="json"), "data": p.data.model_dump(mode="json")},
             parent={"name": p.parent_name, "version": p.parent_version, "path": p.parent_path},
@@ -261,9 +257,9 @@ def _fine_tune(p: Plan, pruned: torch.nn.Module, splits, tmp: str, log, tracker)
     from modelfoundry.training import train
 
     cfg_model = {k: v for k, v in config_dict(pruned).items() if k not in ("input_shape", "output_dim")}
-    job = _job(p, p.parent_meta["family"], "default", cfg_model)
+    job = _job(p, p.parent_meta.family, "default", cfg_model)
     local = Path(tmp) / "pruned"
-    write_checkpoint(local, pruned, dataset=p.parent_meta["dataset"], metrics={}, extra={"task": p.task})
+    write_checkpoint(local, pruned, dataset=p.parent_meta.dataset, metrics={}, extra={"task": p.task})
     init = join(absolute(job.train.storage), job.name, f"pruned-init-{int(time.time())}")
     upload_dir(str(local), init)
     log(f"fine-tuning for {job.train.epochs} epochs on {job.train.num_workers} worker(s)")

@@ -10,7 +10,6 @@ from pydantic import Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from modelfoundry.artifacts import read_meta
 from modelfoundry.models import build_model, family_spec
 from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.auth import load_keys
@@ -20,7 +19,8 @@ from modelfoundry.serving.multiplex import models_deployment
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
 from modelfoundry.serving.spec import Arm, IngressSpec, Limits, check_traffic
 from modelfoundry.storage import absolute
-from modelfoundry.store import parse_ref, resolve
+from modelfoundry.store import CheckpointMeta, StoreVersion, parse_ref, resolve
+from modelfoundry.store.checkpoint import read_meta
 
 # no access log line per request (a third of a replica's time at a few thousand req/s);
 # warnings and errors still reach the logs
@@ -105,9 +105,10 @@ def arm_ref(label: str) -> str:
     return label if label.isdigit() or label == "latest" else f"@{label}"
 
 
-def _load_meta(store: str, name: str, version: int | str) -> tuple[str, dict[str, Any]]:
-    path = resolve(store, name, version)
-    return path, read_meta(path)
+def _load_meta(store: str, name: str, version: int | str) -> tuple[StoreVersion, CheckpointMeta]:
+    """A version and its model.json (read alone: replicas fetch and verify the weights)."""
+    found = resolve(store, name, version)
+    return found, read_meta(found.uri)
 
 
 def build_app(args: AppArgs | dict) -> Application:
@@ -131,13 +132,13 @@ def build_app(args: AppArgs | dict) -> Application:
         members, metas = [], []
         for i, m in enumerate(args.models or []):
             path, meta = _load_meta(store, m, args.version)
-            if meta.get("task") != "classification":
-                raise ValueError(f"ensemble member {m!r} is a {meta.get('task')} model; members must be classifiers")
+            if meta.task != "classification":
+                raise ValueError(f"ensemble member {m!r} is a {meta.task} model; members must be classifiers")
             metas.append(meta)
             members.append(
-                Stage.options(name=f"member-{i}-{m}", **args.stages.serve_options()).bind(path, None, batching)
+                Stage.options(name=f"member-{i}-{m}", **args.stages.serve_options()).bind(path.uri, None, batching)
             )
-        shapes = {tuple(m["input_spec"]["shape"]) for m in metas}
+        shapes = {m.input_spec.shape for m in metas}
         if len(shapes) > 1:
             raise ValueError(f"ensemble members take different input shapes {sorted(shapes)}; they must agree")
         spec = IngressSpec(
@@ -148,10 +149,10 @@ def build_app(args: AppArgs | dict) -> Application:
             verbs=("predict",),
             version="",
             model_path="",
-            input_spec=metas[0]["input_spec"],
+            input_spec=metas[0].input_spec.model_dump(mode="json"),
             config={},
             metrics={},
-            dataset=(metas[0].get("dataset") or {}).get("name"),
+            dataset=metas[0].dataset_name,
             limits=limits,
             members=args.models,
             **common,
@@ -165,12 +166,12 @@ def build_app(args: AppArgs | dict) -> Application:
         return _canary_app(args, store, ingress, limits, common)
     path, meta = _load_meta(store, args.model or "", args.version)
     name = args.name or args.model or ""
-    family = family_spec(meta["family"])
-    if args.kind == "vae" and meta["family"] != "vae":
-        raise ValueError(f"kind vae needs a VAE; model {args.model!r} is a {meta['family']}")
+    family = family_spec(meta.family)
+    if args.kind == "vae" and meta.family != "vae":
+        raise ValueError(f"kind vae needs a VAE; model {args.model!r} is a {meta.family}")
     if family.services:  # verbs served by named stage groups (the VAE's encoder and decoder)
         services = [
-            Stage.options(name=n, **args.stages.serve_options()).bind(path, list(g), batching)
+            Stage.options(name=n, **args.stages.serve_options()).bind(path.uri, list(g), batching)
             for n, g in family.services
         ]
         groups = [list(g) for _, g in family.services]
@@ -178,7 +179,7 @@ def build_app(args: AppArgs | dict) -> Application:
             IngressSpec.from_meta(name, "services", path, meta, limits, groups=groups, **common), services
         )
 
-    model = build_model(meta["family"], "default", **meta["config"])  # structure only, to cut it
+    model = build_model(meta.family, "default", **meta.config)  # structure only, to cut it
     groups = resolve_split(model, args.split)
     if len(groups) == 1:
         return ingress.bind(IngressSpec.from_meta(name, "model", path, meta, limits, groups=groups, **common))
@@ -188,7 +189,7 @@ def build_app(args: AppArgs | dict) -> Application:
     paths = _stage_paths(args, store, path, meta, len(groups))
     stages = [
         Stage.options(name=f"stage-{i}", **args.stages.serve_options(extra_resources=placement[i])).bind(
-            paths[i], g, batching
+            paths[i].uri, g, batching
         )
         for i, g in enumerate(groups)
     ]
@@ -201,11 +202,11 @@ def _multiplex_app(args: AppArgs, store: str, ingress, limits: Limits, common: d
     for ref in args.models or []:
         name, version = parse_ref(ref)
         path, meta = _load_meta(store, name, version if ":" in ref else args.version)
-        if meta.get("task") not in ("classification", "regression"):
-            raise ValueError(f"multiplexed model {ref!r} is a {meta.get('task')} model; only predict models multiplex")
-        paths[ref] = path
+        if meta.task not in ("classification", "regression"):
+            raise ValueError(f"multiplexed model {ref!r} is a {meta.task} model; only predict models multiplex")
+        paths[ref] = path.uri
         metas.append(meta)
-    kinds = {(m["family"], m.get("task"), tuple(m["input_spec"]["shape"])) for m in metas}
+    kinds = {(m.family, m.task, m.input_spec.shape) for m in metas}
     if len(kinds) > 1:
         raise ValueError(f"multiplexed models must share family, task and input shape; they have {sorted(kinds)}")
     models = models_deployment(args.max_models_per_replica).options(**args.stages.serve_options()).bind(paths)
@@ -213,15 +214,15 @@ def _multiplex_app(args: AppArgs, store: str, ingress, limits: Limits, common: d
     spec = IngressSpec(
         name=args.name or "multiplex",
         kind="multiplex",
-        family=first["family"],
-        task=first["task"],
+        family=first.family,
+        task=first.task or "classification",
         verbs=("predict",),
         version="",
         model_path="",
-        input_spec=first["input_spec"],
+        input_spec=first.input_spec.model_dump(mode="json"),
         config={},
         metrics={},
-        dataset=(first.get("dataset") or {}).get("name"),
+        dataset=first.dataset_name,
         limits=limits,
         members=list(paths),
         **common,
@@ -232,25 +233,26 @@ def _multiplex_app(args: AppArgs, store: str, ingress, limits: Limits, common: d
 def _canary_app(args: AppArgs, store: str, ingress, limits: Limits, common: dict[str, Any]) -> Application:
     """One ingress serving several versions of one model, each request routed by the traffic
     weights (the Ingress deployment's user_config, changed in place by `foundry rollout`)."""
-    arms, metas = [], []
+    arms, metas, found = [], [], []
     pinned = args.arm_versions or {}
     for label in args.traffic or {}:
         path, meta = _load_meta(store, args.model or "", pinned.get(label) or arm_ref(label))
-        if family_spec(meta["family"]).verbs != ("predict",):
-            raise ValueError(f"a canary serves predict models; {args.model} is a {meta['family']} ({meta.get('task')})")
-        arms.append(Arm(label, path.rstrip("/").rsplit("/", 1)[-1], path))
+        if family_spec(meta.family).verbs != ("predict",):
+            raise ValueError(f"a canary serves predict models; {args.model} is a {meta.family} ({meta.task})")
+        arms.append(Arm(label, str(path.version), path.uri))
         metas.append(meta)
-    shapes = {(m["family"], tuple(m["input_spec"]["shape"]), m.get("task")) for m in metas}
+        found.append(path)
+    shapes = {(m.family, m.input_spec.shape, m.task) for m in metas}
     if len(shapes) > 1:
         raise ValueError(f"the versions in traffic must share family, input shape and task; they have {sorted(shapes)}")
     name = args.name or args.model or ""
     spec = IngressSpec.from_meta(
-        name, "model", arms[0].path, metas[0], limits, arms=tuple(arms), sticky_header=args.sticky_header, **common
+        name, "model", found[0], metas[0], limits, arms=tuple(arms), sticky_header=args.sticky_header, **common
     )
     return ingress.options(user_config={"traffic": dict(args.traffic or {})}).bind(spec)
 
 
-def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> list[str]:
+def _stage_paths(args: AppArgs, store: str, path: StoreVersion, meta: CheckpointMeta, n: int) -> list[StoreVersion]:
     """The model each stage loads: the app's, or a compressed sibling named in stage_models."""
     if args.stage_models is None:
         return [path] * n
@@ -262,10 +264,10 @@ def _stage_paths(args: AppArgs, store: str, path: str, meta: dict, n: int) -> li
             paths.append(path)
             continue
         other, other_meta = _load_meta(store, *parse_ref(ref))
-        if (other_meta["family"], other_meta["config"]) != (meta["family"], meta["config"]):
+        if (other_meta.family, other_meta.config) != (meta.family, meta.config):
             raise ValueError(
-                f"stage_models: {ref!r} ({other_meta['family']} {other_meta['config']}) does not have the stage "
-                f"boundaries of {args.model!r} ({meta['family']} {meta['config']}); use a quantized copy of it"
+                f"stage_models: {ref!r} ({other_meta.family} {other_meta.config}) does not have the stage "
+                f"boundaries of {args.model!r} ({meta.family} {meta.config}); use a quantized copy of it"
             )
         paths.append(other)
     return paths

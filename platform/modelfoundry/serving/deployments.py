@@ -44,6 +44,7 @@ from modelfoundry.serving.requests import (
 )
 from modelfoundry.serving.runner import ModelRunner, predictions, run_model, sigmoid, softmax
 from modelfoundry.serving.spec import IngressSpec, check_traffic
+from modelfoundry.store import StoreVersion
 
 MAX_SAMPLES = 64
 
@@ -157,8 +158,8 @@ class Stage:
         self.runner = ModelRunner(model_path, group)
         self.sessions: dict[str, Session] = {}  # generation sessions this replica holds, by id
         self.batcher = batcher(self.runner, batching)
-        name, version = model_path.rstrip("/").rsplit("/", 2)[-2:]
-        self.metrics = StageMetrics(name, version, "-".join(map(str, self.runner.group)))
+        where = StoreVersion.from_uri(model_path)
+        self.metrics = StageMetrics(where.name, str(where.version), "-".join(map(str, self.runner.group)))
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()

@@ -53,7 +53,7 @@ def deploy_canary(
     # the controller builds the app in its own process: paths must not depend on this one's cwd;
     # each arm's version is pinned now, so a rebuilt app serves what this one does
     store = absolute(args.store)
-    pinned = {label: int(resolve(store, args.model or "", arm_ref(label)).rsplit("/", 1)[-1]) for label in args.traffic}
+    pinned = {label: resolve(store, args.model or "", arm_ref(label)).version for label in args.traffic}
     args = AppArgs.model_validate(
         {
             **args.model_dump(exclude_defaults=True),

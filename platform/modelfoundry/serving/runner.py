@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.artifacts import load_checkpoint
 from modelfoundry.models.stages import group_module
 from modelfoundry.models.transformer import Cache, run_group
+from modelfoundry.store.checkpoint import load_checkpoint
 
 # Model work expected to take less than this runs on the replica's event loop, the rest in a
 # thread. Handing a call to a thread and back costs ~0.2 ms on a quiet 2-core machine and more in
@@ -28,7 +28,7 @@ INLINE_BELOW_S = 0.001
 class ModelRunner:
     def __init__(self, path: str, group: Sequence[int] | None = None, device: str = "auto") -> None:
         loaded = load_checkpoint(path, device=device)  # sha256-checked, weights_only=True
-        self.meta: dict[str, Any] = loaded.meta
+        self.meta = loaded.meta
         self.model = loaded.model
         self.device = torch.device(loaded.device)
         stages = self.model.stages()

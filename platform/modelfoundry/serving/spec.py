@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelfoundry.models import family_spec
+from modelfoundry.store import CheckpointMeta, StoreVersion
 
 MAX_ARMS = 4
 ARM_RE = r"^([0-9]{1,9}|latest|[A-Za-z][A-Za-z0-9_-]{0,31})$"
@@ -73,23 +74,23 @@ class IngressSpec:
     allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
-    def from_meta(cls, name: str, kind: str, path: str, meta: dict[str, Any], limits: Limits, **rest: Any):
+    def from_meta(
+        cls, name: str, kind: str, version: StoreVersion, meta: CheckpointMeta, limits: Limits, **rest: Any
+    ) -> IngressSpec:
         """The spec of one stored model version, from its model.json."""
-        family = meta["family"]
-        task = meta.get("task", "classification")
         return cls(
             name=name,
             kind=kind,  # type: ignore[arg-type]
-            family=family,
-            task=task,
-            verbs=family_spec(family).verbs,
-            version=path.rstrip("/").rsplit("/", 1)[-1] if path else "",
-            model_path=path,
-            input_spec=meta["input_spec"],
-            config=meta["config"],
-            metrics={k: v for k, v in meta.get("metrics", {}).items() if k.startswith("test_")},
-            dataset=(meta.get("dataset") or {}).get("name"),
+            family=meta.family,
+            task=meta.task or "classification",
+            verbs=family_spec(meta.family).verbs,
+            version=str(version.version),
+            model_path=version.uri,
+            input_spec=meta.input_spec.model_dump(mode="json"),
+            config=meta.config,
+            metrics=meta.test_metrics,
+            dataset=meta.dataset_name,
             limits=limits,
-            tokenizer=(meta.get("dataset") or {}).get("tokenizer"),
+            tokenizer=meta.tokenizer,
             **rest,
         )

@@ -21,7 +21,10 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from modelfoundry.artifacts import (
+from modelfoundry.config import JobConfig
+from modelfoundry.models import build_model, set_normalization
+from modelfoundry.storage import filesystem, join
+from modelfoundry.store.checkpoint import (
     MODEL_FILE,
     checkpoint_epoch,
     load_checkpoint,
@@ -30,9 +33,6 @@ from modelfoundry.artifacts import (
     verify,
     write_checkpoint,
 )
-from modelfoundry.config import JobConfig
-from modelfoundry.models import build_model, set_normalization
-from modelfoundry.storage import filesystem, join
 from modelfoundry.training import sharding
 from modelfoundry.training.plan import TeacherSpec, WorkerPlan
 from modelfoundry.training.tasks import batch_loss, distill_loss, summarize
@@ -137,9 +137,9 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
         checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True
     with contextlib.ExitStack() as stack:
         d = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
-        meta = verify(d) if d else {}  # a truncated or corrupt checkpoint is refused, never half-loaded
+        meta = verify(d) if d else None  # a truncated or corrupt checkpoint is refused, never half-loaded
         state = load_train_state(d) if d else None
-        sharded = "sharded" in meta
+        sharded = meta is not None and meta.sharded is not None
         if sharded and not fsdp:
             raise ValueError(
                 f"checkpoint {checkpoint.path} is sharded (an FSDP run's); resume it with train.strategy fsdp"

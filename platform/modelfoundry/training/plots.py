@@ -6,8 +6,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from modelfoundry.artifacts import load_checkpoint, read_meta
 from modelfoundry.storage import download_dir, is_uri, upload_dir
+from modelfoundry.store.checkpoint import CheckpointMeta, load_checkpoint, read_meta
 
 
 def plot_run(checkpoint: str, run_path: str) -> list[str]:
@@ -21,7 +21,7 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         meta = read_meta(download_dir(checkpoint, f"{tmp}/ckpt"))
         out = Path(tmp) / "plots" if is_uri(run_path) else Path(run_path)
         out.mkdir(parents=True, exist_ok=True)
-        history = meta.get("history", [])
+        history = meta.history or []
         names = sorted({k for h in history for k in h if k.startswith(("train_", "test_"))})
         groups = sorted({n.split("_", 1)[1] for n in names})
         fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
@@ -33,14 +33,14 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
             ax.set_title(g)
             ax.set_xlabel("epoch")
             ax.legend()
-        fig.suptitle(f"{meta.get('run', '')} ({meta['family']} on {meta['dataset'].get('name')})")
+        fig.suptitle(f"{meta.run or ''} ({meta.family} on {meta.dataset_name})")
         fig.tight_layout()
         fig.savefig(out / "learning_curves.png", dpi=100)
         plt.close(fig)
         files = ["learning_curves.png"]
-        if meta["family"] == "vae":
+        if meta.family == "vae":
             files.append(_vae_grid(checkpoint, meta, out / "vae_samples.png", plt))
-        if meta.get("task") == "language-model":
+        if meta.task == "language-model":
             files.append(_text_samples(checkpoint, out / "samples.txt"))
         if is_uri(run_path):
             upload_dir(str(out), run_path)
@@ -56,8 +56,8 @@ def _text_samples(checkpoint: str, path: Path) -> str:
     from modelfoundry.models.transformer import generate
 
     loaded = load_checkpoint(checkpoint)
-    tok = CharTokenizer.from_spec(loaded.meta["dataset"]["tokenizer"])
-    lines = [f"# {loaded.meta.get('run', '')}: test_bpc {loaded.meta['metrics'].get('test_bpc', float('nan')):.3f}"]
+    tok = CharTokenizer.from_spec(loaded.meta.tokenizer)
+    lines = [f"# {loaded.meta.run or ''}: test_bpc {loaded.meta.metrics.get('test_bpc', float('nan')):.3f}"]
     for prompt in TEXT_PROMPTS:
         if tok.unknown(prompt):
             continue
@@ -68,14 +68,14 @@ def _text_samples(checkpoint: str, path: Path) -> str:
     return path.name
 
 
-def _vae_grid(checkpoint: str, meta: dict, path: Path, plt) -> str:
+def _vae_grid(checkpoint: str, meta: CheckpointMeta, path: Path, plt) -> str:
     import torch
 
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
 
     vae = load_checkpoint(checkpoint).model
-    splits = load_splits(DataSection(**meta["dataset"]["config"]))
+    splits = load_splits(DataSection(**meta.dataset["config"]))
     x = torch.from_numpy(splits.x_test[:8])
     with torch.no_grad():
         recon = torch.sigmoid(vae(x))

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modelfoundry.artifacts import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, sha256_file
+from modelfoundry.store.checkpoint import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, sha256_file
 
 
 def shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:

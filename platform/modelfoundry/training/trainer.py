@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from modelfoundry import tracking
-from modelfoundry.artifacts import run_checkpoints
 from modelfoundry.config import JobConfig, config_sha256, flatten
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
+from modelfoundry.store.checkpoint import run_checkpoints
 from modelfoundry.tracking import Tracker
 from modelfoundry.training.plan import TeacherSpec, worker_plan
 from modelfoundry.training.tasks import TASK_METRIC, task_of
@@ -105,14 +105,14 @@ def latest_checkpoint(run_path: str) -> str | None:
     files: a driver killed between a checkpoint's upload and the controller's registering of it
     left complete checkpoints that Ray Train does not know about. Local checkpoints are verified
     (sha256) here; on a URI, a readable model.json (workers verify what they load)."""
-    from modelfoundry.artifacts import CheckpointError, verify
+    from modelfoundry.store.checkpoint import CheckpointError, verify
 
     found = []
     for location, meta in run_checkpoints(run_path):
         try:
             if not is_uri(run_path):
                 verify(location)
-            found.append((int(meta["metrics"]["epoch"]), location))
+            found.append((int(meta.metrics["epoch"]), location))
         except (CheckpointError, KeyError, TypeError, ValueError):
             continue  # damaged, or not a training checkpoint: not one to resume from
     return max(found)[1] if found else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfoundry.config import ConfigError
-from modelfoundry.storage import absolute, download_dir, is_uri, join, upload_dir
+from modelfoundry.storage import absolute, is_uri, join, upload_dir
 from modelfoundry.tuning.sweep_config import OBJECTIVE_MODES, CompressDims, SweepConfig
 
 
@@ -40,19 +40,18 @@ def teacher_path(sweep: SweepConfig, task: str, input_shape: tuple[int, ...]) ->
     if sweep.compress is None or not sweep.compress.teacher:
         return None
     from modelfoundry import store
-    from modelfoundry.artifacts import read_meta
+    from modelfoundry.store.checkpoint import read_meta
 
     if task != "classification":
         raise ConfigError(f"compress.teacher: distillation needs a classification task, not {task}")
     path = store.resolve(absolute(sweep.job.train.model_store), *store.parse_ref(sweep.compress.teacher))
-    with tempfile.TemporaryDirectory(prefix="mf-meta-") as tmp:
-        shape = read_meta(download_dir(path, tmp))["input_spec"]["shape"]
+    shape = list(read_meta(path.uri).input_spec.shape)
     if tuple(shape) != tuple(input_shape):
         raise ConfigError(
             f"compress.teacher {sweep.compress.teacher!r} takes inputs of shape {shape}; "
             f"the sweep's data has {list(input_shape)}"
         )
-    return path
+    return path.uri
 
 
 def dominates(a: dict[str, float], b: dict[str, float], objs: list[tuple[str, str]]) -> bool:
@@ -97,12 +96,12 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
     import torch
     from ray import tune
 
-    from modelfoundry.artifacts import load_checkpoint, write_checkpoint
     from modelfoundry.compression.measure import parameters, profile, size_bytes
     from modelfoundry.compression.prune import prune
     from modelfoundry.compression.quantize import quantize_model
     from modelfoundry.config import with_overrides
     from modelfoundry.models import config_dict
+    from modelfoundry.store.checkpoint import load_checkpoint, write_checkpoint
     from modelfoundry.training.loop import TuneSession, train_loop_per_worker
     from modelfoundry.training.plan import TeacherSpec, worker_plan
 

@@ -477,14 +477,14 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
 
 def _best_checkpoint(trial: dict[str, Any], metric: str, mode: str) -> str | None:
     """The best-scoring kept checkpoint of a trial (each holds its metrics in model.json)."""
-    from modelfoundry.artifacts import run_checkpoints
+    from modelfoundry.store.checkpoint import run_checkpoints
 
     last = trial["checkpoint_path"]
     if not last:
         return None
     best, best_value = last, None
     for location, meta in run_checkpoints(last.rsplit("/", 1)[0]):
-        value = (meta.get("metrics") or {}).get(metric)
+        value = meta.metrics.get(metric)
         if value is not None and (best_value is None or (value > best_value if mode == "max" else value < best_value)):
             best, best_value = location, value
     return best

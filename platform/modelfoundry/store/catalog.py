@@ -1,9 +1,5 @@
-"""The model store: checkpoints exported as <store>/<name>/<version>/ (a local directory or a URI).
-
-A version is referred to as NAME (the latest), NAME:VERSION or NAME@ALIAS: aliases (champion,
-challenger, any name) live in <store>/<name>/aliases.json beside the versions, with the history of
-every move. The store is the source of truth for versions and aliases; the MLflow Model Registry
-mirrors it (modelfoundry.tracking.mirror_registry).
+"""Versions in the model store: checkpoints exported as <store>/<name>/<version>/ (a local
+directory or a URI), listed, resolved and described.
 
 A version directory is written under a hidden temporary name and renamed into place only once
 complete, so a failed export never leaves a half-written version that `list`/`resolve` would see;
@@ -13,9 +9,6 @@ concurrent exports of one name get distinct versions (see export).
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
-import re
 import shutil
 import tempfile
 import time
@@ -25,104 +18,24 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry.artifacts import (
-    META_FILE,
-    MODEL_FILE,
-    CheckpointError,
-    library_versions,
-    published_meta,
-    verify,
-)
 from modelfoundry.config import config_sha256
-from modelfoundry.storage import absolute, download_dir, filesystem, fsync_dir, fsync_tree, join, write_atomic
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-ALIASES_FILE = "aliases.json"
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """NAME, NAME:VERSION or NAME@ALIAS -> (name, version, 'latest' or '@ALIAS'), as resolve takes them."""
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return name, f"@{alias}"
-    name, _, version = ref.partition(":")
-    return name, version or "latest"
-
-
-def check_alias(alias: str) -> None:
-    if not ALIAS_RE.match(alias) or alias == "latest":
-        raise ValueError(
-            f"alias {alias!r} must start with a letter and hold 1-32 letters, digits, '_' or '-' (not 'latest')"
-        )
-
-
-def aliases(store: str, name: str) -> dict[str, int]:
-    """The aliases of `name`: alias -> version."""
-    return dict(_read_aliases(store, name)["aliases"])
-
-
-def alias_history(store: str, name: str) -> list[dict[str, Any]]:
-    """Every alias move of `name`, oldest first: {alias, version, previous, at}."""
-    return list(_read_aliases(store, name)["history"])
-
-
-def _read_aliases(store: str, name: str) -> dict[str, Any]:
-    fs, root = filesystem(store)
-    path = f"{root}/{name}/{ALIASES_FILE}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return {"aliases": {}, "history": []}
-    with fs.open_input_stream(path) as f:
-        data = json.loads(f.read())
-    return {"aliases": {a: int(v) for a, v in data.get("aliases", {}).items()}, "history": data.get("history", [])}
+from modelfoundry.storage import download_dir, filesystem, fsync_dir, fsync_tree
+from modelfoundry.store.aliases import aliases, record_move
+from modelfoundry.store.checkpoint import MODEL_FILE, library_versions, read_meta, verify
+from modelfoundry.store.meta import META_FILE, CheckpointError, CheckpointMeta
+from modelfoundry.store.refs import NAME_RE, StoreVersion, check_alias, check_name, parse_ref
 
 
 def set_alias(store: str, name: str, alias: str, version: int | str | None) -> dict[str, Any]:
     """Point `alias` at `version` of `name` (None removes it); returns the move {alias, version,
-    previous, at}. A local store serialises concurrent moves with a lock and replaces the file
-    atomically; on an object store the last writer wins (serialise alias moves there)."""
-    _check_name(name)
+    previous, at} (store/aliases.py)."""
+    check_name(name)
     check_alias(alias)
     if version is not None:
-        version = int(resolve(store, name, version).rsplit("/", 1)[-1])  # a missing version fails here
+        version = resolve(store, name, version).version  # a missing version fails here
     elif not versions(store, name):
         resolve(store, name)  # the unknown-model error
-    fs, root = filesystem(store)
-    with _alias_lock(fs, f"{root}/{name}"):
-        data = _read_aliases(store, name)
-        previous = data["aliases"].get(alias)
-        if version is None and previous is None:
-            raise ValueError(f"model {name!r} has no alias {alias!r}; it has {sorted(data['aliases'])}")
-        if version is None:
-            del data["aliases"][alias]
-        else:
-            data["aliases"][alias] = version
-        move = {
-            "alias": alias,
-            "version": version,
-            "previous": previous,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        data["history"].append(move)
-        write_atomic(join(absolute(store), name, ALIASES_FILE), json.dumps(data, indent=2, sort_keys=True).encode())
-    return move
-
-
-class _alias_lock:
-    def __init__(self, fs: pafs.FileSystem, directory: str) -> None:
-        self.path = f"{directory}/.aliases.lock" if isinstance(fs, pafs.LocalFileSystem) else None
-
-    def __enter__(self) -> None:
-        if self.path:
-            self.f = open(self.path, "a")  # noqa: SIM115
-            fcntl.flock(self.f, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.path:
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
+    return record_move(store, name, alias, version)
 
 
 def lineage_record(config: dict[str, Any], **links: Any) -> dict[str, Any]:
@@ -137,11 +50,6 @@ def lineage_record(config: dict[str, Any], **links: Any) -> dict[str, Any]:
         "versions": library_versions(),
         **{k: v for k, v in links.items() if v is not None},
     }
-
-
-def _check_name(name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
 
 
 def versions(store: str, name: str) -> list[int]:
@@ -164,7 +72,7 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
     another export took that number first (rename(2) never replaces a non-empty directory): then it
     tries the next one. Staging is removed on every path, and a killed export's leftover never
     blocks a later one (its name is unique; leftovers older than an hour are swept)."""
-    _check_name(name)
+    check_name(name)
     with tempfile.TemporaryDirectory(prefix="mf-export-") as tmp:
         local = Path(download_dir(checkpoint_dir, f"{tmp}/src"))
         meta = verify(local)  # never publish a corrupt checkpoint
@@ -172,16 +80,15 @@ def export(checkpoint_dir: str, store: str, name: str, extra_meta: dict[str, Any
         staged.mkdir()
         # the weights only: an FSDP run's shards and the optimizer state are not part of a published model
         shutil.copy2(local / MODEL_FILE, staged / MODEL_FILE)
-        meta = published_meta(meta)
-        meta.update(extra_meta or {})  # e.g. a Pareto-front member's objectives
-        (staged / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        meta = meta.published().updated(**(extra_meta or {}))  # e.g. a Pareto-front member's objectives
+        (staged / META_FILE).write_text(meta.to_json())
         fs, root = filesystem(store)
         fs.create_dir(f"{root}/{name}", recursive=True)
         if isinstance(fs, pafs.LocalFileSystem):  # a path or a file:// URI: atomic rename
             version = _publish_local(staged, Path(root) / name)
         else:
             version = _publish_uri(staged, store, name)
-    return entry(store, name, version)
+    return entry(StoreVersion(store, name, version))
 
 
 def _publish_local(staged: Path, parent: Path) -> int:
@@ -243,33 +150,22 @@ def _publish_uri(staged: Path, store: str, name: str) -> int:
     raise RuntimeError(f"could not allocate a version of {name} in {ALLOCATION_ATTEMPTS} attempts")
 
 
-def read_version_meta(store: str, name: str, version: int) -> dict[str, Any]:
+def read_version_meta(version: StoreVersion) -> CheckpointMeta:
     """model.json of one version, read alone (never the weights beside it)."""
-    path = join(absolute(store), name, str(version))
-    fs, root = filesystem(store)
-    try:
-        with fs.open_input_stream(f"{root}/{name}/{version}/{META_FILE}") as f:
-            meta = json.loads(f.read())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a checkpoint: {META_FILE} is missing") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}/{META_FILE} cannot be read: {err}") from None
-    if not isinstance(meta, dict) or "family" not in meta:
-        raise CheckpointError(f"{path}/{META_FILE} is not a model.json")
-    return meta
+    return read_meta(version.uri)
 
 
-def entry(store: str, name: str, version: int) -> dict[str, Any]:
-    path = join(absolute(store), name, str(version))
-    meta = read_version_meta(store, name, version)
+def entry(version: StoreVersion) -> dict[str, Any]:
+    """What `foundry models` prints about one version (JSON)."""
+    meta = read_version_meta(version)
     return {
-        "name": name,
-        "version": version,
-        "family": meta["family"],
-        "dataset": meta.get("dataset", {}).get("name"),
-        "metrics": meta.get("metrics", {}),
-        "path": path,
-        "lineage": meta.get("lineage"),
+        "name": version.name,
+        "version": version.version,
+        "family": meta.family,
+        "dataset": meta.dataset_name,
+        "metrics": meta.metrics,
+        "path": version.uri,
+        "lineage": meta.lineage,
     }
 
 
@@ -277,19 +173,16 @@ def describe(store: str, ref: str) -> dict[str, Any]:
     """NAME, NAME:VERSION or NAME@ALIAS: its entry with the aliases that point at it, followed by
     its ancestors (a compressed model's parent, and that one's) as far as the store holds them."""
     chain: list[dict[str, Any]] = []
-    name, version = parse_ref(ref)
-    path = resolve(store, name, version)
-    while path and len(chain) < 16:
-        v = int(path.rstrip("/").rsplit("/", 1)[-1])
-        e = entry(store, name, v)
-        e["aliases"] = sorted(a for a, av in aliases(store, name).items() if av == v)
+    current: StoreVersion | None = resolve(store, *parse_ref(ref))
+    while current is not None and len(chain) < 16:
+        e = entry(current)
+        e["aliases"] = sorted(a for a, av in aliases(store, current.name).items() if av == current.version)
         chain.append(e)
         parent = (e.get("lineage") or {}).get("parent")
         if not parent:
             break
-        name = parent["name"]
         try:
-            path = resolve(store, name, parent["version"])
+            current = resolve(store, parent["name"], parent["version"])
         except ValueError:  # the parent lives in another store, or was removed
             break
     return {"ref": ref, "chain": chain}
@@ -305,7 +198,7 @@ def list_models(store: str) -> list[dict[str, Any]]:
         named = aliases(store, info.base_name)
         for version in versions(store, info.base_name):
             try:
-                e = entry(store, info.base_name, version)
+                e = entry(StoreVersion(store, info.base_name, version))
             except CheckpointError:
                 continue  # not a complete version
             e["aliases"] = sorted(a for a, v in named.items() if v == version)
@@ -313,10 +206,10 @@ def list_models(store: str) -> list[dict[str, Any]]:
     return out
 
 
-def resolve(store: str, name: str, version: int | str | None = None) -> str:
-    """The path/URI of `name` at `version` (latest when None or "latest"; "@ALIAS": the version
-    the alias points at)."""
-    _check_name(name)
+def resolve(store: str, name: str, version: int | str | None = None) -> StoreVersion:
+    """`name` at `version` (latest when None or "latest"; "@ALIAS": the version the alias points
+    at), a complete version in the store; ValueError naming what is missing."""
+    check_name(name)
     have = versions(store, name)
     if not have:  # the names only (directory listing): nothing is downloaded to say what is missing
         known = names(store)
@@ -348,7 +241,7 @@ def resolve(store: str, name: str, version: int | str | None = None) -> str:
                 f"version {v} of {name!r} is not complete (its upload is under way or failed): "
                 "it cannot be served, aliased or exported"
             )
-    return join(absolute(store), name, str(v))
+    return StoreVersion(store, name, v)
 
 
 def names(store: str) -> list[str]:

@@ -24,7 +24,6 @@ its parameters, the parent (name, version, sha256) and the measures before and a
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import tempfile
 import time
@@ -38,14 +37,12 @@ from torch import nn
 
 from modelfoundry.models import build_model, config_dict, family_of, input_spec
 from modelfoundry.storage import download_dir, filesystem, join
+from modelfoundry.store.codecs import codec
+from modelfoundry.store.meta import FORMAT_VERSION, META_FILE, CheckpointError, CheckpointMeta
 
-FORMAT_VERSION = 1
-MODEL_FILE, META_FILE, STATE_FILE = "model.pt", "model.json", "state.pt"
+MODEL_FILE, STATE_FILE = "model.pt", "state.pt"
 SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR = "sharded/model", "sharded/optimizer"  # FSDP checkpoints
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete, corrupt or tampered with."""
+__all__ = ["CheckpointError", "CheckpointMeta", "META_FILE", "MODEL_FILE", "STATE_FILE"]
 
 
 def sha256_file(path: Path) -> str:
@@ -114,26 +111,27 @@ def write_checkpoint(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    (d / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    written = CheckpointMeta.model_validate(meta)  # what is written is what every reader parses
+    (d / META_FILE).write_text(written.to_json())
     return d
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    d = Path(directory)
-    path = d / META_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{d} is not a checkpoint: {META_FILE} is missing")
+def read_meta(location: str | Path) -> CheckpointMeta:
+    """model.json of a checkpoint, a directory or a URI (s3://, gs://, file://), read alone (the
+    weights beside it are not fetched, nor checked: that is `verify`'s, on a local copy)."""
+    where = join(str(location), META_FILE)
+    fs, path = filesystem(where)
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    for key in ("family", "config", "sha256", "input_spec"):
-        if key not in meta:
-            raise CheckpointError(f"{path} lacks the field {key!r}")
-    return meta
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"{location} is not a checkpoint: {META_FILE} is missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{where} cannot be read: {err}") from None
+    return CheckpointMeta.parse(data, where)
 
 
-def run_checkpoints(run_path: str) -> list[tuple[str, dict[str, Any]]]:
+def run_checkpoints(run_path: str) -> list[tuple[str, CheckpointMeta]]:
     """(location, model.json) of each checkpoint_* directory of a run, local or on a URI, whose
     model.json reads (not verified: that is `verify`'s, on a local copy)."""
     fs, root = filesystem(run_path)
@@ -141,10 +139,10 @@ def run_checkpoints(run_path: str) -> list[tuple[str, dict[str, Any]]]:
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
+        location = join(run_path, info.base_name)
         try:
-            with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
-                out.append((join(run_path, info.base_name), json.loads(f.read())))
-        except (OSError, ValueError):
+            out.append((location, read_meta(location)))
+        except CheckpointError:
             continue  # incomplete: model.json is written last
     return out
 
@@ -152,11 +150,9 @@ def run_checkpoints(run_path: str) -> list[tuple[str, dict[str, Any]]]:
 def checkpoint_epoch(location: str) -> int:
     """The epoch a training checkpoint (directory or URI) holds, from its model.json; 0 when it
     has none or cannot be read."""
-    fs, path = filesystem(join(str(location), META_FILE))
     try:
-        with fs.open_input_stream(path) as f:
-            return int(json.loads(f.read())["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_meta(location).metrics["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
         return 0
 
 
@@ -179,33 +175,31 @@ def inside(directory: Path, name: object) -> Path:
     return path
 
 
-def verify(directory: str | Path) -> dict[str, Any]:
+def verify(directory: str | Path) -> CheckpointMeta:
     """model.json's metadata, after checking model.pt (and, in a training checkpoint, state.pt and
     an FSDP run's shards) against the sha256 model.json records: a truncated, corrupt or missing
     file is refused, and so is a file name that leads out of the checkpoint."""
     d = Path(directory)
     meta = read_meta(d)
-    files = [(STATE_FILE, meta.get("state_sha256"))]  # state.pt: in training checkpoints only
-    if "sharded" in meta:
-        if not isinstance(meta["sharded"], dict) or not meta["sharded"]:
+    files: list[tuple[str, str | None]] = [(STATE_FILE, meta.state_sha256)]  # training checkpoints only
+    if meta.sharded is not None:
+        if not meta.sharded:
             raise CheckpointError(f"{d / META_FILE}: 'sharded' must map the shard files to their sha256")
-        if not isinstance(meta["sha256"], str):  # written before model.pt was gathered at save time
+        if meta.sha256 is None:  # written before model.pt was gathered at save time
             raise CheckpointError(
                 f"{d} is a sharded (FSDP) checkpoint without a consolidated {MODEL_FILE}: its weights could "
                 "only be read through DCP's pickled .metadata, which runs code on load, so it is refused. "
                 "Resume the run with this version of modelfoundry (train --resume) to write a checkpoint "
                 f"that carries {MODEL_FILE}"
             )
-        files += list(meta["sharded"].items())
+        files += list(meta.sharded.items())
     if not inside(d, MODEL_FILE).is_file():
         raise CheckpointError(f"{d} is not a checkpoint: {MODEL_FILE} is missing")
-    files.append((MODEL_FILE, meta["sha256"]))
+    files.append((MODEL_FILE, meta.sha256))
     for name, expected in files:
         if expected is None:
             continue
         path = inside(d, name)
-        if not isinstance(expected, str):
-            raise CheckpointError(f"{d / META_FILE}: the sha256 of {name!r} must be a string, got {expected!r}")
         if not path.is_file():
             raise CheckpointError(f"{d} is not a complete checkpoint: {name} is missing")
         actual = sha256_file(path)
@@ -220,7 +214,7 @@ def verify(directory: str | Path) -> dict[str, Any]:
 @dataclass
 class LoadedModel:
     model: nn.Module
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     path: str
     device: str = "cpu"
 
@@ -232,29 +226,16 @@ def load_checkpoint(location: str | Path, device: str = "cpu") -> LoadedModel:
         local = Path(download_dir(str(location), tmp))
         meta = verify(local)
         weights = local / MODEL_FILE  # an FSDP checkpoint's too: its shards are for resuming only
-        model = build_model(meta["family"], "default", **meta["config"])
-        scheme = (meta.get("quantization") or {}).get("scheme")
+        model = build_model(meta.family, "default", **meta.config)
+        weight_codec = codec(meta.codec)
         if device == "auto":
-            from modelfoundry.compression.quantize import CPU_ONLY
-
-            device = "cuda" if torch.cuda.is_available() and scheme not in CPU_ONLY else "cpu"
+            device = "cuda" if torch.cuda.is_available() and not weight_codec.cpu_only else "cpu"
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            if scheme:
-                from modelfoundry.compression.quantize import load_quantized
-
-                model = load_quantized(model, scheme, state, device)
-            else:
-                model.load_state_dict(state)
+            model = weight_codec.load(model, state, device)
         except Exception as err:  # unpickling refused or shapes differ: the file is not ours
             raise CheckpointError(f"cannot load weights from {weights}: {err}") from None
     return LoadedModel(model.to(device).eval(), meta, str(location), device)
-
-
-def published_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """model.json of a training checkpoint as the store publishes it: the weights only (model.pt),
-    no shards or optimizer state."""
-    return {k: v for k, v in meta.items() if k not in ("sharded", "state_sha256")}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
