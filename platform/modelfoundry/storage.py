@@ -26,6 +26,17 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), absolute(location)
 
 
+def checkpoint_location(checkpoint) -> str:
+    """Where a Ray Train/Tune checkpoint lives, as a location this module opens: Ray reports a
+    (filesystem, path) pair whose path has no scheme on an object store ("bucket/runs/..."), which
+    read as a local path would name a directory that does not exist."""
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return path
+    scheme = {"gcs": "gs"}.get(fs.type_name, fs.type_name)
+    return f"{scheme}://{path}"
+
+
 def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
@@ -88,7 +99,16 @@ def download_dir(location: str, local_dir: str) -> str:
     if not is_uri(location):
         return absolute(location)
     fs, path = filesystem(location)
-    pafs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    for info in infos:  # a directory on an object store is a key prefix: each file is fetched alone
+        if info.type != pafs.FileType.File:
+            continue
+        target = Path(local_dir, info.path[len(path.rstrip("/")) + 1 :])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
     return local_dir
 
 

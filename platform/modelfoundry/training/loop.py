@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from modelfoundry.config import JobConfig
 from modelfoundry.models import build_model, set_normalization
-from modelfoundry.storage import filesystem, join
+from modelfoundry.storage import checkpoint_location, filesystem, join
 from modelfoundry.store.checkpoint import (
     MODEL_FILE,
     checkpoint_epoch,
@@ -130,7 +130,7 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     start_epoch, attempt, history = 1, 0, []
     checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
     if plan.resume_from and checkpoint_epoch(plan.resume_from) > (
-        checkpoint_epoch(checkpoint.path) if checkpoint else 0
+        checkpoint_epoch(checkpoint_location(checkpoint)) if checkpoint else 0
     ):
         checkpoint, seeded = ray.train.Checkpoint(plan.resume_from), False  # newer than Ray Train knows of
     if checkpoint is None and plan.start_from:

@@ -19,6 +19,8 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
+from modelfoundry.storage import checkpoint_location
+
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 
 
@@ -34,7 +36,7 @@ class ReportRelay(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         item = dict(metrics[0])  # rank 0's metrics (every rank reports the all-reduced values)
-        item[CHECKPOINT_PATH_KEY] = checkpoint.path if checkpoint else None
+        item[CHECKPOINT_PATH_KEY] = checkpoint_location(checkpoint) if checkpoint else None
         self.queue.put(item)
 
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from modelfoundry import tracking
 from modelfoundry.config import JobConfig, config_sha256, flatten
 from modelfoundry.data import load_splits, ray_datasets
-from modelfoundry.storage import absolute, check_writable, filesystem, is_uri, join
+from modelfoundry.storage import absolute, check_writable, checkpoint_location, filesystem, is_uri, join
 from modelfoundry.store.checkpoint import run_checkpoints
 from modelfoundry.tracking import Tracker
 from modelfoundry.training.plan import TeacherSpec, worker_plan
@@ -356,7 +356,8 @@ def train(
             raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
         raise
     best_ckpt, best_metrics = _best(result, metric, mode)
-    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_ckpt.path, result.checkpoint.path)
+    best_at, last_at = checkpoint_location(best_ckpt), checkpoint_location(result.checkpoint)
+    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_at, last_at)
     if export:
         record = store.lineage_record(
             cfg.to_dict(),
@@ -364,7 +365,7 @@ def train(
             tracking_run_id=tracker.run_id,
             **(lineage or {}),
         )
-        outcome.model = store.export(best_ckpt.path, absolute(cfg.train.model_store), cfg.name, {"lineage": record})
+        outcome.model = store.export(best_at, absolute(cfg.train.model_store), cfg.name, {"lineage": record})
     outcome.plots = plot_run(outcome.last_checkpoint, outcome.run_path)
     for plot in outcome.plots:
         tracker.log_artifact(plot, "plots")

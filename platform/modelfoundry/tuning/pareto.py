@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfoundry.config import ConfigError
-from modelfoundry.storage import absolute, is_uri, join, upload_dir
+from modelfoundry.storage import absolute, checkpoint_location, is_uri, join, upload_dir
 from modelfoundry.tuning.sweep_config import OBJECTIVE_MODES, CompressDims, SweepConfig
 
 
@@ -193,7 +193,7 @@ def collect(sweep: SweepConfig, results, objs: list[tuple[str, str]]) -> list[di
                 **{n: m[n] for n, _ in objs},
                 "parameters": m.get("parameters"),
                 "compression": m.get("compression"),
-                "checkpoint_path": r.checkpoint.path if r.checkpoint else None,
+                "checkpoint_path": checkpoint_location(r.checkpoint) if r.checkpoint else None,
             }
         )
     return rows

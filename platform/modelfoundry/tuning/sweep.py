@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from modelfoundry import tracking
 from modelfoundry.config import ConfigError, dump_config, with_overrides
-from modelfoundry.storage import absolute, check_writable, filesystem, join
+from modelfoundry.storage import absolute, check_writable, checkpoint_location, filesystem, join
 from modelfoundry.training.tasks import TASK_METRIC, TASK_METRICS, task_of
 from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
@@ -453,7 +453,8 @@ def summarize(sweep: SweepConfig, results, metric: str, mode: str, exp_path: str
                 "error": str(r.error).splitlines()[0] if r.error else None,
                 "history": history,
                 # a TorchTrainer trial's own checkpoint (relayed), else Tune's copy
-                "checkpoint_path": last.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None),
+                "checkpoint_path": last.get("checkpoint_path")
+                or (checkpoint_location(r.checkpoint) if r.checkpoint else None),
             }
         )
     ok = [t for t in trials if t["best_" + metric] is not None]
