@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
@@ -11,6 +12,57 @@ _SANDBOX = tempfile.mkdtemp(prefix="mf-tests-")
 # every tracked run of the session in one MLflow store (one schema migration, not one per run);
 # the tracking tests name their own
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SANDBOX}/mlflow.db")
+
+# model families from outside the platform, importable by this process and by every Ray process
+# the tests start (they inherit PYTHONPATH), as a user's installed package would be: the shipped
+# example (docs/examples/custom_family) and one defined here, a family without stages()
+EXAMPLE_FAMILY_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples", "custom_family"
+)
+TEST_FAMILY_DIR = os.path.join(_SANDBOX, "families")
+PLAIN_FAMILY = """
+from torch import nn
+from modelfoundry.models import FamilyConfig, FamilySpec
+from modelfoundry.models.spec import NonEmpty, PosInt
+
+
+class WideConfig(FamilyConfig):
+    input_shape: NonEmpty[PosInt] = (1, 8, 8)
+    output_dim: PosInt = 10
+    width: PosInt = 32
+
+
+class Wide(nn.Module):  # no stages(): served whole, never split
+    def __init__(self, config: WideConfig) -> None:
+        super().__init__()
+        self.config = config
+        n = 1
+        for d in config.input_shape:
+            n *= d
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n, config.width), nn.ReLU(), nn.Linear(config.width, config.output_dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+SPEC = FamilySpec("wide", Wide, WideConfig, {"tiny": {"width": 16}, "default": {"width": 32}}, inputs=frozenset({"image", "table"}))
+NOT_A_SPEC = {"name": "wide"}
+"""
+os.makedirs(os.path.join(TEST_FAMILY_DIR, "mfx_plain"), exist_ok=True)
+with open(os.path.join(TEST_FAMILY_DIR, "mfx_plain", "__init__.py"), "w") as _f:
+    _f.write(PLAIN_FAMILY)
+# and registered by name, as `pip install` registers an entry point (a dist-info on the path)
+os.makedirs(os.path.join(TEST_FAMILY_DIR, "mfx_plain-0.1.dist-info"), exist_ok=True)
+for _name, _text in (
+    ("METADATA", "Metadata-Version: 2.1\nName: mfx-plain\nVersion: 0.1\n"),
+    ("entry_points.txt", "[modelfoundry.families]\nwide = mfx_plain:SPEC\n"),
+):
+    with open(os.path.join(TEST_FAMILY_DIR, "mfx_plain-0.1.dist-info", _name), "w") as _f:
+        _f.write(_text)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (EXAMPLE_FAMILY_DIR, TEST_FAMILY_DIR, os.environ.get("PYTHONPATH")) if p
+)
+sys.path[:0] = [EXAMPLE_FAMILY_DIR, TEST_FAMILY_DIR]
 
 # modules whose tests start Ray clusters of their own (a CLI driver, `ray start` nodes)
 CLUSTER_MODULES = {"test_cluster_start", "test_multinode", "test_quickstart", "test_submit", "test_training_faults"}

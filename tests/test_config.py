@@ -38,7 +38,10 @@ def test_overrides_and_round_trip():
 @pytest.mark.parametrize(
     "patch, fragment",
     [
-        ({"model": {"family": "gpt"}}, "model.family: Input should be 'mlp', 'cnn', 'rnn', 'vae' or 'transformer'"),
+        (
+            {"model": {"family": "gpt"}},
+            "model.family: unknown model family 'gpt'; choose one of ['cnn', 'mlp', 'rnn', 'transformer', 'vae']",
+        ),
         (
             {"model": {"family": "cnn", "preset": "huge"}},
             "unknown preset 'huge' for cnn; choose one of ['tiny', 'default']",

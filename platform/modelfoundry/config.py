@@ -44,7 +44,9 @@ class _Frozen(BaseModel):
 
 
 class ModelSection(_Frozen):
-    family: Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+    # a built-in family (mlp, cnn, rnn, vae, transformer), an installed one's entry-point name, or
+    # package.module:ATTR naming a FamilySpec of one's own (models/external.py)
+    family: str
     preset: str = "default"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -61,6 +63,12 @@ class ModelSection(_Frozen):
                 params[key] = data.pop(key)
         data["params"] = params
         return data
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        family_spec(family)  # a ValueError that names the family and why
+        return family
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelSection:

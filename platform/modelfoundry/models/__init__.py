@@ -1,5 +1,8 @@
 """The model families, pure PyTorch (no Ray import anywhere under models/), and their registry:
-one `FamilySpec` per family (models/spec.py). A new family is one module plus one entry here."""
+one `FamilySpec` per family (models/spec.py). A built-in family is one module plus one entry here;
+a family of one's own needs no edit to the platform (models/external.py): `model.family` names it
+as `package.module:ATTR`, or by the name an installed package registers in the entry-point group
+`modelfoundry.families`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from modelfoundry.models import cnn, mlp, rnn, transformer, vae
+from modelfoundry.models import cnn, external, mlp, rnn, transformer, vae
 from modelfoundry.models.spec import FamilyConfig, FamilySpec, InputKind, Task
 
 REGISTRY: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (mlp, cnn, rnn, vae, transformer)}
@@ -17,9 +20,10 @@ PRESETS = ("tiny", "default")
 
 
 def family_spec(family: str) -> FamilySpec:
-    if family not in REGISTRY:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[family]
+    """The FamilySpec `family` names: a built-in name, an entry-point name or package.module:ATTR."""
+    if family in REGISTRY:
+        return REGISTRY[family]
+    return external.load(family, sorted(REGISTRY))
 
 
 def model_config(family: str, preset: str = "default", **overrides: Any) -> FamilyConfig:
@@ -30,7 +34,9 @@ def model_config(family: str, preset: str = "default", **overrides: Any) -> Fami
 def build_model(family: str, preset: str = "default", **overrides: Any) -> nn.Module:
     """Build a model of `family` at `preset`, with config fields overridden by `overrides`."""
     spec = family_spec(family)
-    return spec.model(spec.build_config(preset, overrides))
+    model = spec.model(spec.build_config(preset, overrides))
+    model.family_reference = family  # what family_of records: the name it was built by
+    return model
 
 
 def config_dict(model: nn.Module) -> dict[str, Any]:
@@ -39,10 +45,18 @@ def config_dict(model: nn.Module) -> dict[str, Any]:
 
 
 def family_of(model: nn.Module) -> str:
-    for name, spec in REGISTRY.items():
-        if isinstance(model, spec.model):  # FSDP's fully_shard makes a subclass of it
-            return name
-    raise ValueError(f"{type(model).__name__} is not one of the model families {sorted(REGISTRY)}")
+    """The name a checkpoint records for `model`'s family (the reference that loads it again)."""
+    if isinstance(getattr(model, "family_reference", None), str):
+        return model.family_reference
+    known = [*external.loaded().items(), *REGISTRY.items()]  # a user's subclass of a built-in is the user's
+    for check in (lambda m, c: type(m) is c, isinstance):  # isinstance: FSDP's fully_shard subclasses it
+        for name, spec in known:
+            if check(model, spec.model):
+                return name
+    raise ValueError(
+        f"{type(model).__name__} is not a model of a known family ({sorted(REGISTRY)} or one loaded "
+        "as package.module:ATTR)"
+    )
 
 
 def input_spec(model: nn.Module) -> dict[str, Any]:

@@ -12,8 +12,18 @@ import torch
 from torch import nn
 
 
+def has_stages(model: nn.Module) -> bool:
+    return callable(getattr(model, "stages", None))
+
+
+def model_stages(model: nn.Module) -> list[nn.Module]:
+    """The model's stages (its `stages()`); a family without `stages()` is one stage, itself:
+    it serves monolithic and cannot be split."""
+    return list(model.stages()) if has_stages(model) else [model]
+
+
 def stage_params(model: nn.Module) -> list[int]:
-    return [sum(p.numel() for p in stage.parameters()) for stage in model.stages()]
+    return [sum(p.numel() for p in stage.parameters()) for stage in model_stages(model)]
 
 
 def validate_split(split: Sequence[Sequence[int]], n_stages: int) -> list[list[int]]:
@@ -53,9 +63,14 @@ def auto_split(model: nn.Module, k: int) -> list[list[int]]:
 
 def resolve_split(model: nn.Module, split: str | int | Sequence[Sequence[int]] | None) -> list[list[int]]:
     """None -> one group (monolithic); "auto" -> 2 balanced groups; "auto:k" or k -> k groups."""
-    n = len(model.stages())
+    n = len(model_stages(model))
     if split is None:
         return [list(range(n))]
+    if not has_stages(model):
+        raise ValueError(
+            f"{type(model).__name__} has no stages() (its family does not say where it can be cut), so it "
+            "serves monolithic only: drop --split / split, or give the family's model a stages() method"
+        )
     if isinstance(split, int) and not isinstance(split, bool):
         return auto_split(model, split)
     if isinstance(split, str):
@@ -69,13 +84,13 @@ def resolve_split(model: nn.Module, split: str | int | Sequence[Sequence[int]] |
 
 def group_module(model: nn.Module, group: Sequence[int]) -> nn.Module:
     """One nn.Module running the stages in `group`, in order."""
-    stages = model.stages()
+    stages = model_stages(model)
     return nn.Sequential(*(stages[i] for i in group))
 
 
 @torch.no_grad()
 def run_stages(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Compose all stages in order: equals model(x) in eval mode (the split-serving contract)."""
-    for stage in model.stages():
+    for stage in model_stages(model):
         x = stage(x)
     return x

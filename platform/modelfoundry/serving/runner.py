@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfoundry.models.stages import group_module
+from modelfoundry.models.stages import group_module, model_stages
 from modelfoundry.models.transformer import Cache, run_group
 from modelfoundry.store.checkpoint import load_checkpoint
 
@@ -31,7 +31,7 @@ class ModelRunner:
         self.meta = loaded.meta
         self.model = loaded.model
         self.device = torch.device(loaded.device)
-        stages = self.model.stages()
+        stages = model_stages(self.model)
         self.group = list(group) if group is not None else list(range(len(stages)))
         self.last = self.group[-1] == len(stages) - 1  # this group ends the model
         self.stage_modules = [stages[i] for i in self.group]

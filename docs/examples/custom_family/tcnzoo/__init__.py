@@ -1,0 +1,1 @@
+"""A model family from outside modelfoundry: a temporal convolutional network (tcnzoo.family)."""
