@@ -1,0 +1,5 @@
+import sys
+
+from modelfoundry.cli import main
+
+sys.exit(main())
