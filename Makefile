@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup run test bench bench-peers lint clean lock
+.PHONY: setup run test test-unit browser bench bench-peers lint clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,17 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/foundry run --config jobs/configs/cnn_digits.yaml --workers 2
 
-test: $(STAMP)
+# everything: the unit tests, then every test on a local Ray cluster, S3 server and browser
+test: $(STAMP) browser
 	$(BIN)/pytest tests
+
+# the unit tests only (no Ray cluster, no browser), while editing
+test-unit: $(STAMP)
+	$(BIN)/pytest tests -m "not slow"
+
+# Chromium for the browser tests, installed from the distribution's packages when missing
+browser:
+	.ci/ensure-chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
