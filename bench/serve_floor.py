@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from ray import serve
 
-from modelfoundry.serving.deployments import replica_transport
+from modelfoundry.serving.stage import replica_transport
 from modelfoundry.serving.options import DeploymentOptions
 
 app = FastAPI()

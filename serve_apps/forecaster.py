@@ -2,10 +2,11 @@
 
 from ray.serve import Application
 
-from modelfoundry.serving.apps import AppArgs, build_app
+from modelfoundry.serving.app_args import ModelArgs
+from modelfoundry.serving.apps import build_app
 
 
-class Args(AppArgs):
+class Args(ModelArgs):
     pass
 
 

@@ -6,11 +6,12 @@ from typing import Literal
 
 from ray.serve import Application
 
-from modelfoundry.serving.apps import AppArgs, build_app
+from modelfoundry.serving.app_args import MultiplexArgs
+from modelfoundry.serving.apps import build_app
 
 
-class Args(AppArgs):
-    kind: Literal["model", "ensemble", "vae", "multiplex"] = "multiplex"
+class Args(MultiplexArgs):
+    kind: Literal["multiplex"] = "multiplex"
 
 
 def app(args: Args) -> Application:

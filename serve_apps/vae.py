@@ -4,11 +4,12 @@ from typing import Literal
 
 from ray.serve import Application
 
-from modelfoundry.serving.apps import AppArgs, build_app
+from modelfoundry.serving.app_args import VaeArgs
+from modelfoundry.serving.apps import build_app
 
 
-class Args(AppArgs):
-    kind: Literal["model", "ensemble", "vae"] = "vae"
+class Args(VaeArgs):
+    kind: Literal["vae"] = "vae"
 
 
 def app(args: Args) -> Application:

@@ -121,7 +121,7 @@ def test_a_family_from_outside_trains_tunes_compresses_exports_and_serves_split(
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.export_formats import export_format
-    from modelfoundry.serving.apps import AppArgs, build_app
+    from modelfoundry.serving.apps import build_app, parse_args
     from modelfoundry.training.trainer import train
     from modelfoundry.tuning import parse_sweep, run_sweep
 
@@ -150,7 +150,9 @@ def test_a_family_from_outside_trains_tunes_compresses_exports_and_serves_split(
         with httpx.Client(base_url=URL, timeout=120) as http:
             answers = {}
             for split in (None, "auto:3"):
-                serve.run(build_app(AppArgs(model="tcn-d", store=models, split=split)), name="tcn", route_prefix="/")
+                serve.run(
+                    build_app(parse_args(dict(model="tcn-d", store=models, split=split))), name="tcn", route_prefix="/"
+                )
                 r = http.post("/v1/models/tcn-d:predict", json={"instances": x.tolist()})
                 assert r.status_code == 200, r.text
                 answers[split] = np.array([p["probabilities"] for p in r.json()["predictions"]])
@@ -165,18 +167,18 @@ def test_a_family_without_stages_trains_and_serves_monolithic_and_refuses_split(
 
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
-    from modelfoundry.serving.apps import AppArgs, build_app
+    from modelfoundry.serving.apps import build_app, parse_args
     from modelfoundry.training.trainer import train
 
     models = str(tmp_path / "models")
     outcome = train(parse_config(_job(tmp_path, "wide-d", "wide", num_workers=1)))
     assert outcome.metrics["test_accuracy"] > 0.8 and store.resolve(models, "wide-d").version == 1
     with pytest.raises(ValueError, match="serves monolithic only"):
-        build_app(AppArgs(model="wide-d", store=models, split="auto"))
+        build_app(parse_args(dict(model="wide-d", store=models, split="auto")))
     x = load_splits(DataSection(dataset="digits")).x_test[:8]
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
-        serve.run(build_app(AppArgs(model="wide-d", store=models)), name="wide", route_prefix="/")
+        serve.run(build_app(parse_args(dict(model="wide-d", store=models))), name="wide", route_prefix="/")
         r = httpx.post(f"{URL}/v1/models/wide-d:predict", json={"instances": x.tolist()}, timeout=120)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 8, r.text
     finally:

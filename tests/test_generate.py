@@ -258,7 +258,7 @@ def test_ending_an_evicted_session_never_evicts_a_live_one(lm):
     the LRU already dropped must not load it again: that would evict the least recent live one."""
     from ray import serve
 
-    from modelfoundry.serving.deployments import MAX_SESSIONS_PER_REPLICA
+    from modelfoundry.serving.stage import MAX_SESSIONS_PER_REPLICA
 
     deploy(lm, split="auto")
     ids = np.asarray([lm["tokenizer"].encode(PROMPT)], dtype=np.int64)
@@ -280,7 +280,7 @@ def test_ending_an_evicted_session_never_evicts_a_live_one(lm):
 def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
     """After the first byte the error goes in the stream: one JSON line naming the request id;
     the exception's text stays in the log."""
-    from modelfoundry.serving.deployments import GenerationSlots, Ingress
+    from modelfoundry.serving.ingress import GenerationSlots, Ingress
     from modelfoundry.serving.generation import GenerateRequest
 
     cls = Ingress.func_or_class  # the replica's class; its methods on a stand-in for a replica

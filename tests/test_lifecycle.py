@@ -162,9 +162,7 @@ def test_models_alias_and_show_cli_mirror_to_mlflow_and_show_a_compressed_models
         assert words in capsys.readouterr().err
     assert store.aliases(s, "m") == {"champion": 2}
     # serve by alias: NAME@ALIAS resolves to the alias's version; a missing alias fails before Ray
-    from modelfoundry.serving.apps import _load_meta
-
-    assert _load_meta(s, "m", "@champion")[0].version == 2
+    assert store.resolve(s, "m", "@champion").version == 2
     assert main(["serve", "m@ghost", "--store", s]) == 2
     assert "no alias 'ghost'" in capsys.readouterr().err
 
@@ -184,7 +182,7 @@ def test_unreachable_mlflow_warns_once_and_tracking_stops():
 
 def test_canary_args_refuse_bad_traffic():
     from modelfoundry.cli import parse_traffic
-    from modelfoundry.serving.apps import AppArgs
+    from modelfoundry.serving.apps import parse_args
     from modelfoundry.serving.rollout import weights_from
 
     assert parse_traffic("champion=90, challenger=10") == {"champion": 90, "challenger": 10}
@@ -198,7 +196,7 @@ def test_canary_args_refuse_bad_traffic():
         ({"traffic": {"a": 100}, "version": "@a"}, "not in version"),
     ]:
         with pytest.raises(ValueError, match=words):
-            AppArgs(model="m", **bad)
+            parse_args(dict(model="m", **bad))
     for given, words in [({"x": 10}, "names"), ({"champion": 60, "challenger": 50}, "sum to 100|exceed")]:
         with pytest.raises(ValueError, match=words):
             weights_from(given, ["champion", "challenger"])

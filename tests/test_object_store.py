@@ -46,7 +46,7 @@ def test_an_s3_store_end_to_end_train_tune_compress_alias_serve_split_and_canary
     from modelfoundry.compression.config import parse_compress
     from modelfoundry.compression.run import compress, plan
     from modelfoundry.data import load_splits
-    from modelfoundry.serving.apps import AppArgs, build_app
+    from modelfoundry.serving.apps import build_app, parse_args
     from modelfoundry.serving.rollout import deploy_canary, set_traffic
     from modelfoundry.training.trainer import train
     from modelfoundry.tuning import parse_sweep, run_sweep
@@ -99,7 +99,7 @@ def test_an_s3_store_end_to_end_train_tune_compress_alias_serve_split_and_canary
             # monolithic and split from S3: the same answers
             answers = {}
             for split in (None, [[0], [1]]):
-                app = build_app(AppArgs(model="digits-mlp", version="@champion", store=models, split=split))
+                app = build_app(parse_args(dict(model="digits-mlp", version="@champion", store=models, split=split)))
                 serve.run(app, name="s3-app", route_prefix="/")
                 r = http.post("/v1/models/digits-mlp:predict", json={"instances": x})
                 assert r.status_code == 200, r.text
@@ -110,7 +110,7 @@ def test_an_s3_store_end_to_end_train_tune_compress_alias_serve_split_and_canary
             serve.delete("s3-app")
             # a canary of the two aliases, then a rollout that moves all traffic to the challenger
             deploy_canary(
-                AppArgs(model="digits-mlp", store=models, traffic={"champion": 100, "challenger": 0}),
+                parse_args(dict(model="digits-mlp", store=models, traffic={"champion": 100, "challenger": 0})),
                 "s3-canary",
                 port=PORT,
             )

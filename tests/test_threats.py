@@ -570,12 +570,12 @@ def test_concurrent_rollouts_from_eight_processes_lose_no_update_and_no_app(serv
     apps answer every request throughout."""
     import ray
 
-    from modelfoundry.serving.apps import AppArgs
+    from modelfoundry.serving.apps import parse_args
     from modelfoundry.serving.rollout import deploy_canary, live_canary
 
     names = ["cas-a", "cas-b"]
     for n in names:
-        args = AppArgs(model="canary-d", store=served["store"], traffic={"champion": 100, "challenger": 0})
+        args = parse_args(dict(model="canary-d", store=served["store"], traffic={"champion": 100, "challenger": 0}))
         deploy_canary(args, n, route_prefix=f"/{n}", port=PORT)
     stop, failures, answered = threading.Event(), [], []
 

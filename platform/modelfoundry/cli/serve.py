@@ -83,7 +83,7 @@ def _serve_yaml(args: argparse.Namespace) -> list[str]:
 
 def _serve_model(args: argparse.Namespace) -> list[str]:
     from modelfoundry.cluster import connect
-    from modelfoundry.serving.apps import AppArgs, build_app, run_app
+    from modelfoundry.serving.apps import build_app, parse_args, run_app
     from modelfoundry.serving.auth import check_exposure, is_loopback
     from modelfoundry.store import parse_ref, resolve
 
@@ -92,19 +92,26 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"give the version once: {args.target} or --version {args.version}")
     version = version if version != "latest" else args.version
     split = json.loads(args.split) if args.split and args.split.startswith("[") else args.split
-    app_args = app_args_from(
-        AppArgs,
-        model=name,
-        version=int(version) if version.isdigit() else version,
-        store=args.store,
-        split=split,
-        stage_models=json.loads(args.stage_models) if args.stage_models else None,
-        api_keys_env=args.api_keys_env,
-        api_keys_file=args.api_keys_file,
-        traffic=parse_traffic(args.traffic) if args.traffic else None,
-        sticky_header=args.sticky_header,
-        allowed_hosts=args.allowed_hosts,
+    given = {
+        "model": name,
+        "version": int(version) if version.isdigit() else version,
+        "split": split,
+        "stage_models": json.loads(args.stage_models) if args.stage_models else None,
+        "traffic": parse_traffic(args.traffic) if args.traffic else None,
+        "sticky_header": args.sticky_header,
+    }
+    if given["traffic"] is None and given["sticky_header"] is not None:
+        raise ValueError("--sticky-header applies to a canary (--traffic)")
+    app_args = parse_args(
+        {
+            **{k: v for k, v in given.items() if v is not None},
+            "store": args.store,
+            "api_keys_env": args.api_keys_env,
+            "api_keys_file": args.api_keys_file,
+            "allowed_hosts": args.allowed_hosts,
+        }
     )
+    canary = app_args.kind == "canary"
     keyed = bool(args.api_keys_env or args.api_keys_file)
     check_exposure(args.host, keyed, args.insecure)
     if args.insecure and not (keyed or args.allowed_hosts) and not is_loopback(args.host):
@@ -113,28 +120,16 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
             "reach it by DNS rebinding); add --allowed-host NAME for the names clients use, or '*'",
             flush=True,
         )
-    resolve(args.store, name, "latest" if app_args.traffic else app_args.version)  # an unknown model first
+    resolve(args.store, name, "latest" if canary else app_args.version)  # an unknown model first
     build_app(app_args)  # an unknown version or alias, bad keys: all fail before Ray starts
     print(connect(args.address), flush=True)
-    if app_args.traffic is None:
+    if not canary:
         return [run_app(app_args, host=args.host, port=args.port)]
     from modelfoundry.serving.rollout import deploy_canary
 
     url = deploy_canary(app_args, name, host=args.host, port=args.port)
     print(f"canary {name}: {app_args.traffic}; change it with: foundry rollout {name} --weight ARM=PERCENT")
     return [url]
-
-
-def app_args_from(cls, **kw):
-    """The app's args, a mistake as one line naming the field (not pydantic's report)."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**kw)
-    except ValidationError as err:
-        e = err.errors()[0]
-        where = ".".join(map(str, e["loc"])) or "serve options"
-        raise ValueError(f"{where}: {e['msg'].removeprefix('Value error, ')}") from None
 
 
 def parse_traffic(text: str) -> dict[str, int]:

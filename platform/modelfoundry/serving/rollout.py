@@ -1,4 +1,4 @@
-"""Canary rollout: a canary app (serving/apps.py, `traffic`) is deployed declaratively, as
+"""Canary rollout: a canary app (kind canary, serving/backends/canary.py) is deployed declaratively, as
 `serve deploy` does, with its weights as the Ingress deployment's user_config. Changing only the
 user_config of a declarative app is Serve's in-place update: the live replicas get reconfigure()
 and keep serving, no replica restarts, no request is dropped. (`serve.run` would not do: it gives
@@ -23,7 +23,8 @@ from typing import Any
 from ray import serve
 
 from modelfoundry.serving import control_lock
-from modelfoundry.serving.apps import QUIET_LOGS, AppArgs, arm_ref, build_app
+from modelfoundry.serving.app_args import CanaryArgs, parse_args
+from modelfoundry.serving.apps import QUIET_LOGS, arm_ref, build_app
 from modelfoundry.serving.spec import check_traffic
 from modelfoundry.storage import absolute
 
@@ -43,18 +44,23 @@ def _client():
 
 
 def deploy_canary(
-    args: AppArgs, app_name: str, route_prefix: str = "/", host: str = "127.0.0.1", port: int = 8000
+    args: CanaryArgs | dict[str, Any],
+    app_name: str,
+    route_prefix: str = "/",
+    host: str = "127.0.0.1",
+    port: int = 8000,
 ) -> str:
     """Deploy a canary app declaratively (other declarative apps kept); returns its base URL."""
-    if args.traffic is None:
-        raise ValueError("deploy_canary needs an app with traffic")
+    args = parse_args(args)
+    if not isinstance(args, CanaryArgs):
+        raise ValueError("deploy_canary needs a canary app (one with traffic)")
     from modelfoundry.store import resolve
 
     # the controller builds the app in its own process: paths must not depend on this one's cwd;
     # each arm's version is pinned now, so a rebuilt app serves what this one does
     store = absolute(args.store)
-    pinned = {label: resolve(store, args.model or "", arm_ref(label)).version for label in args.traffic}
-    args = AppArgs.model_validate(
+    pinned = {label: resolve(store, args.model, arm_ref(label)).version for label in args.traffic}
+    args = CanaryArgs.model_validate(
         {
             **args.model_dump(exclude_defaults=True),
             "store": store,
@@ -115,7 +121,7 @@ def wait_ready(app_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
 
 def live_canary(
     app_name: str, apps: list[dict[str, Any]] | None = None
-) -> tuple[dict[str, Any], AppArgs, dict[str, int]]:
+) -> tuple[dict[str, Any], CanaryArgs, dict[str, int]]:
     """The live app's declarative config, its args and its current weights (from `apps`, the
     declarative set already read, or read now)."""
     for config in apps if apps is not None else _declarative_apps():
@@ -126,9 +132,10 @@ def live_canary(
         raise ValueError(f"no canary app {app_name!r} deployed by foundry serve --traffic; Serve runs {apps}")
     if config.get("import_path") != IMPORT_PATH or not (config.get("args") or {}).get("traffic"):
         raise ValueError(f"app {app_name!r} is not a canary (no traffic in its args)")
-    args = AppArgs.model_validate(config["args"])
+    args = parse_args(config["args"])
+    assert isinstance(args, CanaryArgs)
     ingress = next((d for d in config.get("deployments") or [] if d.get("name") == INGRESS), {})
-    weights = (ingress.get("user_config") or {}).get("traffic") or dict(args.traffic or {})
+    weights = (ingress.get("user_config") or {}).get("traffic") or dict(args.traffic)
     return config, args, {k: int(v) for k, v in weights.items()}
 
 
@@ -157,7 +164,7 @@ def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
     with control_lock.held(f"foundry rollout of {app_name}"):
         apps = _declarative_apps()
         config, args, _ = live_canary(app_name, apps)
-        weights = weights_from(weights, list(args.traffic or {}))
+        weights = weights_from(weights, list(args.traffic))
         for d in config.setdefault("deployments", []):
             if d.get("name") == INGRESS:
                 d["user_config"] = {"traffic": weights}
@@ -181,31 +188,31 @@ def rollback(app_name: str, tracking_uri: str | None = None) -> dict[str, Any]:
     from modelfoundry import store as model_store
 
     args, version, weights = _all_traffic_to(app_name, CHAMPION, "--rollback")
-    moved = model_store.aliases(args.store, args.model or "").get(CHAMPION) != version
+    moved = model_store.aliases(args.store, args.model).get(CHAMPION) != version
     return {"weights": weights, "alias": _move_champion(args, version, tracking_uri) if moved else None}
 
 
-def _all_traffic_to(app_name: str, label: str, action: str) -> tuple[AppArgs, int, dict[str, int]]:
+def _all_traffic_to(app_name: str, label: str, action: str) -> tuple[CanaryArgs, int, dict[str, int]]:
     """All of a live canary's traffic to arm `label`: its args, the arm's version, the weights."""
     _, args, _ = live_canary(app_name)
-    arms = list(args.traffic or {})
+    arms = list(args.traffic)
     if label not in arms:
         raise ValueError(f"{action} needs an arm named {label!r}; this app serves {arms}")
     version = _arm_version(app_name, args, label)
     return args, version, set_traffic(app_name, {a: 100 if a == label else 0 for a in arms})
 
 
-def _move_champion(args: AppArgs, version: int, tracking_uri: str | None) -> dict[str, Any]:
+def _move_champion(args: CanaryArgs, version: int, tracking_uri: str | None) -> dict[str, Any]:
     """The store's champion alias to `version`, mirrored to the MLflow registry."""
     from modelfoundry import store as model_store
     from modelfoundry import tracking
 
-    move = model_store.set_alias(args.store, args.model or "", CHAMPION, version)
-    tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model or "")
+    move = model_store.set_alias(args.store, args.model, CHAMPION, version)
+    tracking.mirror_registry(tracking.registry_uri(tracking_uri), args.store, args.model)
     return move
 
 
-def _arm_version(app_name: str, args: AppArgs, label: str) -> int:
+def _arm_version(app_name: str, args: CanaryArgs, label: str) -> int:
     """The version the live app serves for arm `label` (pinned when it was deployed: an alias may
     have moved since)."""
     if not args.arm_versions:

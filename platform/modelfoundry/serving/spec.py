@@ -51,7 +51,7 @@ class Arm:
 @dataclass(frozen=True)
 class IngressSpec:
     name: str  # the route: /v1/models/<name>:<verb>
-    kind: Literal["model", "split", "ensemble", "services", "multiplex"]
+    kind: Literal["local", "split", "services", "ensemble", "multiplex", "canary"]  # the Backend
     family: str  # "ensemble" for an ensemble
     task: str
     verbs: tuple[str, ...]
@@ -92,5 +92,27 @@ class IngressSpec:
             dataset=meta.dataset_name,
             limits=limits,
             tokenizer=meta.tokenizer,
+            **rest,
+        )
+
+    @classmethod
+    def of_many(
+        cls, name: str, kind: str, first: CheckpointMeta, limits: Limits, members: list[str], **rest: Any
+    ) -> IngressSpec:
+        """The spec of an app over several models (an ensemble, a multiplexed app), from its first."""
+        return cls(
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            family="ensemble" if kind == "ensemble" else first.family,
+            task="classification" if kind == "ensemble" else first.task or "classification",
+            verbs=("predict",),
+            version="",
+            model_path="",
+            input_spec=first.input_spec.model_dump(mode="json"),
+            config={},
+            metrics={},
+            dataset=first.dataset_name,
+            limits=limits,
+            members=list(members),
             **rest,
         )

@@ -1,26 +1,19 @@
-"""Generic Serve deployments, the same for every model family:
-
-- Stage: runs one group of a model's stages (the whole model when the group is all of them); for
-  a language model it also runs generation steps, holding each request's KV cache for its blocks.
-- Ingress: FastAPI (KServe v1 REST) front door. It validates every request, then either runs the
-  model in-process (monolithic: no network hop) or calls its stage services in order through
-  DeploymentHandles (split), fans out to several models and averages their probabilities
-  (ensemble), or routes a family's verbs to its named services (the VAE's encoder and decoder).
-  The verbs come from the family's FamilySpec; a language model's `generate` streams JSON lines.
+"""The one ingress of every app: FastAPI routes (KServe v1 REST, Open Inference Protocol v2, the
+web page, the OpenAPI document and Swagger UI), the Host check and API keys, body and reply
+limits, metrics. What runs the model is the app shape's Backend (serving/backends/): monolithic
+in this replica, stage services in order, a family's named services, an ensemble, a multiplexed
+app or a canary. The verbs come from the family's FamilySpec; a language model's `generate`
+streams JSON lines.
 """
 
 import asyncio
-import hashlib
 import logging
-import random
 import time
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -29,11 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import modelfoundry
 from modelfoundry.data.text import CharTokenizer
-from modelfoundry.models.transformer import Cache
-from modelfoundry.serving import auth, guard, multiplex, oip, openapi, webpage
-from modelfoundry.serving.batching import AdaptiveBatcher
-from modelfoundry.serving.generation import CacheMiss, json_lines, line, local_step, parse_generate, tokens
-from modelfoundry.serving.metrics import IngressMetrics, StageMetrics
+from modelfoundry.serving import auth, guard, oip, openapi, webpage
+from modelfoundry.serving.backends import BACKENDS
+from modelfoundry.serving.generation import json_lines, line, parse_generate, tokens
+from modelfoundry.serving.metrics import IngressMetrics
 from modelfoundry.serving.requests import (
     RequestError,
     instances_array,
@@ -42,15 +34,11 @@ from modelfoundry.serving.requests import (
     png_grid,
     read_body,
 )
-from modelfoundry.serving.runner import ModelRunner, predictions, run_model, sigmoid, softmax
-from modelfoundry.serving.spec import IngressSpec, check_traffic
-from modelfoundry.store import StoreVersion
+from modelfoundry.serving.runner import predictions, sigmoid
+from modelfoundry.serving.spec import IngressSpec
 
 MAX_SAMPLES = 64
 
-# generation requests whose KV cache one stage replica holds at once (least recently used go
-# first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
-MAX_SESSIONS_PER_REPLICA = 64
 # a reply (OIP v2) larger than this is encoded in a thread, off the replica's event loop
 INLINE_REPLY_BYTES = 64 * 1024
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
@@ -94,107 +82,6 @@ class GenerationSlots:
         return give_back
 
 
-class Session:
-    """One generation request's KV cache on a stage replica. Serve's multiplex LRU calls __del__
-    when it evicts it (and Python may again at collection: harmless)."""
-
-    def __init__(self) -> None:
-        self.cache = Cache()
-        self.evicted = False
-
-    def __del__(self) -> None:
-        self.evicted = True
-        self.cache.reset()
-
-
-def finite(out: np.ndarray) -> np.ndarray:
-    """A model's output, refused with a 400 when it overflowed: inputs that are finite but far
-    outside anything the model was trained on can drive it to inf or NaN, which JSON cannot carry."""
-    if not np.isfinite(out).all():
-        raise RequestError(
-            400,
-            "the model's output overflows (inf or NaN) for these inputs: their values are far outside the "
-            "range it was trained on; check the input's scale",
-        )
-    return out
-
-
-async def _call(handle, x: np.ndarray) -> np.ndarray:
-    return await handle.remote(x)
-
-
-async def run_model_batch(runner: ModelRunner, xs: list[np.ndarray]) -> list[np.ndarray]:
-    if runner.inline(sum(len(x) for x in xs)):
-        return runner.run_batch(xs)
-    return await asyncio.to_thread(runner.run_batch, xs)
-
-
-def batcher(runner: ModelRunner, batching: dict | None) -> AdaptiveBatcher | None:
-    if not batching:
-        return None
-    return AdaptiveBatcher(
-        lambda xs: run_model_batch(runner, xs), batching["max_batch_size"], batching["batch_wait_timeout_s"]
-    )
-
-
-def replica_transport(handle):
-    """The handle, calling the way THIS replica's Serve settings say. A handle given to a
-    deployment as an init argument keeps the transport chosen in the process that built the app,
-    fixed when that process imported `ray.serve`: a driver that imported it before the platform's
-    Serve settings were in its environment (`foundry serve`, any script that imports Serve before
-    `connect()`, a client of a remote cluster) gave every stage hop Ray's actor-call path, ~2x the
-    cost of the gRPC path the fast path sets (docs/results.md, issue 17). The replica's own
-    setting is the cluster's."""
-    from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
-
-    return handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)
-
-
-@serve.deployment
-class Stage:
-    """One group of a model's stages as a service: numpy in, numpy out."""
-
-    def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
-        self.runner = ModelRunner(model_path, group)
-        self.sessions: dict[str, Session] = {}  # generation sessions this replica holds, by id
-        self.batcher = batcher(self.runner, batching)
-        where = StoreVersion.from_uri(model_path)
-        self.metrics = StageMetrics(where.name, str(where.version), "-".join(map(str, self.runner.group)))
-
-    async def __call__(self, x: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = await self.batcher(x) if self.batcher else await run_model(self.runner, x)
-        self.metrics.observe(time.perf_counter() - t0)
-        return out
-
-    # ---- language-model generation: the request's cache lives on this replica; Serve's
-    # multiplexed routing (the session id as model id) sends the request's later steps here
-    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
-    async def _session(self, session_id: str) -> Session:
-        for sid in [k for k, v in self.sessions.items() if v.evicted]:  # forget what the LRU dropped
-            del self.sessions[sid]
-        session = self.sessions[session_id] = Session()
-        return session
-
-    async def step(self, x: np.ndarray, start: int) -> np.ndarray | None:
-        """Feed positions start.. of the request; None when this replica lacks its cache."""
-        cache = (await self._session(serve.get_multiplexed_model_id())).cache
-        if start and cache.start != start:
-            return None
-        return await asyncio.to_thread(self.runner.step, x, cache, start)
-
-    async def end(self) -> None:
-        """The request is over: free its cache. A session the LRU evicted (or that never reached
-        this replica) is not loaded again just to be ended: that would evict a live one."""
-        session = self.sessions.pop(serve.get_multiplexed_model_id(), None)
-        if session is not None and not session.evicted:
-            session.cache.reset()
-
-    def session_ids(self) -> list[str]:
-        """The sessions this replica holds a live cache for (tests, stats)."""
-        return [k for k, v in self.sessions.items() if not v.evicted]
-
-
 # the docs page and the schema are the Ingress's own routes below (behind its Host check and keys;
 # Swagger UI's files served from the package, no CDN)
 app = FastAPI(
@@ -228,56 +115,23 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, spec: IngressSpec, stages: list | None = None, members: list | None = None) -> None:
+    def __init__(self, spec: IngressSpec, handles: list | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.task = spec.task
         self.input_shape = tuple(spec.input_spec["shape"])
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.allowed_hosts = spec.allowed_hosts
-        self.stages = [replica_transport(s) for s in stages or []]
-        self.members = [replica_transport(m) for m in members or []]
-        self.local = ModelRunner(spec.model_path) if spec.kind == "model" and not spec.arms else None
+        self.backend = BACKENDS[spec.kind](spec, handles or [])
         self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
         self.generations = GenerationSlots(spec.limits.max_generations)  # in progress on this replica
         self.generated_tokens = 0  # tokens produced on this replica since it started
-        self.batcher = batcher(self.local, spec.batching) if self.local else None
         self.metrics = IngressMetrics()
-        # a canary: each version's model in this replica (one load per distinct version), and
-        # the traffic split, set by reconfigure() from the deployment's user_config
-        self.arms = {a.label: a for a in spec.arms}
-        loaded: dict[str, tuple[ModelRunner, AdaptiveBatcher | None]] = {}
-        for a in spec.arms:
-            if a.path not in loaded:
-                runner = ModelRunner(a.path)
-                loaded[a.path] = (runner, batcher(runner, spec.batching))
-        self.arm_models = {a.label: loaded[a.path] for a in spec.arms}
-        self.traffic: list[tuple[str, int]] = [(a.label, 100 if i == 0 else 0) for i, a in enumerate(spec.arms)]
 
     def reconfigure(self, user_config: dict) -> None:
-        """A canary's traffic weights ({"traffic": {label: percent}}), applied in place: Serve calls
-        this on live replicas when only the user_config changed (serving/rollout.py)."""
-        traffic = (user_config or {}).get("traffic")
-        if traffic is None or not self.arms:
-            return
-        check_traffic(traffic, list(self.arms))
-        self.traffic = [(label, int(traffic.get(label, 0))) for label in self.arms]
-
-    def _pick(self, headers) -> str:
-        """The arm for one request: by weight, at random, or by the hash of the sticky header's
-        value (the same key always lands in the same arm while the weights stay)."""
-        key = headers.get(self.spec.sticky_header) if self.spec.sticky_header else None
-        if key:
-            digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-            point = (int.from_bytes(digest, "big") % 10000) / 100
-        else:
-            point = random.uniform(0, 100)
-        total = 0
-        for label, weight in self.traffic:
-            total += weight
-            if point < total:
-                return label
-        return next(label for label, w in reversed(self.traffic) if w > 0)
+        """The deployment's user_config changed (a canary's traffic weights, applied in place:
+        Serve calls this on live replicas, serving/rollout.py)."""
+        self.backend.reconfigure(user_config)
 
     # ---- every route but the health probes starts here
     def _admit(self, request: Request, keyed: bool = True) -> None:
@@ -303,8 +157,7 @@ class Ingress:
     async def openapi(self, request: Request) -> JSONResponse:
         """The API of this app (serving/openapi.py): its model names, verbs and bodies."""
         self._admit(request)
-        names = list(self.spec.members or []) if self.spec.kind == "multiplex" else [self.name]
-        return JSONResponse(openapi.document(app.openapi(), self.spec, names))
+        return JSONResponse(openapi.document(app.openapi(), self.spec, self.backend.names()))
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request) -> HTMLResponse:
@@ -343,7 +196,7 @@ class Ingress:
     @app.get("/v1/models/{target}")
     async def get_model(self, target: str, request: Request) -> dict:
         self._admit(request)
-        model_id = self._route(target, request.headers, require=False)
+        model_id = self.backend.route(target, request.headers, require=False)
         return {**self.metadata(), **({"model_id": model_id} if model_id else {})}
 
     @app.post("/v1/models/{target}")
@@ -379,15 +232,15 @@ class Ingress:
         verbs = list(self.spec.verbs)
         if not name:
             raise RequestError(404, f"use /v1/models/{self.name}:<verb>; verbs: {verbs}")
-        model_id = self._route(name, request.headers)
+        model_id = self.backend.route(name, request.headers)
         if model_id is not None:
             seen["model"] = model_id
         if verb not in verbs:
             raise RequestError(404, f"unknown verb {verb!r} for model {self.name}; allowed: {verbs}")
         seen["verb"] = verb
-        arm = self._pick(request.headers) if self.arms else None
-        if arm is not None:
-            seen["version"] = self.arms[arm].version
+        target = self.backend.pick(request.headers)
+        if target is not None:
+            seen["version"] = self.backend.version(target)
         limits = self.spec.limits
         # what each verb documents: JSON; an image's instances also as PNG (checked before the body is read)
         images = verb in IMAGE_VERBS and len(self.input_shape) == 3 and self.input_shape[0] == 1
@@ -407,11 +260,9 @@ class Ingress:
             data = parse_json_body(body, limits.max_body_bytes)
             shape = (self.spec.config["latent_dim"],) if verb == "decode" else self.input_shape
             x = instances_array(data, shape, limits.max_instances)
-        if model_id is not None:  # multiplexed: predict is its one verb
-            return JSONResponse({**await self.verb_predict(x, model_id), "model_id": model_id})
-        if arm is not None:  # a canary: predict is its one verb; the answer names its version
-            out = predictions(self.task, await self.logits(x, None, arm))
-            return JSONResponse({"predictions": out, "model_version": self.arms[arm].version, "arm": arm})
+        if verb == "predict":  # the answer names the model or version that gave it, where the app has several
+            out = predictions(self.task, await self.backend.output(x, model_id, target))
+            return JSONResponse({"predictions": out, **self.backend.reply_fields(model_id, target)})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
     # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
@@ -453,9 +304,9 @@ class Ingress:
         model_id = self._check_v2(target, version, request.headers)
         if model_id is not None:
             seen["model"] = model_id
-        arm = self._pick(request.headers) if self.arms else None
+        arm = self.backend.pick(request.headers)
         if arm is not None:
-            seen["version"] = self.arms[arm].version
+            seen["version"] = self.backend.version(arm)
         verb = oip.TENSOR_VERB.get(self.task)
         if verb is None or verb not in self.spec.verbs:
             raise RequestError(
@@ -478,8 +329,8 @@ class Ingress:
             specs,
             limits.max_response_bytes,
         )
-        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.logits(req.x, model_id, arm))
-        answered = self.arms[arm].version if arm is not None else self.spec.version
+        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.backend.output(req.x, model_id, arm))
+        answered = self.backend.version(arm)
         outs = oip.tensors(self.task, out)
         encode = (model_id or self.name, answered, req, outs)
         if req.reply_bytes <= INLINE_REPLY_BYTES:
@@ -489,7 +340,7 @@ class Ingress:
         return Response(content, headers=headers, media_type=headers.pop("content-type"))
 
     def _check_v2(self, target: str, version: str | None, headers) -> str | None:
-        model_id = self._route(target, headers)
+        model_id = self.backend.route(target, headers)
         if model_id is not None and version not in (None, ""):
             raise RequestError(404, f"{model_id} is served at one version here; drop /versions/{version}")
         if model_id is None and version not in (None, "", self.spec.version):
@@ -498,35 +349,21 @@ class Ingress:
             )
         return model_id
 
-    # ---- verbs
-    async def verb_predict(self, x: np.ndarray, model_id: str | None = None) -> dict:
-        return {"predictions": predictions(self.task, await self.logits(x, model_id))}
-
-    async def logits(self, x: np.ndarray, model_id: str | None = None, arm: str | None = None) -> np.ndarray:
-        """The model's output (an ensemble: the log of its members' mean probabilities; a
-        multiplexed app: model_id's, from a replica of the models deployment that holds it; a
-        canary: the arm's version's)."""
-        if model_id is not None:
-            return finite(await self.stages[0].options(multiplexed_model_id=model_id).remote(x))
-        if self.members:
-            outs = await asyncio.gather(*(_call(m, x) for m in self.members))  # fan out in parallel
-            return np.log(np.mean([softmax(finite(o)) for o in outs], axis=0) + 1e-12)
-        return finite(await self.forward(x, arm))
-
+    # ---- verbs (predict is answered in _post; the VAE's verbs call its encoder 0 and decoder 1)
     async def verb_encode(self, x: np.ndarray) -> dict:
-        stats = finite(await self.stages[0].remote(x))
+        stats = await self.backend.service(0, x)
         mu, logvar = np.split(stats, 2, axis=1)
         return {"predictions": [{"mu": m.tolist(), "logvar": lv.tolist()} for m, lv in zip(mu, logvar)]}
 
     async def verb_decode(self, z: np.ndarray) -> dict:
-        return {"predictions": sigmoid(finite(await self.stages[1].remote(z))).tolist()}
+        return {"predictions": sigmoid(await self.backend.service(1, z)).tolist()}
 
     async def verb_reconstruct(self, x: np.ndarray) -> dict:
         return {"predictions": (await self.reconstruction(x)).tolist()}
 
     async def reconstruction(self, x: np.ndarray) -> np.ndarray:
-        mu = np.split(finite(await self.stages[0].remote(x)), 2, axis=1)[0]  # the latent's mean (eval mode)
-        return sigmoid(finite(await self.stages[1].remote(mu)))
+        mu = np.split(await self.backend.service(0, x), 2, axis=1)[0]  # the latent's mean (eval mode)
+        return sigmoid(await self.backend.service(1, mu))
 
     async def sample(self, data: dict, request: Request) -> Response:
         n = data.get("n", 8)
@@ -536,7 +373,7 @@ class Ingress:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError(400, f"seed must be a non-negative integer, got {seed!r}")
         z = np.random.default_rng(seed).standard_normal((n, self.spec.config["latent_dim"])).astype(np.float32)
-        images = sigmoid(await self.stages[1].remote(z))
+        images = sigmoid(await self.backend.service(1, z))
         if data.get("format") == "png" or "image/png" in request.headers.get("accept", ""):
             return Response(png_grid(images), media_type="image/png")
         return JSONResponse({"predictions": images.tolist()})
@@ -549,7 +386,7 @@ class Ingress:
         context = self.spec.config["context"]
         request = parse_generate(data, self.tokenizer, context, self.spec.limits.max_new_tokens)
         give_back = self.generations.take()
-        step, release = local_step(self.local) if self.local else self._split_step()
+        step, release = self.backend.generation()
         if not request.stream:
             try:
                 ids = [t async for t in self._counted(tokens(step, request, context))]
@@ -591,61 +428,6 @@ class Ingress:
             "version": self.spec.version,
         }
 
-    def _split_step(self):
-        """Split: each stage service holds this request's cache for its blocks, found again by
-        the session id (Serve's multiplexed routing); one hop per stage per token."""
-        session = uuid.uuid4().hex
-        calls = [s.options(method_name="step", multiplexed_model_id=session) for s in self.stages]
-
-        async def step(ids: list[int], start: int) -> torch.Tensor:
-            x = np.asarray([ids], dtype=np.int64)
-            for call in calls:
-                x = await call.remote(x, start)
-                if x is None:
-                    raise CacheMiss
-            return torch.from_numpy(x[0])
-
-        def release() -> None:
-            for s in self.stages:
-                s.options(method_name="end", multiplexed_model_id=session).remote()
-
-        return step, release
-
-    # ---- helpers
-    async def forward(self, x: np.ndarray, arm: str | None = None) -> np.ndarray:
-        if arm is not None:
-            runner, arm_batcher = self.arm_models[arm]
-            return await arm_batcher(x) if arm_batcher else await run_model(runner, x)
-        if self.local is not None:
-            return await self.batcher(x) if self.batcher else await run_model(self.local, x)
-        for stage in self.stages:  # split: each hop is a call to another service
-            x = await stage.remote(x)
-        return x
-
-    def _route(self, name: str, headers, require: bool = True) -> str | None:
-        """Check the model a request names; for a multiplexed app, return the model id (from the
-        URL, or from Serve's header when the URL names the app; None for the app itself when not
-        `require`d), else None."""
-        if self.spec.kind != "multiplex":
-            if name != self.name:
-                raise RequestError(404, f"unknown model {name!r}; this service serves {self.name!r}")
-            return None
-        models = self.spec.members or []
-        header = headers.get(multiplex.HEADER)
-        if name != self.name:
-            if header and header != name:
-                raise RequestError(400, f"the URL names model {name!r} and the {multiplex.HEADER} header {header!r}")
-            header = name
-        if not header and not require:
-            return None
-        if not header:
-            raise RequestError(
-                400, f"name a model: /v1/models/<model>:predict or the {multiplex.HEADER} header; models: {models}"
-            )
-        if header not in models:
-            raise RequestError(404, f"unknown model {header[:100]!r}; this service serves {models}")
-        return header
-
     def metadata(self) -> dict[str, Any]:
         s = self.spec
         out = {
@@ -661,9 +443,7 @@ class Ingress:
             "members": s.members,
             "verbs": list(s.verbs),
         }
-        if self.arms:  # a canary: this replica's weights now
-            out["traffic"] = {label: {"version": self.arms[label].version, "weight": w} for label, w in self.traffic}
-            out["sticky_header"] = s.sticky_header
+        out.update(self.backend.describe())  # a canary: this replica's weights now
         if "decode" in s.verbs:
             out["latent_dim"] = s.config["latent_dim"]
         if "generate" in s.verbs:

@@ -1,0 +1,87 @@
+"""kind model with `split`: the model cut into stage services that call each other in order
+through DeploymentHandles (each its own deployment: replicas, resources, placement); a language
+model's generation steps go through them too, each stage holding its blocks' KV cache."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import torch
+from ray.serve import Application
+
+from modelfoundry.serving.app_args import ModelArgs
+from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
+from modelfoundry.serving.generation import CacheMiss
+from modelfoundry.serving.spec import IngressSpec
+from modelfoundry.serving.stage import Stage
+from modelfoundry.store import CheckpointMeta, StoreVersion, parse_ref
+
+
+class SplitBackend(Backend):
+    kind = "split"
+
+    async def output(self, x: np.ndarray, model_id: str | None = None, target: str | None = None) -> np.ndarray:
+        for stage in self.handles:  # each hop is a call to another service
+            x = await stage.remote(x)
+        return finite(x)
+
+    def generation(self) -> Generation:
+        """Each stage service holds this request's cache for its blocks, found again by the
+        session id (Serve's multiplexed routing); one hop per stage per token."""
+        session = uuid.uuid4().hex
+        calls = [s.options(method_name="step", multiplexed_model_id=session) for s in self.handles]
+
+        async def step(ids: list[int], start: int) -> torch.Tensor:
+            x = np.asarray([ids], dtype=np.int64)
+            for call in calls:
+                x = await call.remote(x, start)
+                if x is None:
+                    raise CacheMiss
+            return torch.from_numpy(x[0])
+
+        def release() -> None:
+            for s in self.handles:
+                s.options(method_name="end", multiplexed_model_id=session).remote()
+
+        return step, release
+
+
+def bind(
+    args: ModelArgs, name: str, found: StoreVersion, meta: CheckpointMeta, groups: list[list[int]], ctx: BuildContext
+) -> Application:
+    placement = args.stage_placement or [{}] * len(groups)
+    if len(placement) != len(groups):
+        raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
+    where = _stage_versions(args, found, meta, len(groups), ctx)
+    stages = [
+        Stage.options(name=f"stage-{i}", **ctx.stages.serve_options(extra_resources=placement[i])).bind(
+            where[i].uri, g, ctx.batching
+        )
+        for i, g in enumerate(groups)
+    ]
+    spec = IngressSpec.from_meta(name, "split", found, meta, ctx.limits, groups=groups, **ctx.common)
+    return ctx.ingress.bind(spec, stages)
+
+
+def _stage_versions(
+    args: ModelArgs, found: StoreVersion, meta: CheckpointMeta, n: int, ctx: BuildContext
+) -> list[StoreVersion]:
+    """The model each stage loads: the app's, or a compressed sibling named in stage_models."""
+    if args.stage_models is None:
+        return [found] * n
+    if len(args.stage_models) != n:
+        raise ValueError(f"stage_models has {len(args.stage_models)} entries; the split has {n} stages")
+    out = []
+    for ref in args.stage_models:
+        if ref is None:
+            out.append(found)
+            continue
+        other, other_meta = ctx.load_meta(*parse_ref(ref))
+        if (other_meta.family, other_meta.config) != (meta.family, meta.config):
+            raise ValueError(
+                f"stage_models: {ref!r} ({other_meta.family} {other_meta.config}) does not have the stage "
+                f"boundaries of {args.model!r} ({meta.family} {meta.config}); use a quantized copy of it"
+            )
+        out.append(other)
+    return out

@@ -1,0 +1,111 @@
+"""The stage service: one group of a model's stages as a Serve deployment (numpy in, numpy out).
+For a language model it also runs generation steps, holding each request's KV cache for its
+blocks (found again by Serve's multiplexed routing on the request's session id)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from ray import serve
+
+from modelfoundry.models.transformer import Cache
+from modelfoundry.serving.batching import AdaptiveBatcher
+from modelfoundry.serving.metrics import StageMetrics
+from modelfoundry.serving.runner import ModelRunner, run_model
+from modelfoundry.store import StoreVersion
+
+# generation requests whose KV cache one stage replica holds at once (least recently used go
+# first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
+MAX_SESSIONS_PER_REPLICA = 64
+
+
+class Session:
+    """One generation request's KV cache on a stage replica. Serve's multiplex LRU calls __del__
+    when it evicts it (and Python may again at collection: harmless)."""
+
+    def __init__(self) -> None:
+        self.cache = Cache()
+        self.evicted = False
+
+    def __del__(self) -> None:
+        self.evicted = True
+        self.cache.reset()
+
+
+async def run_model_batch(runner: ModelRunner, xs: list[np.ndarray]) -> list[np.ndarray]:
+    if runner.inline(sum(len(x) for x in xs)):
+        return runner.run_batch(xs)
+    return await asyncio.to_thread(runner.run_batch, xs)
+
+
+def batcher(runner: ModelRunner, batching: dict | None) -> AdaptiveBatcher | None:
+    if not batching:
+        return None
+    return AdaptiveBatcher(
+        lambda xs: run_model_batch(runner, xs), batching["max_batch_size"], batching["batch_wait_timeout_s"]
+    )
+
+
+async def run(runner: ModelRunner, batched: AdaptiveBatcher | None, x: np.ndarray) -> np.ndarray:
+    """The model on x, through the batcher when there is one."""
+    return await batched(x) if batched else await run_model(runner, x)
+
+
+def replica_transport(handle):
+    """The handle, calling the way THIS replica's Serve settings say. A handle given to a
+    deployment as an init argument keeps the transport chosen in the process that built the app,
+    fixed when that process imported `ray.serve`: a driver that imported it before the platform's
+    Serve settings were in its environment (`foundry serve`, any script that imports Serve before
+    `connect()`, a client of a remote cluster) gave every stage hop Ray's actor-call path, ~2x the
+    cost of the gRPC path the fast path sets (docs/results.md, issue 17). The replica's own
+    setting is the cluster's."""
+    from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
+
+    return handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)
+
+
+@serve.deployment
+class Stage:
+    """One group of a model's stages as a service: numpy in, numpy out."""
+
+    def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
+        self.runner = ModelRunner(model_path, group)
+        self.sessions: dict[str, Session] = {}  # generation sessions this replica holds, by id
+        self.batcher = batcher(self.runner, batching)
+        where = StoreVersion.from_uri(model_path)
+        self.metrics = StageMetrics(where.name, str(where.version), "-".join(map(str, self.runner.group)))
+
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = await run(self.runner, self.batcher, x)
+        self.metrics.observe(time.perf_counter() - t0)
+        return out
+
+    # ---- language-model generation: the request's cache lives on this replica; Serve's
+    # multiplexed routing (the session id as model id) sends the request's later steps here
+    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
+    async def _session(self, session_id: str) -> Session:
+        for sid in [k for k, v in self.sessions.items() if v.evicted]:  # forget what the LRU dropped
+            del self.sessions[sid]
+        session = self.sessions[session_id] = Session()
+        return session
+
+    async def step(self, x: np.ndarray, start: int) -> np.ndarray | None:
+        """Feed positions start.. of the request; None when this replica lacks its cache."""
+        cache = (await self._session(serve.get_multiplexed_model_id())).cache
+        if start and cache.start != start:
+            return None
+        return await asyncio.to_thread(self.runner.step, x, cache, start)
+
+    async def end(self) -> None:
+        """The request is over: free its cache. A session the LRU evicted (or that never reached
+        this replica) is not loaded again just to be ended: that would evict a live one."""
+        session = self.sessions.pop(serve.get_multiplexed_model_id(), None)
+        if session is not None and not session.evicted:
+            session.cache.reset()
+
+    def session_ids(self) -> list[str]:
+        """The sessions this replica holds a live cache for (tests, stats)."""
+        return [k for k, v in self.sessions.items() if not v.evicted]
