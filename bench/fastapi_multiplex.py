@@ -39,9 +39,7 @@ async def predict(target: str, request: Request):
         return JSONResponse({"error": f"unknown model {name!r}"}, status_code=404)
     runner = model(name)
     try:
-        x = instances_array(
-            parse_json_body(await request.body(), 1_000_000), runner.meta.input_spec.shape, 256
-        )
+        x = instances_array(parse_json_body(await request.body(), 1_000_000), runner.meta.input_spec.shape, 256)
     except RequestError as err:
         return JSONResponse({"error": err.message}, status_code=err.status)
     return {"predictions": predictions("classification", runner.run(x)), "model_id": name}

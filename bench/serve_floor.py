@@ -13,8 +13,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from ray import serve
 
-from modelfoundry.serving.stage import replica_transport
 from modelfoundry.serving.options import DeploymentOptions
+from modelfoundry.serving.stage import replica_transport
 
 app = FastAPI()
 OPTIONS = DeploymentOptions().serve_options()  # the platform's defaults: 64 ongoing, 0.25 CPU

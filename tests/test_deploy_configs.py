@@ -129,7 +129,6 @@ def test_every_serve_config_passes_serves_own_schema_and_its_builders_args(monke
     """What `serve deploy` / `serve run` / KubeRay check first (ServeDeploySchema), then what each
     application's typed builder checks (its pydantic args), without building anything."""
     import importlib
-
     import typing
 
     import pydantic

@@ -280,8 +280,8 @@ def test_ending_an_evicted_session_never_evicts_a_live_one(lm):
 def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
     """After the first byte the error goes in the stream: one JSON line naming the request id;
     the exception's text stays in the log."""
-    from modelfoundry.serving.ingress import GenerationSlots, Ingress
     from modelfoundry.serving.generation import GenerateRequest
+    from modelfoundry.serving.ingress import GenerationSlots, Ingress
 
     cls = Ingress.func_or_class  # the replica's class; its methods on a stand-in for a replica
     spec = types.SimpleNamespace(config={"context": 16}, version="1")
