@@ -23,4 +23,4 @@ async def predict(target: str, request: Request):
         x = instances_array(parse_json_body(await request.body(), 1_000_000), shape, 256)
     except RequestError as err:
         return JSONResponse({"error": err.message}, status_code=err.status)
-    return {"predictions": predictions("classification", runner.run(x))}
+    return {"predictions": predictions("classes", runner.run(x))}

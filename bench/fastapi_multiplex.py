@@ -42,4 +42,4 @@ async def predict(target: str, request: Request):
         x = instances_array(parse_json_body(await request.body(), 1_000_000), runner.meta.input_spec.shape, 256)
     except RequestError as err:
         return JSONResponse({"error": err.message}, status_code=err.status)
-    return {"predictions": predictions("classification", runner.run(x)), "model_id": name}
+    return {"predictions": predictions("classes", runner.run(x)), "model_id": name}

@@ -25,8 +25,8 @@ from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.models.stages import run_stages
 from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from modelfoundry.tasks import batch_loss
 from modelfoundry.training import train
-from modelfoundry.training.tasks import batch_loss
 from modelfoundry.tuning.pareto import dominates, pareto_front
 from test_training import job
 

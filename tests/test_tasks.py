@@ -1,5 +1,5 @@
 """The loop's epoch metrics for every task: per-batch sums kept on the device, read once per epoch
-(training/tasks.py batch_loss + loop.add_into/all_reduce + summarize), equal the same metrics
+(tasks.py batch_loss + loop.add_into/all_reduce + summarize), equal the same metrics
 computed over the whole split at once."""
 
 import pytest
@@ -10,8 +10,8 @@ from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
 from modelfoundry.models.vae import vae_loss
+from modelfoundry.tasks import batch_loss, summarize
 from modelfoundry.training.loop import add_into, all_reduce
-from modelfoundry.training.tasks import batch_loss, summarize
 
 
 def _epoch(task, model, x, y, y_std, batch=37):

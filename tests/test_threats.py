@@ -148,7 +148,7 @@ def test_a_sharded_checkpoint_with_missing_shards_is_a_clear_error(tmp_path):
 
 # ---- 1, 3. OIP v2: outputs once each, replies bounded, headers parsed safely -------------------
 
-SPECS = oip.output_specs("classification", [1, 8, 8], {"output_dim": 10})
+SPECS = oip.output_specs("classes", [1, 8, 8], {"output_dim": 10})
 GOOD = {"name": "input", "datatype": "FP32", "shape": [4, 64], "data": [0.0] * 256}
 
 
@@ -174,7 +174,7 @@ def test_oip_refuses_repeated_and_unknown_outputs_and_replies_over_the_limit():
     assert binary.binary == {"probabilities", "class"}
     # the bound holds: the encoded reply is never larger than reply_bytes said
     rng = np.random.default_rng(0)
-    outs = oip.tensors("classification", rng.standard_normal((4, 10)).astype(np.float32) * 1e-7)
+    outs = oip.tensors("classes", rng.standard_normal((4, 10)).astype(np.float32) * 1e-7)
     body, _ = oip.response("m", "1", req, outs)
     assert len(body) <= size
 

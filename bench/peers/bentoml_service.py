@@ -30,4 +30,4 @@ class Classifier:
             x = instances_array({"instances": instances}, self.shape, 256)
         except RequestError as err:
             raise InvalidArgument(err.message) from None
-        return {"predictions": predictions("classification", self.runner.run(x))}
+        return {"predictions": predictions("classes", self.runner.run(x))}

@@ -37,7 +37,7 @@ class Classifier(ls.LitAPI):
         return list(output[:, None])
 
     def encode_response(self, output):
-        return {"predictions": predictions("classification", output)}
+        return {"predictions": predictions("classes", output)}
 
 
 if __name__ == "__main__":

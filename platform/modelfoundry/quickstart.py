@@ -11,6 +11,7 @@ import numpy as np
 
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits
+from modelfoundry.tasks import task_spec
 
 
 def query_held_out(url: str, name: str, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -50,7 +51,7 @@ def train_serve_query(cfg: JobConfig, port: int = 8000) -> dict[str, Any]:
     try:
         splits = load_splits(cfg.data)
         pred = query_held_out(url, entry["name"], splits.x_test)
-        if splits.spec.task == "classification":
+        if task_spec(splits.spec.task).classifies:
             served = {"served_accuracy": float(np.mean(pred == splits.y_test))}
         else:
             served = {"served_mae": float(np.mean(np.abs(pred - splits.y_test)))}

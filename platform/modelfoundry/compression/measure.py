@@ -17,7 +17,7 @@ from torch import nn
 from modelfoundry.models import build_model
 from modelfoundry.storage import filesystem, join
 from modelfoundry.store.checkpoint import MODEL_FILE, CheckpointMeta
-from modelfoundry.training.tasks import batch_loss, summarize
+from modelfoundry.tasks import batch_loss, summarize, task_spec
 
 
 @contextlib.contextmanager
@@ -78,7 +78,7 @@ def evaluate(model: nn.Module, task: str, x: np.ndarray, y: np.ndarray, y_std: f
 @torch.inference_mode()
 def agreement(a: nn.Module, b: nn.Module, task: str, x: np.ndarray) -> float | None:
     """Classifiers: the share of inputs where both predict the same class."""
-    if task != "classification":
+    if not task_spec(task).classifies:
         return None
     same = 0
     for i in range(0, len(x), 512):

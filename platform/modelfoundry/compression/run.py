@@ -25,8 +25,8 @@ from modelfoundry.config import DataSection, JobConfig
 from modelfoundry.models import model_config
 from modelfoundry.storage import absolute, check_writable, join, upload_dir
 from modelfoundry.store.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint, read_meta, write_checkpoint
+from modelfoundry.tasks import task_spec
 from modelfoundry.training.plan import TeacherSpec
-from modelfoundry.training.tasks import TASK_METRIC
 
 
 @dataclass
@@ -55,10 +55,10 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     found = model_store.resolve(store, name, version)  # unknown name or version: ValueError
     meta = read_meta(found.uri)
     family, task = meta.family, meta.task
-    if task == "language-model":
+    if not task_spec(task).compressible:
         raise ValueError(
-            f"{parent_ref} is a language model; compression here measures classifiers, regressors and VAEs "
-            "(quantizing and distilling the transformer family is not built yet)"
+            f"{parent_ref} is a {task} model; compression here measures classifiers, regressors and VAEs "
+            "(quantizing and distilling a language model is not built yet)"
         )
     if meta.quantization:
         raise ValueError(f"{parent_ref} is already quantized ({meta.codec}); compress its parent")
@@ -75,7 +75,7 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
             raise ValueError(f"structured pruning applies to families {list(PRUNABLE)}; {parent_ref} is a {family}")
     else:
         d = cfg.distill
-        if task != "classification":
+        if not task_spec(task).classifies:
             raise ValueError(f"distillation needs a classifier teacher; {parent_ref} is a {task} model")
         try:  # the student must take the teacher's inputs and give its number of classes
             model_config(
@@ -183,7 +183,7 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
             source = _distill(p, splits, log, tracker)
         result = load_checkpoint(source)  # exactly as serving loads it
         measures = _measure(p, parent, result, source, splits)
-        metric = TASK_METRIC[p.task][0]
+        metric = task_spec(p.task).metric
         before, after = measures["parent"], measures["compressed"]
         latency = f", p50 b1 {before['p50_ms_b1']:.3f} -> {after['p50_ms_b1']:.3f} ms" if "p50_ms_b1" in before else ""
         log(

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from modelfoundry.config import DataSection
+from modelfoundry.tasks import task_spec
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -31,7 +32,7 @@ class DatasetSpec:
 
     @property
     def output_dim(self) -> int:
-        return self.num_classes if self.task == "classification" else 1
+        return self.num_classes if task_spec(self.task).classifies else 1
 
     def to_dict(self) -> dict:
         return {
@@ -56,7 +57,7 @@ class Splits:
     def stats(self) -> dict[str, float]:
         """Normalisation statistics, from the training split only."""
         out = {"x_mean": float(self.x_train.mean()), "x_std": float(self.x_train.std()) or 1.0}
-        if self.spec.task == "regression":
+        if task_spec(self.spec.task).output == "values":
             out |= {"y_mean": float(self.y_train.mean()), "y_std": float(self.y_train.std()) or 1.0}
         else:
             out |= {"y_mean": 0.0, "y_std": 1.0}
@@ -222,14 +223,14 @@ def parquet(cfg: DataSection) -> Splits:
     x = x.reshape(-1, *shape)
     if not np.isfinite(x).all():
         raise ValueError(f"Parquet data {cfg.path!r}: feature columns hold NaN or infinite values")
-    if task == "classification":
+    if task_spec(task).classifies:
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
             raise ValueError(f"label column {cfg.label_column!r} must hold class ids 0..K-1 for classification")
         y = labels.astype(np.int64)
         num_classes = int(y.max()) + 1
     else:
         y, num_classes = labels.astype(np.float32), None
-    tr, te = _stratified_split(len(y), y if task == "classification" else None, cfg.test_fraction or 0.2, cfg.seed)
+    tr, te = _stratified_split(len(y), y if task_spec(task).classifies else None, cfg.test_fraction or 0.2, cfg.seed)
     spec = DatasetSpec(Path(cfg.path).stem, task, shape, num_classes, "table")
     return Splits(spec, x[tr], y[tr], x[te], y[te])
 

@@ -17,7 +17,7 @@ from torch import nn
 
 # the kinds of input a dataset delivers (data.sources.DatasetSpec.kind)
 InputKind = Literal["image", "series", "table", "text"]
-# what a model learns; each has its loss, metrics and ranking metric in training/tasks.py
+# what a model learns; each has its loss, metrics and ranking metric in tasks.py
 Task = Literal["classification", "regression", "generative", "language-model"]
 
 T = TypeVar("T")

@@ -4,12 +4,15 @@ application's import_path builder is called with its args, HTTP bound to loopbac
 from __future__ import annotations
 
 import importlib
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from ray import serve
 
+from modelfoundry.serving.app_args import CanaryArgs, parse_args
 from modelfoundry.serving.apps import QUIET_LOGS
 
 
@@ -32,15 +35,19 @@ def run_serve_config(path: str, host: str | None = None, port: int | None = None
     for app in data["applications"]:
         module_name, _, attr = app["import_path"].partition(":")
         builder = getattr(importlib.import_module(module_name), attr)
-        arg_type = next(iter(builder.__annotations__.values()))
-        args = arg_type.model_validate(app.get("args") or {})
+        # as Serve calls a builder: the args validated by its pydantic annotation, else as a dict
+        # (the platform's own builder validates a dict by the app's kind)
+        arg_type = next(iter(typing.get_type_hints(builder).values()), None)
+        raw = app.get("args") or {}
+        given = arg_type.model_validate(raw) if isinstance(arg_type, type) and issubclass(arg_type, BaseModel) else raw
+        args = parse_args(given)  # every mistake fails here, before anything is deployed
         prefix = app.get("route_prefix", "/")
         logs = app.get("logging_config") or data.get("logging_config") or QUIET_LOGS
-        if getattr(args, "traffic", None) is not None:  # a canary: declarative, its weights changed in place
+        if isinstance(args, CanaryArgs):  # declarative, its weights changed in place
             from modelfoundry.serving.rollout import deploy_canary
 
             urls.append(deploy_canary(args, app["name"], prefix, host, port))
             continue
-        serve.run(builder(args), name=app["name"], route_prefix=prefix, logging_config=logs)
+        serve.run(builder(given), name=app["name"], route_prefix=prefix, logging_config=logs)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
     return urls

@@ -36,6 +36,7 @@ from modelfoundry.serving.requests import (
 )
 from modelfoundry.serving.runner import predictions, sigmoid
 from modelfoundry.serving.spec import IngressSpec
+from modelfoundry.tasks import task_spec
 
 MAX_SAMPLES = 64
 
@@ -119,6 +120,7 @@ class Ingress:
         self.spec = spec
         self.name = spec.name
         self.task = spec.task
+        self.output = task_spec(spec.task).output  # what the predict and infer verbs answer
         self.input_shape = tuple(spec.input_spec["shape"])
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.allowed_hosts = spec.allowed_hosts
@@ -261,7 +263,7 @@ class Ingress:
             shape = (self.spec.config["latent_dim"],) if verb == "decode" else self.input_shape
             x = instances_array(data, shape, limits.max_instances)
         if verb == "predict":  # the answer names the model or version that gave it, where the app has several
-            out = predictions(self.task, await self.backend.output(x, model_id, target))
+            out = predictions(self.output, await self.backend.output(x, model_id, target))
             return JSONResponse({"predictions": out, **self.backend.reply_fields(model_id, target)})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
 
@@ -285,7 +287,7 @@ class Ingress:
         self._admit(request)
         model_id = self._check_v2(target, version, request.headers)
         s = self.spec
-        return oip.metadata(model_id or self.name, s.version, self.task, list(self.input_shape), s.config)
+        return oip.metadata(model_id or self.name, s.version, self.output, list(self.input_shape), s.config)
 
     @app.get("/v2/models/{target}/ready")
     @app.get("/v2/models/{target}/versions/{version}/ready")
@@ -307,7 +309,7 @@ class Ingress:
         arm = self.backend.pick(request.headers)
         if arm is not None:
             seen["version"] = self.backend.version(arm)
-        verb = oip.TENSOR_VERB.get(self.task)
+        verb = task_spec(self.task).tensor_verb
         if verb is None or verb not in self.spec.verbs:
             raise RequestError(
                 400,
@@ -319,7 +321,7 @@ class Ingress:
         if guard.media_type(request.headers):
             guard.check_content_type(request.headers, (guard.JSON, guard.OCTET), "infer")
         body = await read_body(request, limits.max_body_bytes)
-        specs = oip.output_specs(self.task, list(self.input_shape), self.spec.config)
+        specs = oip.output_specs(self.output, list(self.input_shape), self.spec.config)
         req = oip.parse_infer(
             body,
             request.headers,
@@ -331,7 +333,7 @@ class Ingress:
         )
         out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.backend.output(req.x, model_id, arm))
         answered = self.backend.version(arm)
-        outs = oip.tensors(self.task, out)
+        outs = oip.tensors(self.output, out)
         encode = (model_id or self.name, answered, req, outs)
         if req.reply_bytes <= INLINE_REPLY_BYTES:
             content, headers = oip.response(*encode)

@@ -44,8 +44,6 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 NUMERIC = [t for t in DATATYPES if t != "BOOL"]
-# the tensor verb a v2 infer runs, by task; None: the model has no tensor-in/tensor-out verb
-TENSOR_VERB = {"classification": "predict", "regression": "predict", "generative": "reconstruct"}
 
 
 @dataclass(frozen=True)
@@ -62,22 +60,23 @@ class InferRequest:
 JSON_VALUE_BYTES = 25
 
 
-def output_specs(task: str, input_shape: list[int], config: dict[str, Any]) -> list[dict[str, Any]]:
-    if task == "classification":
+def output_specs(output: str, input_shape: list[int], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The v2 output tensors of a model whose task answers `output` (tasks.TaskSpec.output)."""
+    if output == "classes":
         classes = config.get("output_dim", -1)
         return [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
             {"name": "class", "datatype": "INT64", "shape": [-1]},
         ]
-    if task == "regression":
+    if output == "values":
         return [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
-    if task == "generative":
+    if output == "images":
         return [{"name": "reconstruction", "datatype": "FP32", "shape": [-1, *input_shape]}]
     return []
 
 
-def metadata(name: str, version: str, task: str, input_shape: list[int], config: dict[str, Any]) -> dict[str, Any]:
-    outputs = output_specs(task, input_shape, config)
+def metadata(name: str, version: str, output: str, input_shape: list[int], config: dict[str, Any]) -> dict[str, Any]:
+    outputs = output_specs(output, input_shape, config)
     return {
         "name": name,
         "versions": [version] if version else [],
@@ -226,12 +225,12 @@ def reply_bytes(request: InferRequest, specs: list[dict[str, Any]]) -> int:
     return total
 
 
-def tensors(task: str, output: np.ndarray) -> dict[str, np.ndarray]:
-    """The model's raw output as the named v2 output tensors of its task."""
-    if task == "classification":
+def tensors(kind: str, output: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's raw output as the named v2 output tensors of what its task answers (`kind`)."""
+    if kind == "classes":
         probs = softmax(output).astype(np.float32)
         return {"probabilities": probs, "class": probs.argmax(axis=1).astype(np.int64)}
-    if task == "regression":
+    if kind == "values":
         return {"prediction": output.reshape(len(output), -1)[:, 0].astype(np.float32)}
     return {"reconstruction": output.astype(np.float32)}
 

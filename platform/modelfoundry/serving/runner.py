@@ -89,9 +89,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predictions(task: str, output: np.ndarray) -> list[dict[str, Any]] | list[float]:
-    """Classifier logits -> class ids with probabilities; regressor outputs -> values."""
-    if task == "classification":
+def predictions(kind: str, output: np.ndarray) -> list[dict[str, Any]] | list[float]:
+    """What a predict verb answers (`kind`, tasks.TaskSpec.output): classifier logits -> class ids
+    with probabilities; regressor outputs -> values."""
+    if kind == "classes":
         probs = softmax(output)
         return [{"class": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]} for p in probs]
     return [float(v) for v in output.reshape(len(output), -1)[:, 0]]

@@ -33,9 +33,9 @@ from modelfoundry.store.checkpoint import (
     verify,
     write_checkpoint,
 )
+from modelfoundry.tasks import batch_loss, distill_loss, summarize
 from modelfoundry.training import sharding
 from modelfoundry.training.plan import TeacherSpec, WorkerPlan
-from modelfoundry.training.tasks import batch_loss, distill_loss, summarize
 
 
 class InjectedFault(RuntimeError):

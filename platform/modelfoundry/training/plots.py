@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelfoundry.storage import download_dir, is_uri, upload_dir
 from modelfoundry.store.checkpoint import CheckpointMeta, load_checkpoint, read_meta
+from modelfoundry.tasks import task_spec
 
 
 def plot_run(checkpoint: str, run_path: str) -> list[str]:
@@ -40,7 +41,7 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         files = ["learning_curves.png"]
         if meta.family == "vae":
             files.append(_vae_grid(checkpoint, meta, out / "vae_samples.png", plt))
-        if meta.task == "language-model":
+        if meta.task and task_spec(meta.task).output == "text":
             files.append(_text_samples(checkpoint, out / "samples.txt"))
         if is_uri(run_path):
             upload_dir(str(out), run_path)

@@ -18,9 +18,9 @@ from modelfoundry.config import JobConfig, config_sha256, flatten
 from modelfoundry.data import load_splits, ray_datasets
 from modelfoundry.storage import absolute, check_writable, checkpoint_location, filesystem, is_uri, join
 from modelfoundry.store.checkpoint import run_checkpoints
+from modelfoundry.tasks import task_of, task_spec
 from modelfoundry.tracking import Tracker
 from modelfoundry.training.plan import TeacherSpec, worker_plan
-from modelfoundry.training.tasks import TASK_METRIC, task_of
 
 # Ray Train's controller polls its workers for reports every 2 s by default, and a report waits
 # while the previous one is still unpolled: epochs shorter than the poll interval stretch to it
@@ -159,7 +159,8 @@ def make_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    metric, mode = TASK_METRIC[task_of(cfg.model.family, splits.spec.task)]
+    ranking = task_spec(task_of(cfg.model.family, splits.spec.task))
+    metric, mode = ranking.metric, ranking.mode
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     os.environ.setdefault(HEALTH_CHECK_ENV, DEFAULT_HEALTH_CHECK_S)  # propagated to controller + workers
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else every worker print shows twice
@@ -310,7 +311,8 @@ def train(
         run_id = existing[-1]
     else:
         run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
-    metric, mode = TASK_METRIC[task_of(cfg.model.family, splits.spec.task)]
+    ranking = task_spec(task_of(cfg.model.family, splits.spec.task))
+    metric, mode = ranking.metric, ranking.mode
     run_path = join(storage, cfg.name, run_id)
     bad = set(allow_changes) - RESUME_SAFE
     if bad:

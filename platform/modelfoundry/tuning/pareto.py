@@ -16,6 +16,7 @@ from typing import Any
 
 from modelfoundry.config import ConfigError
 from modelfoundry.storage import absolute, checkpoint_location, is_uri, join, upload_dir
+from modelfoundry.tasks import task_spec
 from modelfoundry.tuning.sweep_config import OBJECTIVE_MODES, CompressDims, SweepConfig
 
 
@@ -42,7 +43,7 @@ def teacher_path(sweep: SweepConfig, task: str, input_shape: tuple[int, ...]) ->
     from modelfoundry import store
     from modelfoundry.store.checkpoint import read_meta
 
-    if task != "classification":
+    if not task_spec(task).classifies:
         raise ConfigError(f"compress.teacher: distillation needs a classification task, not {task}")
     path = store.resolve(absolute(sweep.job.train.model_store), *store.parse_ref(sweep.compress.teacher))
     shape = list(read_meta(path.uri).input_spec.shape)

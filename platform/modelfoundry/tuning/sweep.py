@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 from modelfoundry import tracking
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.storage import absolute, check_writable, checkpoint_location, filesystem, join
-from modelfoundry.training.tasks import TASK_METRIC, TASK_METRICS, task_of
+from modelfoundry.tasks import task_of, task_spec
 from modelfoundry.tuning.sweep_config import SweepConfig, pbt_mutable, runs_in_process
 
 TRIAL_DRIVER_CPUS = 0.1
@@ -67,10 +67,11 @@ class SweepOutcome:
 
 
 def metric_and_mode(sweep: SweepConfig, task: str) -> tuple[str, str]:
-    default_metric, mode = TASK_METRIC[task]
+    spec = task_spec(task)
+    default_metric, mode = spec.metric, spec.mode
     metric = sweep.tune.metric or default_metric
-    if metric not in TASK_METRICS[task]:
-        raise ConfigError(f"tune.metric {metric!r} is not reported by a {task} run; choose one of {TASK_METRICS[task]}")
+    if metric not in spec.metrics:
+        raise ConfigError(f"tune.metric {metric!r} is not reported by a {task} run; choose one of {list(spec.metrics)}")
     if metric.endswith(("loss", "mae", "elbo", "recon", "kl")):
         mode = "min"
     elif metric.endswith("accuracy"):

@@ -14,6 +14,7 @@ from modelfoundry.serving.runner import softmax
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.stage import Stage
 from modelfoundry.store import parse_ref
+from modelfoundry.tasks import task_spec
 
 
 class EnsembleBackend(Backend):
@@ -29,7 +30,7 @@ def build(args: EnsembleArgs, ctx: BuildContext) -> Application:
     for i, ref in enumerate(args.models):
         name, version = parse_ref(ref)
         found, meta = ctx.load_meta(name, version)
-        if meta.task != "classification":
+        if meta.task is None or not task_spec(meta.task).classifies:
             raise ValueError(f"ensemble member {ref!r} is a {meta.task} model; members must be classifiers")
         metas.append(meta)
         members.append(

@@ -19,6 +19,7 @@ from modelfoundry.serving.requests import RequestError
 from modelfoundry.serving.runner import ModelRunner, run_model
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.store import parse_ref
+from modelfoundry.tasks import task_spec
 
 HEADER = "serve_multiplexed_model_id"  # Serve's own name for it
 
@@ -87,7 +88,7 @@ def build(args: MultiplexArgs, ctx: BuildContext) -> Application:
     for ref in args.models:
         name, version = parse_ref(ref)
         found, meta = ctx.load_meta(name, version if ":" in ref else args.version)
-        if meta.task not in ("classification", "regression"):
+        if meta.task is None or task_spec(meta.task).tensor_verb != "predict":
             raise ValueError(f"multiplexed model {ref!r} is a {meta.task} model; only predict models multiplex")
         paths[ref] = found.uri
         metas.append(meta)
