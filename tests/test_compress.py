@@ -269,7 +269,7 @@ def test_compress_reads_and_writes_a_uri_store(trained, digits, tmp_path):
     train_section = {"model_store": uri, "storage": f"file://{tmp_path}/runs"}
     s = compress(
         plan("mlp-u:1", parse_compress({"method": "quantize", "measure": {"rounds": 1}, "train": train_section}))
-    )
+    ).summary()
     assert s["path"] == f"{uri}/mlp-u-dynamic-int8/1" and s["ratios"]["size_bytes"] <= 0.3
     meta = load_checkpoint(s["path"]).meta
     assert meta.compression["parent"]["name"] == "mlp-u" and meta.metrics["size_bytes"] == s["after"]["size_bytes"]
@@ -304,7 +304,7 @@ def teacher(ray_cluster, tmp_path_factory):
 def run_compress(tmp: Path, parent: str, **data) -> dict:
     train_section = {"storage": str(tmp / "runs"), "model_store": str(tmp / "models"), **data.pop("train", {})}
     cfg = parse_compress({"measure": {"rounds": 3}, "train": train_section, **data})
-    return compress(plan(parent, cfg))
+    return compress(plan(parent, cfg)).summary()
 
 
 def test_each_method_writes_a_store_entry_with_lineage_that_serves_over_http(teacher):
@@ -414,9 +414,9 @@ def test_a_multi_objective_compression_sweep_returns_a_non_dominated_front(teach
     outcome = run_sweep(sweep)
     s = outcome.summary()
     assert s["trials"] == 4 and s["front"]
-    objs = outcome.objectives
+    objs = outcome.details["objectives"]
     assert [n for n, _ in objs] == ["test_accuracy", "p50_ms_b1", "size_bytes"]
-    for a in outcome.front:
+    for a in outcome.details["front"]:
         assert not any(dominates(b, a, objs) for b in outcome.trials)
     assert {Path(f).name for f in s["files"]} == {"pareto.csv", "pareto.png"}
     assert all(Path(f).stat().st_size > 0 for f in s["files"])
@@ -441,5 +441,5 @@ def test_a_language_model_is_refused_by_name_before_any_work(tmp_path):
     write_checkpoint(tmp_path / "lm", lm, dataset={}, metrics={}, extra={"task": "language-model"})
     store.export(str(tmp_path / "lm"), str(tmp_path / "models"), "lm")
     cfg = parse_compress({"method": "quantize", "train": {"model_store": str(tmp_path / "models")}})
-    with pytest.raises(ValueError, match="lm is a language model"):
+    with pytest.raises(ValueError, match="lm is a model of task 'language-model'"):
         plan("lm", cfg)

@@ -139,7 +139,7 @@ def test_a_family_from_outside_trains_tunes_compresses_exports_and_serves_split(
     }
     swept = run_sweep(parse_sweep(sweep, "test", tmp_path)).summary()
     assert swept["trials"] == 2 and load_checkpoint(swept["model_store"]["path"]).meta.family == TCN
-    small = compress(plan("tcn-d", parse_compress({"method": "quantize", "measure": {"rounds": 1}}), models))
+    small = compress(plan("tcn-d", parse_compress({"method": "quantize", "measure": {"rounds": 1}}), models)).summary()
     assert small["after"]["size_bytes"] < small["before"]["size_bytes"]
     onnx = export_format(models, "tcn-d", "latest", "onnx")
     assert onnx["parity"]["max_abs_diff"] <= onnx["parity"]["atol"]

@@ -226,7 +226,7 @@ def test_train_and_sweep_runs_are_in_mlflow_with_lineage(ray_cluster, tmp_path):
     mv = client.search_model_versions("name='tracked'")
     assert [(v.tags["foundry.version"], v.run_id) for v in mv] == [("1", run.info.run_id)]
     lineage = store.entry(store.StoreVersion(str(tmp_path / "models"), "tracked", 1))["lineage"]
-    assert lineage["tracking_run_id"] == run.info.run_id and lineage["run"]["path"] == outcome.run_path
+    assert lineage["tracking_run_id"] == run.info.run_id and lineage["run"]["path"] == outcome.path
     assert lineage["split_seed"] == 0 and lineage["config"]["train"]["epochs"] == 2
 
     sweep = {

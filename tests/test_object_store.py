@@ -70,7 +70,9 @@ def test_an_s3_store_end_to_end_train_tune_compress_alias_serve_split_and_canary
     swept = run_sweep(parse_sweep(sweep, "test", tmp_path)).summary()
     assert swept["model_store"]["path"] == f"{models}/s3-sweep/1"
     # compress (int8) and export (ONNX beside the version), both reading and writing S3
-    small = compress(plan("digits-mlp:1", parse_compress({"method": "quantize", "measure": {"rounds": 1}}), models))
+    small = compress(
+        plan("digits-mlp:1", parse_compress({"method": "quantize", "measure": {"rounds": 1}}), models)
+    ).summary()
     assert small["path"] == f"{models}/digits-mlp-dynamic-int8/1"
     out = subprocess.run(
         [FOUNDRY, "export", "digits-mlp:2", "--format", "onnx", "--store", models, "--json"],

@@ -63,7 +63,7 @@ def test_two_workers_learn_and_export_a_verified_checkpoint(ray_cluster, tmp_pat
     with torch.no_grad():
         pred = loaded.model(torch.from_numpy(splits.x_test)).argmax(1).numpy()
     assert np.mean(pred == splits.y_test) == pytest.approx(outcome.metrics["test_accuracy"], abs=1e-6)
-    assert all(Path(p).is_file() for p in outcome.plots)
+    assert all(Path(p).is_file() for p in outcome.files)
     # `foundry models list --json` shows it
     out = subprocess.run(
         [sys.executable, "-m", "modelfoundry.cli", "models", "list", "--store", str(tmp_path / "models"), "--json"],

@@ -27,13 +27,17 @@ Output = Literal["classes", "values", "images", "text"]
 class TaskSpec:
     name: Task
     metric: str  # ranks checkpoints and trials
-    mode: Literal["max", "min"]  # the metric's better direction
-    metrics: tuple[str, ...]  # what a sweep shows per trial
+    metrics: dict[str, Literal["max", "min"]]  # what a run reports (a sweep shows them), and each one's direction
     # (model, x, y, the target's std) -> (mean loss to backpropagate, metric sums for this batch)
     loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, Sums]]
     summarize: Callable[[dict[str, float], str], dict[str, float]]  # (summed sums, prefix) -> metrics
     output: Output  # what serving answers
     compressible: bool = True  # compression/ measures it (size, latency, held-out metrics)
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        """The ranking metric's better direction."""
+        return self.metrics[self.metric]
 
     @property
     def classifies(self) -> bool:
@@ -128,8 +132,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "classification",
             "test_accuracy",
-            "max",
-            ("test_accuracy", "test_loss", "train_accuracy", "train_loss"),
+            {"test_accuracy": "max", "test_loss": "min", "train_accuracy": "max", "train_loss": "min"},
             _classification_loss,
             lambda sums, prefix: _mean(sums, prefix, accuracy="correct"),
             "classes",
@@ -137,8 +140,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "regression",
             "test_mae",
-            "min",
-            ("test_mae", "test_loss", "train_mae", "train_loss"),
+            {"test_mae": "min", "test_loss": "min", "train_mae": "min", "train_loss": "min"},
             _regression_loss,
             lambda sums, prefix: _mean(sums, prefix, mae="abs_err"),
             "values",
@@ -146,8 +148,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "generative",
             "test_neg_elbo",
-            "min",
-            ("test_neg_elbo", "test_recon", "test_kl", "test_loss", "train_loss"),
+            {"test_neg_elbo": "min", "test_recon": "min", "test_kl": "min", "test_loss": "min", "train_loss": "min"},
             _generative_loss,
             _generative_summary,
             "images",
@@ -155,8 +156,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "language-model",
             "test_bpc",  # bits per character on the held-out text
-            "min",
-            ("test_bpc", "test_loss", "train_bpc", "train_loss"),
+            {"test_bpc": "min", "test_loss": "min", "train_bpc": "min", "train_loss": "min"},
             _language_model_loss,
             _language_model_summary,
             "text",

@@ -39,7 +39,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from modelfoundry.cluster import connect
 
         print(connect(args.address, log_to_driver=args.verbose), flush=True)
-    s = compress(p, tracking_uri=args.tracking_uri)
+    s = compress(p, tracking_uri=args.tracking_uri).summary()
     b, a = s["before"], s["after"]
     print(
         f"\n== {s['name']} v{s['version']}: {s['method']} {s['params']} of {s['parent']['name']} v{s['parent']['version']}"

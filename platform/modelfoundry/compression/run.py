@@ -23,6 +23,7 @@ from modelfoundry.compression.prune import PRUNABLE, parameter_count, prune, wid
 from modelfoundry.compression.quantize import check_scheme, quantize_model
 from modelfoundry.config import DataSection, JobConfig
 from modelfoundry.models import model_config
+from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, check_writable, join, upload_dir
 from modelfoundry.store.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint, read_meta, write_checkpoint
 from modelfoundry.tasks import task_spec
@@ -57,7 +58,7 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     family, task = meta.family, meta.task
     if not task_spec(task).compressible:
         raise ValueError(
-            f"{parent_ref} is a {task} model; compression here measures classifiers, regressors and VAEs "
+            f"{parent_ref} is a model of task {task!r}; compression here measures classifiers, regressors and VAEs "
             "(quantizing and distilling a language model is not built yet)"
         )
     if meta.quantization:
@@ -119,40 +120,25 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     )
 
 
-def compress(p: Plan, tracking_uri: str | None = None) -> dict[str, Any]:
+def compress(p: Plan, tracking_uri: str | None = None) -> Outcome:
     """Run the plan (Ray must be connected for prune fine-tuning and distillation). Tracked as an
     MLflow run in the experiment named for the output (modelfoundry.tracking)."""
-    from modelfoundry import store as model_store
-    from modelfoundry import tracking
-
-    t0 = time.perf_counter()
     cfg = p.cfg
-    tracker = tracking.Tracker(tracking.tracking_uri(cfg.train.storage, tracking_uri), p.output)
-    tracker.start(
-        f"{cfg.method}-{p.parent_name}-v{p.parent_version}",
-        cfg.model_dump(mode="json"),
-        {"foundry.kind": "compress", "foundry.parent": f"{p.parent_name}:{p.parent_version}"},
-    )
-    try:
-        out = _compress(p, tracker, model_store)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.log_metrics({f"parent_{k}": v for k, v in out["before"].items()}, 0)
-    tracker.log_metrics(out["after"], 0)
-    tracking.log_model_entry(tracker, out["entry"])
-    tracker.end()
-    tracking.mirror_registry(tracker.uri if tracker.enabled else None, p.store, out["name"])
-    out.pop("entry")
-    out["tracking_run_id"] = tracker.run_id
-    out["wall_s"] = round(time.perf_counter() - t0, 1)
-    return out
+    run_id = f"{cfg.method}-{p.parent_name}-v{p.parent_version}"
+    tags = {"foundry.parent": f"{p.parent_name}:{p.parent_version}"}
+    with RunContext(
+        "compress", p.output, run_id, cfg.train.storage, p.store,
+        params=cfg.model_dump(mode="json"), tags=tags, tracking_uri=tracking_uri,
+    ) as run:  # fmt: skip
+        outcome = _compress(p, run)
+        run.tracker.log_metrics({f"parent_{k}": v for k, v in outcome.details["before"].items()}, 0)
+        run.tracker.log_metrics(outcome.details["after"], 0)
+    return run.finish(outcome)
 
 
-def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
+def _compress(p: Plan, run: RunContext) -> Outcome:
     from modelfoundry.data import load_splits
 
-    t0 = time.perf_counter()
     cfg = p.cfg
     parent = load_checkpoint(p.parent_path)  # sha256-checked
     splits = load_splits(p.data)
@@ -160,76 +146,72 @@ def _compress(p: Plan, tracker, model_store) -> dict[str, Any]:
     log(f"compressing {p.parent_name} v{p.parent_version} ({p.parent_meta.family}) by {cfg.method} {cfg.summary()}")
     with tempfile.TemporaryDirectory(prefix="mf-compress-") as tmp:
         # the checkpoint to publish: written here, or the best of a fine-tuning / distillation run
-        source = str(Path(tmp) / "out")
-        extra: dict[str, Any] = {"task": p.task, "run": p.output}
-        if cfg.method == "quantize":
-            scheme = cfg.quantize.scheme
-            calib = torch.from_numpy(splits.x_train[: cfg.quantize.calibration_samples])
-            state = quantize_model(parent.model, scheme, calibration=calib)
-            extra["quantization"] = {"scheme": scheme, "format": "int8 + per-channel float32 scale (::scale)"}
-            write_checkpoint(source, parent.model, dataset=p.parent_meta.dataset, metrics={}, extra=extra, state=state)
-            log(f"quantized to {scheme}")
-        elif cfg.method == "prune":
-            pruned = prune(parent.model, cfg.prune.ratio)
-            log(
-                f"pruned {parameter_count(parent.model)} -> {parameter_count(pruned)} parameters "
-                f"{widths(parent.model)} -> {widths(pruned)}"
-            )
-            if cfg.prune.finetune:
-                source = _fine_tune(p, pruned, splits, tmp, log, tracker)
-            else:
-                write_checkpoint(source, pruned, dataset=p.parent_meta.dataset, metrics={}, extra=extra)
-        else:
-            source = _distill(p, splits, log, tracker)
+        source = _compressed(p, parent, splits, tmp, log, run.tracker)
         result = load_checkpoint(source)  # exactly as serving loads it
         measures = _measure(p, parent, result, source, splits)
-        metric = task_spec(p.task).metric
         before, after = measures["parent"], measures["compressed"]
+        metric = task_spec(p.task).metric
         latency = f", p50 b1 {before['p50_ms_b1']:.3f} -> {after['p50_ms_b1']:.3f} ms" if "p50_ms_b1" in before else ""
         log(
             f"size {before['size_bytes']} -> {after['size_bytes']} bytes, "
             f"{metric} {before[metric]:.4f} -> {after[metric]:.4f}{latency}"
         )
-        lineage = {
-            "name": p.parent_name,
-            "version": p.parent_version,
-            "sha256": p.parent_meta.sha256,
-            "family": p.parent_meta.family,
-            "config": p.parent_meta.config,
-        }
+        parent_link = {"name": p.parent_name, "version": p.parent_version, "sha256": p.parent_meta.sha256}
         compression = {
             "method": cfg.method,
             "params": cfg.summary(),
             "train": cfg.train.model_dump(mode="json") if cfg.method != "quantize" else None,
-            "parent": lineage,
+            "parent": {**parent_link, "family": p.parent_meta.family, "config": p.parent_meta.config},
             "before": before,
             "after": after,
             "agreement": measures["agreement"],
         }
         # the store copies model.pt and model.json (without the optimizer state) and adds these
-        metrics = {**result.meta.metrics, **after}
-        record = model_store.lineage_record(
+        entry = run.export(
+            source,
+            p.output,
             {"compress": cfg.model_dump(mode="json"), "data": p.data.model_dump(mode="json")},
+            {"metrics": {**result.meta.metrics, **after}, "compression": compression},
             parent={"name": p.parent_name, "version": p.parent_version, "path": p.parent_path},
-            tracking_run_id=tracker.run_id,
         )
-        entry = model_store.export(
-            source, p.store, p.output, {"metrics": metrics, "compression": compression, "lineage": record}
-        )
-    log(f"wrote {entry['name']} v{entry['version']} at {entry['path']} in {time.perf_counter() - t0:.1f}s")
-    return {
-        "name": entry["name"],
-        "version": entry["version"],
-        "path": entry["path"],
+    log(f"wrote {entry['name']} v{entry['version']} at {entry['path']} in {time.perf_counter() - run.t0:.1f}s")
+    details = {
         "method": cfg.method,
         "params": cfg.summary(),
-        "parent": {k: v for k, v in lineage.items() if k != "config"},
+        "parent": {**parent_link, "family": p.parent_meta.family},
         "before": before,
         "after": after,
         "agreement": measures["agreement"],
         "ratios": _ratios(before, after),
-        "entry": entry,
     }
+    return Outcome("compress", p.output, run.path, metric, task_spec(p.task).mode, after, model=entry, details=details)
+
+
+def _compressed(p: Plan, parent: LoadedModel, splits, tmp: str, log, tracker) -> str:
+    """The compressed model's checkpoint: quantized or pruned here, or the best checkpoint of a
+    fine-tuning or distillation run."""
+    cfg = p.cfg
+    source = str(Path(tmp) / "out")
+    extra: dict[str, Any] = {"task": p.task, "run": p.output}
+    if cfg.method == "quantize":
+        scheme = cfg.quantize.scheme
+        calib = torch.from_numpy(splits.x_train[: cfg.quantize.calibration_samples])
+        state = quantize_model(parent.model, scheme, calibration=calib)
+        extra["quantization"] = {"scheme": scheme, "format": "int8 + per-channel float32 scale (::scale)"}
+        write_checkpoint(source, parent.model, dataset=p.parent_meta.dataset, metrics={}, extra=extra, state=state)
+        log(f"quantized to {scheme}")
+        return source
+    if cfg.method == "prune":
+        pruned = prune(parent.model, cfg.prune.ratio)
+        log(
+            f"pruned {parameter_count(parent.model)} -> {parameter_count(pruned)} parameters "
+            f"{widths(parent.model)} -> {widths(pruned)}"
+        )
+        if cfg.prune.finetune:
+            return _fine_tune(p, pruned, splits, tmp, log, tracker)
+        write_checkpoint(source, pruned, dataset=p.parent_meta.dataset, metrics={}, extra=extra)
+        return source
+    return _distill(p, splits, log, tracker)
 
 
 def _logger(name: str):

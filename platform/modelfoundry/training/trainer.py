@@ -7,15 +7,14 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from modelfoundry import tracking
 from modelfoundry.config import JobConfig, config_sha256, flatten
 from modelfoundry.data import load_splits, ray_datasets
+from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, check_writable, checkpoint_location, filesystem, is_uri, join
 from modelfoundry.store.checkpoint import run_checkpoints
 from modelfoundry.tasks import task_of, task_spec
@@ -35,37 +34,6 @@ DEFAULT_HEALTH_CHECK_S = "0.25"
 
 class CapacityError(ValueError):
     """The cluster can never place the requested workers."""
-
-
-@dataclass
-class TrainOutcome:
-    name: str
-    run_path: str
-    metric: str
-    mode: str
-    metrics: dict[str, Any]
-    checkpoint: str  # the best by the task's metric
-    last_checkpoint: str = ""  # the latest (its model.json holds the full per-epoch history)
-    model: dict[str, Any] | None = None  # model store entry
-    plots: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-    tracking_run_id: str | None = None  # the MLflow run (modelfoundry.tracking)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "metric": self.metric,
-            "best": self.metrics.get(self.metric),
-            "metrics": self.metrics,
-            "checkpoint": self.checkpoint,
-            "run_path": self.run_path,
-            "model_store": {"name": self.model["name"], "version": self.model["version"], "path": self.model["path"]}
-            if self.model
-            else None,
-            "plots": self.plots,
-            "tracking_run_id": self.tracking_run_id,
-            "wall_s": round(self.wall_s, 1),
-        }
 
 
 def check_capacity(cfg: JobConfig) -> None:
@@ -280,105 +248,108 @@ def train(
     tracking_uri: str | None = None,
     tracker: Tracker | None = None,
     lineage: dict[str, Any] | None = None,
-) -> TrainOutcome:
+) -> Outcome:
     """Train `cfg` on the connected Ray cluster (see cluster.connect) and export the best model.
     resume: continue the latest run of cfg.name; its config must match (allow_changes: fields of
     RESUME_SAFE that may differ). The compression steps pass `splits` (a distillation's transfer
     set added), `start_from` (a pruned model to fine-tune), `teacher` (to distil from) and their
     own MLflow `tracker` (else the run is tracked at tracking_uri, see modelfoundry.tracking);
     `lineage`: links recorded in the exported version's lineage besides the run's own."""
-    import ray
-    import ray.train
-
-    from modelfoundry import store
-    from modelfoundry.console import EpochProgress
     from modelfoundry.training.plots import plot_run
-    from modelfoundry.training.reports import ReportRelay, fit_reporting
 
-    t_start = time.perf_counter()
     splits = splits or load_splits(cfg.data)  # bad data config fails here, before any Ray work
+    run_id = _prepare(cfg, resume, set(allow_changes))
+    ranking = task_spec(task_of(cfg.model.family, splits.spec.task))
+    storage, run_path = absolute(cfg.train.storage), join(absolute(cfg.train.storage), cfg.name, run_id)
+    tags = {"foundry.run_path": run_path, "foundry.resumed": str(resume)}
+    with RunContext(
+        "train", cfg.name, run_id, storage, cfg.train.model_store,
+        params=cfg.to_dict(), tags=tags, tracking_uri=tracking_uri, tracker=tracker,
+    ) as run:  # fmt: skip
+        trainer = make_trainer(
+            cfg,
+            splits,
+            join(storage, cfg.name),
+            run_id,
+            callbacks=[relay := _relay()],
+            start_from=start_from,
+            teacher=teacher,
+            resume_from=latest_checkpoint(run_path) if resume else None,
+        )
+        result = _fit(cfg, splits, trainer, relay, run)
+        best_ckpt, best_metrics = _best(result, ranking.metric, ranking.mode)
+        outcome = Outcome(
+            "train",
+            cfg.name,
+            run_path,
+            ranking.metric,
+            ranking.mode,
+            best_metrics,
+            checkpoint_location(best_ckpt),
+            checkpoint_location(result.checkpoint),
+        )
+        if export:
+            run_links = {"name": cfg.name, "id": run_id, "path": run_path}
+            outcome.model = run.export(outcome.checkpoint, cfg.name, cfg.to_dict(), run=run_links, **(lineage or {}))
+        outcome.files = plot_run(outcome.last_checkpoint, outcome.path)
+    return run.finish(outcome)
+
+
+def _prepare(cfg: JobConfig, resume: bool, allow_changes: set[str]) -> str:
+    """Check everything a run needs before it starts (storage writable, Ray connected, capacity,
+    a resumable earlier run); write or check the run's config. Returns the run id."""
+    import ray
+
     storage = absolute(cfg.train.storage)
     check_writable(storage)
     check_writable(cfg.train.model_store)
     if not ray.is_initialized():
         raise RuntimeError("connect to Ray first (modelfoundry.cluster.connect)")
     check_capacity(cfg)
-
-    existing = run_dirs(storage, cfg.name)
-    if resume:
-        if not existing:
-            raise ValueError(f"--resume: no earlier run of {cfg.name!r} under {storage}; nothing to resume")
-        run_id = existing[-1]
-    else:
-        run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
-    ranking = task_spec(task_of(cfg.model.family, splits.spec.task))
-    metric, mode = ranking.metric, ranking.mode
-    run_path = join(storage, cfg.name, run_id)
-    bad = set(allow_changes) - RESUME_SAFE
+    bad = allow_changes - RESUME_SAFE
     if bad:
         raise ValueError(f"--allow-change {sorted(bad)}: only these may change on --resume: {sorted(RESUME_SAFE)}")
+    existing = run_dirs(storage, cfg.name)
+    if resume and not existing:
+        raise ValueError(f"--resume: no earlier run of {cfg.name!r} under {storage}; nothing to resume")
     if resume:
-        check_resume_config(run_path, cfg, set(allow_changes))
-    else:
-        write_run_config(run_path, cfg)
-    own_tracker = tracker is None
-    if tracker is None:
-        tracker = Tracker(tracking.tracking_uri(storage, tracking_uri), cfg.name)
-        tags = {"foundry.kind": "train", "foundry.run_path": run_path, "foundry.resumed": str(resume)}
-        tracker.start(run_id, cfg.to_dict(), tags)
-    relay = ReportRelay()
-    trainer = make_trainer(
-        cfg,
-        splits,
-        join(storage, cfg.name),
-        run_id,
-        callbacks=[relay],
-        start_from=start_from,
-        teacher=teacher,
-        resume_from=latest_checkpoint(run_path) if resume else None,
-    )
+        check_resume_config(join(storage, cfg.name, existing[-1]), cfg, allow_changes)
+        return existing[-1]
+    run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
+    write_run_config(join(storage, cfg.name, run_id), cfg)
+    return run_id
+
+
+def _relay():
+    from modelfoundry.training.reports import ReportRelay
+
+    return ReportRelay()
+
+
+def _fit(cfg: JobConfig, splits, trainer, relay, run: RunContext):
+    """The trainer's fit, its reports shown as a progress display and logged to MLflow; a failed
+    run is one RuntimeError naming its root cause."""
+    import ray.train
+
+    from modelfoundry.console import EpochProgress
+    from modelfoundry.training.reports import fit_reporting
+
     print(
         f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
         f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
-        f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {run_path}",
+        f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {run.path}",
         flush=True,
     )
 
     def on_report(metrics: dict[str, Any]) -> None:
         progress.update(metrics)
-        tracker.log_metrics(metrics, int(metrics.get("epoch", 0)))
+        run.tracker.log_metrics(metrics, int(metrics.get("epoch", 0)))
 
     try:
         with EpochProgress(cfg.name, cfg.train.epochs) as progress:
-            result = fit_reporting(trainer, relay, on_report)
-    except BaseException as err:
-        if own_tracker:
-            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        if isinstance(err, ray.train.TrainingFailedError):
-            raise RuntimeError(f"training run {cfg.name}/{run_id} failed: {_root_cause(err)}") from err
-        raise
-    best_ckpt, best_metrics = _best(result, metric, mode)
-    best_at, last_at = checkpoint_location(best_ckpt), checkpoint_location(result.checkpoint)
-    outcome = TrainOutcome(cfg.name, run_path, metric, mode, best_metrics, best_at, last_at)
-    if export:
-        record = store.lineage_record(
-            cfg.to_dict(),
-            run={"name": cfg.name, "id": run_id, "path": run_path},
-            tracking_run_id=tracker.run_id,
-            **(lineage or {}),
-        )
-        outcome.model = store.export(best_at, absolute(cfg.train.model_store), cfg.name, {"lineage": record})
-    outcome.plots = plot_run(outcome.last_checkpoint, outcome.run_path)
-    for plot in outcome.plots:
-        tracker.log_artifact(plot, "plots")
-    if own_tracker:
-        tracking.log_model_entry(tracker, outcome.model)
-        tracker.end()
-        if outcome.model:
-            tracking.mirror_registry(tracker.uri if tracker.enabled else None, cfg.train.model_store, cfg.name)
-    outcome.tracking_run_id = tracker.run_id
-    outcome.wall_s = time.perf_counter() - t_start
-    return outcome
+            return fit_reporting(trainer, relay, on_report)
+    except ray.train.TrainingFailedError as err:
+        raise RuntimeError(f"training run {cfg.name}/{run.run_id} failed: {_root_cause(err)}") from err
 
 
 def _loop():

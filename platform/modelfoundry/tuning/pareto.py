@@ -8,13 +8,12 @@ import csv
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modelfoundry.config import ConfigError
+from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, checkpoint_location, is_uri, join, upload_dir
 from modelfoundry.tasks import task_spec
 from modelfoundry.tuning.sweep_config import OBJECTIVE_MODES, CompressDims, SweepConfig
@@ -157,30 +156,6 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
         tune.report(measured, checkpoint=tune.Checkpoint.from_directory(str(out)))
 
 
-@dataclass
-class ParetoOutcome:
-    name: str
-    path: str
-    objectives: list[tuple[str, str]]
-    trials: list[dict[str, Any]]
-    front: list[dict[str, Any]]
-    models: list[dict[str, Any]] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "objectives": [f"{n} ({m})" for n, m in self.objectives],
-            "trials": len(self.trials),
-            "front": [{k: v for k, v in r.items() if k != "checkpoint_path"} for r in self.front],
-            "model_store": [{k: m[k] for k in ("name", "version", "path")} for m in self.models],
-            "files": self.files,
-            "wall_s": round(self.wall_s, 1),
-        }
-
-
 def collect(sweep: SweepConfig, results, objs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -204,36 +179,26 @@ def finish(
     sweep: SweepConfig,
     results,
     objs,
-    exp_path: str,
-    model_store: str | None,
-    t_start: float,
-    lineage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> ParetoOutcome:
-    """The front, its members exported (each with `lineage(row)` recorded, when given)."""
-    from modelfoundry import store
-
+    run: RunContext,
+    export: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Outcome:
+    """The front, its members exported by `export(row)` when given (best first by the first objective)."""
     rows = collect(sweep, results, objs)
     if not rows:
-        raise RuntimeError(f"no trial of {sweep.name} finished with its objectives; see {exp_path}")
+        raise RuntimeError(f"no trial of {sweep.name} finished with its objectives; see {run.path}")
     front = pareto_front(rows, objs)
     for r in rows:
         r["on_front"] = r in front
-    outcome = ParetoOutcome(sweep.name, exp_path, objs, rows, front)
-    if model_store:
+    outcome = Outcome("pareto", sweep.name, run.path, trials=rows, details={"objectives": objs, "front": front})
+    if export:
         for r in sorted(front, key=lambda r: r[objs[0][0]], reverse=objs[0][1] == "max"):
             if r["checkpoint_path"]:
-                objectives_meta = {"objectives": {n: r[n] for n, _ in objs}, "sweep": sweep.name}
-                if lineage:
-                    objectives_meta["lineage"] = lineage(r)
-                outcome.models.append(
-                    store.export(r["checkpoint_path"], model_store, f"{sweep.name}-front", extra_meta=objectives_meta)
-                )
+                outcome.models.append(export(r))
     outcome.files = write_front(outcome)
-    outcome.wall_s = time.perf_counter() - t_start
     return outcome
 
 
-def write_front(outcome: ParetoOutcome) -> list[str]:
+def write_front(outcome: Outcome) -> list[str]:
     """pareto.csv (every finished trial, on_front marked) and pareto.png (the first objective
     against each other one: the front's members in red, labelled with their compression, dominated
     trials grey)."""
@@ -250,12 +215,13 @@ def write_front(outcome: ParetoOutcome) -> list[str]:
             w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(outcome.trials)
-        (first, _), others = outcome.objectives[0], outcome.objectives[1:]
+        objectives = outcome.details["objectives"]
+        (first, _), others = objectives[0], objectives[1:]
         fig, axes = plt.subplots(1, len(others), figsize=(5 * len(others), 4), squeeze=False)
         for ax, (name, _) in zip(axes[0], others):
             grey = [r for r in outcome.trials if not r["on_front"]]
             ax.scatter([r[name] for r in grey], [r[first] for r in grey], c="0.7", label="dominated")
-            front = outcome.front  # a front over every objective: not joined in a 2-D projection
+            front = outcome.details["front"]  # a front over every objective: not joined in a 2-D projection
             ax.scatter([r[name] for r in front], [r[first] for r in front], c="tab:red", label="Pareto front")
             for r in front:
                 ax.annotate(
@@ -264,7 +230,7 @@ def write_front(outcome: ParetoOutcome) -> list[str]:
             ax.set_xlabel(name)
             ax.set_ylabel(first)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{outcome.name}: {len(outcome.front)} of {len(outcome.trials)} trials on the front")
+        fig.suptitle(f"{outcome.name}: {len(outcome.details['front'])} of {len(outcome.trials)} trials on the front")
         fig.tight_layout()
         fig.savefig(out / "pareto.png", dpi=100)
         plt.close(fig)

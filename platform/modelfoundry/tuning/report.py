@@ -39,7 +39,7 @@ def write_reports(outcome, best_config_yaml: str) -> list[str]:
                 )
         ax.set_xlabel("epoch")
         ax.set_ylabel(outcome.metric)
-        ax.set_title(f"{outcome.name}: {len(outcome.trials)} trials, {outcome.total_epochs} epochs in total")
+        ax.set_title(f"{outcome.name}: {len(outcome.trials)} trials, {outcome.details['total_epochs']} epochs in total")
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         fig.savefig(out / "trials.png", dpi=100)
