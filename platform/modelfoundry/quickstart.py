@@ -42,7 +42,8 @@ def train_serve_query(cfg: JobConfig, port: int = 8000) -> dict[str, Any]:
     entry = outcome.model
     assert entry is not None
     t0 = time.perf_counter()
-    url = run_app({"model": entry["name"], "version": entry["version"], "store": cfg.train.model_store}, port=port)
+    app = {"model": entry["name"], "version": entry["version"], "store": cfg.train.model_store}
+    url = run_app(app, app_name=entry["name"], port=port)
     print(
         f"[{cfg.name}] serving {entry['name']} v{entry['version']} at {url}/v1/models/{entry['name']}:predict "
         f"(ready in {time.perf_counter() - t0:.1f}s)",
@@ -57,6 +58,9 @@ def train_serve_query(cfg: JobConfig, port: int = 8000) -> dict[str, Any]:
             served = {"served_mae": float(np.mean(np.abs(pred - splits.y_test)))}
         print(f"[{cfg.name}] {len(pred)} held-out inputs over HTTP: {served}", flush=True)
     finally:
-        serve.shutdown()
+        # this app only (on a shared cluster others keep running); Serve itself goes with the local
+        # cluster. serve.shutdown() here made Ray print "Task ServeController.graceful_shutdown
+        # failed" at every clean exit: the controller is killed while its own shutdown task runs
+        serve.delete(entry["name"])
         print(f"[{cfg.name}] service shut down", flush=True)
     return {**outcome.summary(), **served, "url": url, "served_examples": len(pred)}

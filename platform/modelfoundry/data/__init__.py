@@ -8,7 +8,8 @@ import numpy as np
 
 from modelfoundry.config import DataSection
 from modelfoundry.data.augment import Augment
-from modelfoundry.data.sources import DatasetSpec, Splits, load_splits
+from modelfoundry.data.sources import load_splits
+from modelfoundry.data.splits import DatasetSpec, Splits
 
 ROWS_PER_BLOCK = 4096
 

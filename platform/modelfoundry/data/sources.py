@@ -9,59 +9,16 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from modelfoundry.config import DataSection
+from modelfoundry.data.splits import DatasetSpec, Splits
+from modelfoundry.data.text import pydocs_text, read_text, text_splits
 from modelfoundry.tasks import task_spec
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    task: Literal["classification", "regression", "language-model"]
-    input_shape: tuple[int, ...]
-    num_classes: int | None  # classification: classes; language model: vocabulary size
-    kind: Literal["image", "series", "table", "text"]
-    tokenizer: dict | None = None  # text: {"kind": "char", "vocab": "..."} (stored in checkpoints)
-
-    @property
-    def output_dim(self) -> int:
-        return self.num_classes if task_spec(self.task).classifies else 1
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "task": self.task,
-            "input_shape": list(self.input_shape),
-            "num_classes": self.num_classes,
-            "kind": self.kind,
-            **({"tokenizer": self.tokenizer} if self.tokenizer else {}),
-        }
-
-
-@dataclass(frozen=True)
-class Splits:
-    spec: DatasetSpec
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    extras: dict = field(default_factory=dict)  # e.g. the persistence baseline for series
-
-    def stats(self) -> dict[str, float]:
-        """Normalisation statistics, from the training split only."""
-        out = {"x_mean": float(self.x_train.mean()), "x_std": float(self.x_train.std()) or 1.0}
-        if task_spec(self.spec.task).output == "values":
-            out |= {"y_mean": float(self.y_train.mean()), "y_std": float(self.y_train.std()) or 1.0}
-        else:
-            out |= {"y_mean": 0.0, "y_std": 1.0}
-        return out
 
 
 def _stratified_split(n: int, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,14 +193,10 @@ def parquet(cfg: DataSection) -> Splits:
 
 
 def pydocs(cfg: DataSection) -> Splits:
-    from modelfoundry.data.text import pydocs_text, text_splits
-
     return text_splits("pydocs", pydocs_text(), cfg.window or 128, cfg.test_fraction or 0.1)
 
 
 def text(cfg: DataSection) -> Splits:
-    from modelfoundry.data.text import read_text, text_splits
-
     assert cfg.path
     corpus = read_text(cfg.path, cfg.text_column)
     return text_splits(Path(cfg.path).stem, corpus, cfg.window or 128, cfg.test_fraction or 0.1)

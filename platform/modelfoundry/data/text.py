@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelfoundry.data.sources import DatasetSpec, Splits
+from modelfoundry.data.splits import DatasetSpec, Splits
 
 MAX_VOCAB = 4096  # distinct characters; beyond it the text is not one a char model should learn
 MAX_TEXT_BYTES = 1 << 30

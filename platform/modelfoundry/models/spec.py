@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from torch import nn
 
-# the kinds of input a dataset delivers (data.sources.DatasetSpec.kind)
+# the kinds of input a dataset delivers (data.splits.DatasetSpec.kind)
 InputKind = Literal["image", "series", "table", "text"]
 # what a model learns; each has its loss, metrics and ranking metric in tasks.py
 Task = Literal["classification", "regression", "generative", "language-model"]
