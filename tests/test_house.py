@@ -21,10 +21,10 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
 # the modules and functions still over the limits, at most at their size when the rule came in
 # (issue 27): a ratchet. Shrink an entry when its module shrinks; never add one.
 OVER_MODULE = {
-    "serving/ingress.py": 460,
     "training/loop.py": 396,
     "training/trainer.py": 374,
     "tracking.py": 341,
+    "serving/ingress.py": 339,
     "compression/quantize.py": 305,
     "compression/run.py": 302,
     "config.py": 301,
