@@ -151,8 +151,8 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
             "epoch": cfg.train.epochs,
             "done": True,
         }
-        meta = {**final.meta, "metrics": {k: v for k, v in measured.items() if isinstance(v, (int, float))}}
-        (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        meta = final.meta.updated(metrics={k: v for k, v in measured.items() if isinstance(v, (int, float))})
+        (out / "model.json").write_text(meta.to_json())
         tune.report(measured, checkpoint=tune.Checkpoint.from_directory(str(out)))
 
 
