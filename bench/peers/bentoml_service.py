@@ -22,7 +22,7 @@ ROUTE = f"/v1/models/{os.environ.get('MODEL_NAME', 'model')}:predict"
 class Classifier:
     def __init__(self) -> None:
         self.runner = ModelRunner(os.environ["MODEL_PATH"], device="cpu")
-        self.shape = tuple(self.runner.meta["input_spec"]["shape"])
+        self.shape = tuple(self.runner.meta.input_spec.shape)
 
     @bentoml.api(route=ROUTE)
     def predict(self, instances: list[Any]) -> dict:

@@ -19,7 +19,7 @@ from modelfoundry.serving.runner import ModelRunner, predictions
 class Classifier(ls.LitAPI):
     def setup(self, device):
         self.runner = ModelRunner(os.environ["MODEL_PATH"], device="cpu")
-        self.shape = tuple(self.runner.meta["input_spec"]["shape"])
+        self.shape = tuple(self.runner.meta.input_spec.shape)
 
     def decode_request(self, request):
         try:
