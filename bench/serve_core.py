@@ -31,6 +31,11 @@ def export_tree(rev: str, where: Path) -> Path:
     where.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    # serve_load.py before 2026-12-07 gave its FastAPI server PYTHONPATH=<tree> alone, so that server
+    # imported the installed library, not the tree's: give it the tree's library, as it does now
+    script = where / "bench/serve_load.py"
+    text = script.read_text()
+    script.write_text(text.replace('"PYTHONPATH": str(ROOT)}', '"PYTHONPATH": f"{ROOT}:{ROOT}/platform"}'))
     return where
 
 
