@@ -36,7 +36,7 @@ from torch import nn
 
 from modelfoundry.models import build_model
 from modelfoundry.storage import filesystem, is_uri, join, upload_dir
-from modelfoundry.store import CheckpointMeta, resolve
+from modelfoundry.store import CheckpointMeta, StoreVersion, resolve
 from modelfoundry.store.checkpoint import load_checkpoint, sha256_file
 
 PARITY_ATOL = 1e-4
@@ -176,32 +176,38 @@ def export_format(store: str, name: str, version: int | str, fmt: str) -> dict[s
             raise RuntimeError(
                 f"the {fmt} export of {name} differs from the PyTorch model by {diff:.3g} (> {PARITY_ATOL}); not published"
             )
-        manifest = {
-            "format": fmt,
-            "file": spec.file,
-            "sha256": sha256_file(target),
-            "bytes": target.stat().st_size,
-            "source": {
-                "name": name,
-                "version": found.version,
-                "path": source,
-                "model_sha256": meta.sha256,
-                "family": meta.family,
-            },
-            "input": {"name": "input", **meta.input_spec.model_dump(mode="json")},
-            "output": "output",
-            "parity": {
-                "max_abs_diff": diff,
-                "atol": PARITY_ATOL,
-                "runtime": f"{spec.runtime} {metadata.version(spec.runtime)}",
-            },
-            "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if fmt == "onnx":
-            manifest["opset"] = OPSET
+        manifest = _manifest(fmt, spec, target, found, meta, diff)
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
         manifest["path"] = _publish(staged, join(source, EXPORTS_DIR, fmt))
+    return manifest
+
+
+def _manifest(fmt: str, spec: Format, target: Path, found: StoreVersion, meta: CheckpointMeta, diff: float) -> dict:
+    """export.json: the file, its sha256 and size, the version it came from, and the parity."""
+    manifest = {
+        "format": fmt,
+        "file": spec.file,
+        "sha256": sha256_file(target),
+        "bytes": target.stat().st_size,
+        "source": {
+            "name": found.name,
+            "version": found.version,
+            "path": found.uri,
+            "model_sha256": meta.sha256,
+            "family": meta.family,
+        },
+        "input": {"name": "input", **meta.input_spec.model_dump(mode="json")},
+        "output": "output",
+        "parity": {
+            "max_abs_diff": diff,
+            "atol": PARITY_ATOL,
+            "runtime": f"{spec.runtime} {metadata.version(spec.runtime)}",
+        },
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if fmt == "onnx":
+        manifest["opset"] = OPSET
     return manifest
 
 

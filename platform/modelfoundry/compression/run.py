@@ -26,7 +26,7 @@ from modelfoundry.models import model_config
 from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, check_writable, join, upload_dir
 from modelfoundry.store.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint, read_meta, write_checkpoint
-from modelfoundry.tasks import task_spec
+from modelfoundry.tasks import task_of, task_spec
 from modelfoundry.training.plan import TeacherSpec
 
 
@@ -67,7 +67,6 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
     if not data_cfg:
         raise ValueError(f"{parent_ref} records no dataset config in model.json; it cannot be evaluated")
     data = DataSection.model_validate(data_cfg)
-    input_shape = meta.input_spec.shape
     transfer_path = None
     if cfg.method == "quantize":
         check_scheme(cfg.quantize.scheme, family)
@@ -75,49 +74,48 @@ def plan(parent_ref: str, cfg: CompressConfig, store: str | None = None) -> Plan
         if family not in PRUNABLE:
             raise ValueError(f"structured pruning applies to families {list(PRUNABLE)}; {parent_ref} is a {family}")
     else:
-        d = cfg.distill
-        if not task_spec(task).classifies:
-            raise ValueError(f"distillation needs a classifier teacher; {parent_ref} is a {task} model")
-        try:  # the student must take the teacher's inputs and give its number of classes
-            model_config(
-                d.student.family,
-                d.student.preset,
-                input_shape=input_shape,
-                output_dim=meta.config["output_dim"],
-                **d.student.params,
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"student {d.student.family}/{d.student.preset} cannot take the teacher's input shape "
-                f"{list(input_shape)}: {err}"
-            ) from None
-        if d.student.family == "vae":
-            raise ValueError("a distillation student must be a classifier family (mlp, cnn, rnn), not vae")
-        if d.transfer:
-            transfer_path = model_store.resolve(store, *model_store.parse_ref(d.transfer.vae)).uri
-            vmeta = read_meta(transfer_path)
-            if vmeta.family != "vae":
-                raise ValueError(f"transfer.vae {d.transfer.vae!r} is a {vmeta.family}, not a vae")
-            if vmeta.input_spec.shape != input_shape:
-                raise ValueError(
-                    f"transfer.vae {d.transfer.vae!r} generates inputs of shape {list(vmeta.input_spec.shape)}; "
-                    f"the teacher takes {list(input_shape)}"
-                )
+        transfer_path = _check_distill(cfg.distill, parent_ref, meta, store)
     check_writable(store)
     if cfg.method != "quantize":
         check_writable(cfg.train.storage)
-    return Plan(
-        cfg,
-        name,
-        found.version,
-        found.uri,
-        meta,
-        data,
-        task,
-        cfg.output_name(name),
-        store,
-        transfer_path,
-    )
+    return Plan(cfg, name, found.version, found.uri, meta, data, task, cfg.output_name(name), store, transfer_path)
+
+
+def _check_distill(d, parent_ref: str, meta: CheckpointMeta, store: str) -> str | None:
+    """A distillation's teacher must classify, its student take the teacher's inputs and give its
+    classes, its transfer VAE (if any) generate those inputs. Returns the VAE's location."""
+    from modelfoundry import store as model_store
+
+    input_shape = meta.input_spec.shape
+    if not task_spec(meta.task).classifies:
+        raise ValueError(f"distillation needs a classifier teacher; {parent_ref} is a {meta.task} model")
+    if not task_spec(task_of(d.student.family, "classification")).classifies:
+        raise ValueError(f"a distillation student must be a classifier family (mlp, cnn, rnn), not {d.student.family}")
+    try:  # the student must take the teacher's inputs and give its number of classes
+        model_config(
+            d.student.family,
+            d.student.preset,
+            input_shape=input_shape,
+            output_dim=meta.config["output_dim"],
+            **d.student.params,
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"student {d.student.family}/{d.student.preset} cannot take the teacher's input shape "
+            f"{list(input_shape)}: {err}"
+        ) from None
+    if not d.transfer:
+        return None
+    transfer_path = model_store.resolve(store, *model_store.parse_ref(d.transfer.vae)).uri
+    vmeta = read_meta(transfer_path)
+    if vmeta.family != "vae":
+        raise ValueError(f"transfer.vae {d.transfer.vae!r} is a {vmeta.family}, not a vae")
+    if vmeta.input_spec.shape != input_shape:
+        raise ValueError(
+            f"transfer.vae {d.transfer.vae!r} generates inputs of shape {list(vmeta.input_spec.shape)}; "
+            f"the teacher takes {list(input_shape)}"
+        )
+    return transfer_path
 
 
 def compress(p: Plan, tracking_uri: str | None = None) -> Outcome:

@@ -136,16 +136,7 @@ def make_trainer(
     plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher, resume_from)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
-        # each rank's share goes to the object store once and its worker fetches only that (no Ray
-        # Data pipeline, coordinator or stats actors running beside the training)
-        n = cfg.train.num_workers
-        plan = dataclasses.replace(
-            plan,
-            shares={
-                "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
-                "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
-            },
-        )
+        plan = _with_shares(plan, cfg, splits)
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),
@@ -171,6 +162,21 @@ def make_trainer(
             ),
             callbacks=callbacks or [],
         ),
+    )
+
+
+def _with_shares(plan, cfg: JobConfig, splits):
+    """Each rank's share put in the object store once; its worker fetches only that (no Ray Data
+    pipeline, coordinator or stats actors running beside the training)."""
+    import ray
+
+    n = cfg.train.num_workers
+    return dataclasses.replace(
+        plan,
+        shares={
+            "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
+            "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
+        },
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry import tracking
 from modelfoundry.config import ConfigError, dump_config, with_overrides
 from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, check_writable, filesystem, join
@@ -92,7 +91,7 @@ def run_sweep(
         params=params, tags=tags, tracking_uri=tracking_uri,
     ) as run:  # fmt: skip
         # a restored Tuner keeps the first run's callbacks: a resumed sweep's trials are not re-tracked
-        trials_cb = None if resume else tracking.trial_callback(run.tracker)
+        trials_cb = None if resume else _trial_callback(run.tracker)
         callbacks = [progress.callback, *([trials_cb] if trials_cb else [])]
         tuner = make_tuner(sweep, run, teacher, resume, verbose, callbacks, metric, mode, objs)
         with progress if not resume else contextlib.nullcontext(), _tune_output(verbose):
@@ -107,6 +106,12 @@ def run_sweep(
             else _best_of(sweep, results, metric, mode, run, links if export else None)
         )
     return run.finish(outcome)
+
+
+def _trial_callback(tracker):
+    from modelfoundry.tuning.mlflow_trials import trial_callback  # imports mlflow: only when a sweep runs
+
+    return trial_callback(tracker)
 
 
 def _lineage_links(sweep: SweepConfig, run: RunContext, trials_cb) -> Callable[[str], dict[str, Any]]:
