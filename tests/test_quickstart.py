@@ -21,7 +21,13 @@ def test_train_serve_query_reports_the_accuracy_it_got_over_http(ray_cluster, tm
             },
         }
     )
-    s = train_serve_query(cfg, port=18250)
+    from ray import serve
+
+    try:
+        s = train_serve_query(cfg, port=18250)
+        assert "quick" not in serve.status().applications  # the job removed its own app
+    finally:
+        serve.shutdown()  # Serve itself is the cluster's (here the test session's): not the job's to stop
     assert s["served_examples"] == 450
     # the service returns exactly what the checkpoint scored on the held-out split
     assert s["served_accuracy"] == pytest.approx(s["metrics"]["test_accuracy"], abs=1e-9)
