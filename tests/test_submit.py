@@ -203,6 +203,6 @@ def test_job_uploads_never_carry_secrets(tmp_path):
     create_package(str(tree), out, include_gitignore=True, excludes=EXCLUDES + SECRET_EXCLUDES)
     names = zipfile.ZipFile(out).namelist()
     assert "jobs/train.py" in names and "platform/modelfoundry/models/cnn.py" in names
-    assert "platform/modelfoundry/store.py" in names and "platform/modelfoundry/serving/auth.py" in names
+    assert "platform/modelfoundry/store/catalog.py" in names and "platform/modelfoundry/serving/auth.py" in names
     leaked = [n for n in names if any(n.rstrip("/").endswith(s) for s in secrets)]
     assert not leaked, leaked
