@@ -1,7 +1,8 @@
 """Model families from outside the platform. `model.family` may name
 
-  package.module:ATTR   a FamilySpec in an importable module (installed on every node, or shipped
-                        with the job: `foundry submit --py-module PATH`, Ray's runtime_env)
+  package.module:ATTR   a FamilySpec in an importable module (installed on every node, on the
+                        PYTHONPATH Ray's processes start with, or inside the project directory
+                        `foundry submit` uploads as the job's working_dir)
   NAME                  a FamilySpec an installed package registers in the entry-point group
                         `modelfoundry.families` (pyproject: [project.entry-points."modelfoundry.families"])
 
@@ -55,7 +56,8 @@ def _import(reference: str) -> object:
     except ImportError as err:
         raise ValueError(
             f"model family {reference!r}: module {module_name!r} cannot be imported ({err}). Install the package "
-            "that holds it where the job runs (every node), or ship it with `foundry submit --py-module PATH`"
+            "that holds it where the job runs (every node), put its directory on PYTHONPATH, or keep it in the "
+            "project directory `foundry submit` uploads (the job's working_dir)"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
