@@ -182,7 +182,13 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen | None, what: str) 
 
 
 def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
-    env = {**os.environ, "MODEL_PATH": path, "MODEL_NAME": model, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "platform")])}
+    env = {
+        **os.environ,
+        "MODEL_PATH": path,
+        "MODEL_NAME": model,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "platform")]),
+    }
     cmds = {
         "fastapi": [sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--port", str(PORTS["fastapi"])]
         + ["--log-level", "warning"],
@@ -407,7 +413,12 @@ def multiplex_main(args: argparse.Namespace) -> None:
                     top[: MX_REPLICAS * MX_PER_REPLICA]
                 ) / len(seq)
             env = {**os.environ, "STORE": store, "MODELS": ",".join(names), "OMP_NUM_THREADS": "1"}
-            env.update({"MAX_MODELS": str(MX_REPLICAS * MX_PER_REPLICA), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "platform")])})
+            env.update(
+                {
+                    "MAX_MODELS": str(MX_REPLICAS * MX_PER_REPLICA),
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "platform")]),
+                }
+            )
             log = open(Path(tempfile.gettempdir()) / "serve_load-fastapi-lru.log", "w")  # noqa: SIM115
             procs["fastapi-lru"] = subprocess.Popen(
                 [
