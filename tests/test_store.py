@@ -108,3 +108,29 @@ def test_a_truncated_optimizer_state_is_refused_and_published_models_carry_none(
     (ckpt / "state.pt").unlink()
     with pytest.raises(CheckpointError, match="state.pt is missing"):
         verify(ckpt)
+
+
+def test_store_versions_parse_and_print_in_one_place_and_bad_ones_are_refused():
+    v = store.StoreVersion("s3://bucket/models", "cnn-digits", 3)
+    assert v.uri == "s3://bucket/models/cnn-digits/3" and str(v) == "cnn-digits:3"
+    assert store.StoreVersion.from_uri(v.uri + "/") == v
+    for bad in ("s3://bucket/models/cnn-digits/latest", "3", "models/cnn digits/1"):
+        with pytest.raises(ValueError):
+            store.StoreVersion.from_uri(bad)
+    with pytest.raises(ValueError, match="positive integer"):
+        store.StoreVersion("models", "m", 0)
+
+
+def test_model_json_with_a_bad_field_or_an_unknown_codec_is_a_clear_error(tmp_path):
+    import json
+
+    from modelfoundry.store.checkpoint import CheckpointError, load_checkpoint, read_meta
+
+    ckpt = _checkpoint(tmp_path)
+    meta = json.loads((Path(ckpt) / "model.json").read_text())
+    (Path(ckpt) / "model.json").write_text(json.dumps({**meta, "input_spec": {"shape": "wide"}}))
+    with pytest.raises(CheckpointError, match="input_spec.shape"):
+        read_meta(ckpt)
+    (Path(ckpt) / "model.json").write_text(json.dumps({**meta, "quantization": {"scheme": "int3-magic"}}))
+    with pytest.raises(ValueError, match="'int3-magic', which no installed weight codec reads"):
+        load_checkpoint(ckpt)

@@ -100,8 +100,6 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
         "traffic": parse_traffic(args.traffic) if args.traffic else None,
         "sticky_header": args.sticky_header,
     }
-    if given["traffic"] is None and given["sticky_header"] is not None:
-        raise ValueError("--sticky-header applies to a canary (--traffic)")
     app_args = parse_args(
         {
             **{k: v for k, v in given.items() if v is not None},

@@ -28,6 +28,7 @@ def build_app(args: AnyAppArgs | dict[str, Any]) -> Application:
     args = parse_args(args)
     if args.api_keys_env or args.api_keys_file:  # fail here, not in a replica that never starts
         load_keys(args.api_keys_env, args.api_keys_file)
+    batching = args.batching.model_dump() if args.batching else None
     ctx = BuildContext(
         store=absolute(args.store),
         ingress=Ingress.options(**args.ingress.serve_options()),
@@ -35,12 +36,12 @@ def build_app(args: AnyAppArgs | dict[str, Any]) -> Application:
             args.max_instances, args.max_body_bytes, args.max_new_tokens, args.max_response_bytes, args.max_generations
         ),
         common={
-            "batching": args.batching.model_dump() if args.batching else None,
+            "batching": batching,
             "api_keys_env": args.api_keys_env,
             "api_keys_file": args.api_keys_file,
             "allowed_hosts": tuple(h.lower() for h in args.allowed_hosts) if args.allowed_hosts is not None else None,
         },
-        batching=args.batching.model_dump() if args.batching else None,
+        batching=batching,
         stages=args.stages,
     )
     return BUILDERS[args.kind](args, ctx)

@@ -76,9 +76,9 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 class Ingress(Verbs):
     def __init__(self, spec: IngressSpec, handles: list | None = None) -> None:
         self.spec = spec
-        self.name = spec.name
-        self.task = spec.task
-        self.output = task_spec(spec.task).output  # what the predict and infer verbs answer
+        self.name, self.task = spec.name, spec.task
+        # what the predict and infer verbs answer, and the verb an OIP v2 infer runs (None: none)
+        self.output, self.tensor_verb = task_spec(spec.task).output, task_spec(spec.task).tensor_verb
         self.input_shape = tuple(spec.input_spec["shape"])
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.allowed_hosts = spec.allowed_hosts
@@ -267,7 +267,7 @@ class Ingress(Verbs):
         arm = self.backend.pick(request.headers)
         if arm is not None:
             seen["version"] = self.backend.version(arm)
-        verb = task_spec(self.task).tensor_verb
+        verb = self.tensor_verb
         if verb is None or verb not in self.spec.verbs:
             raise RequestError(
                 400,

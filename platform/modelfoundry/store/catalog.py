@@ -22,7 +22,7 @@ from modelfoundry.config import config_sha256
 from modelfoundry.storage import download_dir, filesystem, fsync_dir, fsync_tree
 from modelfoundry.store.aliases import aliases, record_move
 from modelfoundry.store.checkpoint import MODEL_FILE, library_versions, read_meta, verify
-from modelfoundry.store.meta import META_FILE, CheckpointError, CheckpointMeta
+from modelfoundry.store.meta import META_FILE, CheckpointError
 from modelfoundry.store.refs import NAME_RE, StoreVersion, check_alias, check_name, parse_ref
 
 
@@ -150,14 +150,9 @@ def _publish_uri(staged: Path, store: str, name: str) -> int:
     raise RuntimeError(f"could not allocate a version of {name} in {ALLOCATION_ATTEMPTS} attempts")
 
 
-def read_version_meta(version: StoreVersion) -> CheckpointMeta:
-    """model.json of one version, read alone (never the weights beside it)."""
-    return read_meta(version.uri)
-
-
 def entry(version: StoreVersion) -> dict[str, Any]:
     """What `foundry models` prints about one version (JSON)."""
-    meta = read_version_meta(version)
+    meta = read_meta(version.uri)  # alone: never the weights beside it
     return {
         "name": version.name,
         "version": version.version,

@@ -10,6 +10,7 @@ from ray.serve import Application
 from modelfoundry.models import build_model, family_spec
 from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.app_args import ModelArgs
+from modelfoundry.serving.backends import services, split
 from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
 from modelfoundry.serving.generation import local_step
 from modelfoundry.serving.runner import ModelRunner
@@ -33,8 +34,6 @@ class LocalBackend(Backend):
 
 
 def build(args: ModelArgs, ctx: BuildContext) -> Application:
-    from modelfoundry.serving.backends import services, split
-
     found, meta = ctx.load_meta(args.model, args.version)
     name = args.name or args.model
     if family_spec(meta.family).services:  # verbs served by named stage groups (the VAE's)
