@@ -18,8 +18,9 @@ from modelfoundry.data import load_splits
 from modelfoundry.models import build_model
 from modelfoundry.store.checkpoint import CheckpointError, checkpoint_epoch, load_checkpoint, verify, write_checkpoint
 from modelfoundry.training import CapacityError, train
-from modelfoundry.training.loop import InMemoryShard
-from modelfoundry.training.trainer import latest_checkpoint, rank_shares
+from modelfoundry.training.resume import latest_checkpoint
+from modelfoundry.training.session import InMemoryShard
+from modelfoundry.training.trainer import rank_shares
 
 
 def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:
@@ -171,7 +172,7 @@ def test_a_run_started_from_another_runs_checkpoint_takes_its_own_hyperparameter
 
 def test_the_resume_config_check_reads_and_writes_uri_run_paths(tmp_path, capsys):
     """Runs on a cluster live under storage URIs: job.json goes through pyarrow's filesystem."""
-    from modelfoundry.training.trainer import check_resume_config, write_run_config
+    from modelfoundry.training.resume import check_resume_config, write_run_config
 
     cfg = parse_config(job(tmp_path, "uri-run"))
     run = f"file://{tmp_path}/runs/uri-run/run-1"
@@ -186,7 +187,7 @@ def test_the_resume_config_check_reads_and_writes_uri_run_paths(tmp_path, capsys
 
 @pytest.mark.parametrize("kind", ["local", "uri"])
 def test_resume_finds_the_newest_complete_checkpoint_on_storage(tmp_path, kind):
-    """What --resume falls back on when Ray Train's record lags the files (trainer.latest_checkpoint)."""
+    """What --resume falls back on when Ray Train's record lags the files (resume.latest_checkpoint)."""
     model = build_model("mlp", "tiny", input_shape=(1, 8, 8), output_dim=10)
     run = tmp_path / "run"
     for epoch in (2, 3, 1):

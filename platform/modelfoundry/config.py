@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modelfoundry.models import FAMILIES, PRESETS, REGISTRY, family_spec
+from modelfoundry.models import REGISTRY, family_spec
 
 # what each data.dataset delivers (a family lists the kinds it accepts in its FamilySpec)
 DATASET_KINDS = {
@@ -262,23 +262,6 @@ def with_overrides(config: JobConfig, overrides: dict[str, Any]) -> JobConfig:
 
 def dump_config(config: JobConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-__all__ = [
-    "DATASET_KINDS",
-    "FAMILIES",
-    "PRESETS",
-    "ConfigError",
-    "JobConfig",
-    "ModelSection",
-    "DataSection",
-    "TrainSection",
-    "load_config",
-    "parse_config",
-    "apply_overrides",
-    "with_overrides",
-    "dump_config",
-]
 
 
 def flatten(d: dict[str, Any], prefix: str = "", keep: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -1,26 +1,26 @@
-"""The one ingress of every app: FastAPI routes (KServe v1 REST, Open Inference Protocol v2, the
-web page, the OpenAPI document and Swagger UI), the Host check and API keys, body and reply
-limits, metrics. What runs the model is the app shape's Backend (serving/backends/): monolithic
+"""The one ingress of every app: FastAPI routes (KServe v1 REST, the web page, the OpenAPI
+document and Swagger UI; Open Inference Protocol v2 from serving/ingress_v2.py), the Host check
+and API keys, body and reply limits, metrics. What runs the model is the app shape's Backend (serving/backends/): monolithic
 in this replica, stage services in order, a family's named services, an ensemble, a multiplexed
 app or a canary. The verbs come from the family's FamilySpec; a language model's `generate`
 streams JSON lines.
 """
 
 import asyncio
-import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import modelfoundry
 from modelfoundry.data.text import CharTokenizer
-from modelfoundry.serving import auth, guard, oip, openapi, webpage
+from modelfoundry.serving import auth, guard, openapi, webpage
 from modelfoundry.serving.backends import BACKENDS
+from modelfoundry.serving.http_app import app
+from modelfoundry.serving.ingress_v2 import OipV2Routes
 from modelfoundry.serving.metrics import IngressMetrics
 from modelfoundry.serving.requests import (
     RequestError,
@@ -31,49 +31,15 @@ from modelfoundry.serving.requests import (
 )
 from modelfoundry.serving.runner import predictions
 from modelfoundry.serving.spec import IngressSpec
-from modelfoundry.serving.verbs import GenerationSlots, Verbs, request_id
+from modelfoundry.serving.verbs import GenerationSlots, Verbs
 from modelfoundry.tasks import task_spec
 
-# a reply (OIP v2) larger than this is encoded in a thread, off the replica's event loop
-INLINE_REPLY_BYTES = 64 * 1024
 IMAGE_VERBS = ("predict", "encode", "reconstruct")  # verbs whose instances may come as one PNG
-
-log = logging.getLogger("ray.serve")
-
-
-# the docs page and the schema are the Ingress's own routes below (behind its Host check and keys;
-# Swagger UI's files served from the package, no CDN)
-app = FastAPI(
-    title="modelfoundry model service",
-    description="KServe v1 / TF-Serving style REST API",
-    docs_url=None,
-    redoc_url=None,
-    openapi_url=None,
-)
-
-
-@app.exception_handler(RequestError)
-async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
-
-
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, err: Exception) -> JSONResponse:
-    # a bug, not a bad request: logged with its traceback and the request id; the client gets the
-    # id to quote, never the exception's text
-    rid = request_id()
-    log.error("request %s failed", rid, exc_info=err)
-    return JSONResponse({"error": f"internal error (request id {rid})"}, status_code=500)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
 
 @serve.deployment
 @serve.ingress(app)
-class Ingress(Verbs):
+class Ingress(OipV2Routes, Verbs):
     def __init__(self, spec: IngressSpec, handles: list | None = None) -> None:
         self.spec = spec
         self.name, self.task = spec.name, spec.task
@@ -224,90 +190,6 @@ class Ingress(Verbs):
             out = predictions(self.output, await self.backend.output(x, model_id, target))
             return JSONResponse({"predictions": out, **self.backend.reply_fields(model_id, target)})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
-
-    # ---- Open Inference Protocol v2 (serving/oip.py), beside v1
-    @app.get("/v2")
-    async def v2_server(self, request: Request) -> dict:
-        self._admit(request)
-        return {"name": "modelfoundry", "version": modelfoundry.__version__, "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/health/live")
-    async def v2_live(self) -> dict:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def v2_ready(self) -> dict:
-        return {"ready": True}
-
-    @app.get("/v2/models/{target}")
-    @app.get("/v2/models/{target}/versions/{version}")
-    async def v2_metadata(self, target: str, request: Request, version: str | None = None) -> dict:
-        self._admit(request)
-        model_id = self._check_v2(target, version, request.headers)
-        s = self.spec
-        return oip.metadata(model_id or self.name, s.version, self.output, list(self.input_shape), s.config)
-
-    @app.get("/v2/models/{target}/ready")
-    @app.get("/v2/models/{target}/versions/{version}/ready")
-    async def v2_model_ready(self, target: str, request: Request, version: str | None = None) -> dict:
-        self._admit(request)
-        model_id = self._check_v2(target, version, request.headers)
-        return {"name": model_id or self.name, "ready": True}
-
-    @app.post("/v2/models/{target}/infer")
-    @app.post("/v2/models/{target}/versions/{version}/infer")
-    async def v2_infer(self, target: str, request: Request, version: str | None = None) -> Response:
-        return await self._measured(self._v2_infer(target, request, version, seen := {"verb": "infer"}), seen)
-
-    async def _v2_infer(self, target: str, request: Request, version: str | None, seen: dict) -> Response:
-        self._admit(request)
-        model_id = self._check_v2(target, version, request.headers)
-        if model_id is not None:
-            seen["model"] = model_id
-        arm = self.backend.pick(request.headers)
-        if arm is not None:
-            seen["version"] = self.backend.version(arm)
-        verb = self.tensor_verb
-        if verb is None or verb not in self.spec.verbs:
-            raise RequestError(
-                400,
-                f"model {self.name} is a {self.task} model with no tensor verb; use POST /v1/models/{self.name}:{self.spec.verbs[0]}",
-            )
-        limits = self.spec.limits
-        # JSON, or binary tensors after a JSON header; or no Content-Type at all: tritonclient sends
-        # none (text/plain and form types, what a cross-site simple POST uses, are refused)
-        if guard.media_type(request.headers):
-            guard.check_content_type(request.headers, (guard.JSON, guard.OCTET), "infer")
-        body = await read_body(request, limits.max_body_bytes)
-        specs = oip.output_specs(self.output, list(self.input_shape), self.spec.config)
-        req = oip.parse_infer(
-            body,
-            request.headers,
-            self.input_shape,
-            limits.max_instances,
-            limits.max_body_bytes,
-            specs,
-            limits.max_response_bytes,
-        )
-        out = await (self.reconstruction(req.x) if verb == "reconstruct" else self.backend.output(req.x, model_id, arm))
-        answered = self.backend.version(arm)
-        outs = oip.tensors(self.output, out)
-        encode = (model_id or self.name, answered, req, outs)
-        if req.reply_bytes <= INLINE_REPLY_BYTES:
-            content, headers = oip.response(*encode)
-        else:  # CPU work in proportion to the reply: off the event loop, which keeps answering
-            content, headers = await asyncio.to_thread(oip.response, *encode)
-        return Response(content, headers=headers, media_type=headers.pop("content-type"))
-
-    def _check_v2(self, target: str, version: str | None, headers) -> str | None:
-        model_id = self.backend.route(target, headers)
-        if model_id is not None and version not in (None, ""):
-            raise RequestError(404, f"{model_id} is served at one version here; drop /versions/{version}")
-        if model_id is None and version not in (None, "", self.spec.version):
-            raise RequestError(
-                404, f"model {self.name} has no version {version!r} here; it serves {self.spec.version!r}"
-            )
-        return model_id
 
     def metadata(self) -> dict[str, Any]:
         s = self.spec

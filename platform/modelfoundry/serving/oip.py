@@ -109,22 +109,9 @@ def _numeric_data(data: Any, count: int, name: str) -> np.ndarray:
     return obj.astype(np.float64)
 
 
-def parse_infer(
-    body: bytes,
-    headers: Any,
-    input_shape: tuple[int, ...],
-    max_instances: int,
-    max_body_bytes: int,
-    specs: list[dict[str, Any]],
-    max_response_bytes: int,
-) -> InferRequest:
-    """A validated infer request for a model whose outputs are `specs` (output_specs), whose reply
-    will fit in max_response_bytes."""
-    req, binary = _split_body(body, headers, max_body_bytes)
-    inputs = req.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise RequestError(400, f"'inputs' must be a list of one tensor named {INPUT_NAME!r}")
-    t = inputs[0]
+def _input_tensor(t: dict[str, Any], binary: bytes, input_shape: tuple[int, ...], max_instances: int) -> np.ndarray:
+    """The one input tensor (JSON data or the binary bytes after the header) as float32 instances
+    of `input_shape`: its name, datatype, shape, size and values checked."""
     name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
     if name != INPUT_NAME:
         raise RequestError(400, f"unknown input {name!r}; this model takes one input named {INPUT_NAME!r}")
@@ -167,6 +154,25 @@ def parse_infer(
         x = values.astype(np.float32).reshape(n, *input_shape)
     if not np.isfinite(x).all():
         raise RequestError(400, f"input {name!r} holds NaN or infinite values, or numbers beyond float32's range")
+    return x
+
+
+def parse_infer(
+    body: bytes,
+    headers: Any,
+    input_shape: tuple[int, ...],
+    max_instances: int,
+    max_body_bytes: int,
+    specs: list[dict[str, Any]],
+    max_response_bytes: int,
+) -> InferRequest:
+    """A validated infer request for a model whose outputs are `specs` (output_specs), whose reply
+    will fit in max_response_bytes."""
+    req, binary = _split_body(body, headers, max_body_bytes)
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(400, f"'inputs' must be a list of one tensor named {INPUT_NAME!r}")
+    x = _input_tensor(inputs[0], binary, input_shape, max_instances)
     request_id = req.get("id") if isinstance(req.get("id"), str) else None
     if request_id is not None and len(request_id) > MAX_ID_CHARS:
         raise RequestError(400, f"'id' is {len(request_id)} characters; the limit is {MAX_ID_CHARS}")

@@ -29,7 +29,7 @@ class WorkerPlan:
     dataset: dict[str, Any]  # what checkpoints record about the data (incl. a tokenizer)
     run_path: str
     start_from: str | None = None  # a checkpoint to start from when the run has none of its own
-    resume_from: str | None = None  # --resume: the run's newest checkpoint on storage (trainer.latest_checkpoint)
+    resume_from: str | None = None  # --resume: the run's newest checkpoint on storage (resume.latest_checkpoint)
     teacher: TeacherSpec | None = None
     # in-memory data: per split, each rank's (x, y) object refs (trainer.rank_shares)
     shares: dict[str, list[tuple[Any, Any]]] | None = field(default=None)

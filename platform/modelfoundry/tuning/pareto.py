@@ -5,7 +5,6 @@ the Pareto front over the objectives (accuracy up, latency and size down)."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -97,42 +96,24 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
     from ray import tune
 
     from modelfoundry.compression.measure import parameters, profile, size_bytes
-    from modelfoundry.compression.prune import prune
     from modelfoundry.compression.quantize import quantize_model
-    from modelfoundry.config import with_overrides
-    from modelfoundry.models import config_dict
     from modelfoundry.store.checkpoint import load_checkpoint, write_checkpoint
-    from modelfoundry.training.loop import TuneSession, train_loop_per_worker
+    from modelfoundry.training.loop import train_loop_per_worker
     from modelfoundry.training.plan import TeacherSpec, worker_plan
+    from modelfoundry.training.session import TuneSession
 
     teacher = TeacherSpec(teacher_path, dims.temperature, dims.alpha) if teacher_path else None
     with tempfile.TemporaryDirectory(prefix="mf-pareto-") as tmp:
         trained = Path(tmp) / "trained"
         session = KeepingSession(TuneSession(splits, cfg.train.use_gpu), trained)
         train_loop_per_worker(worker_plan(cfg, splits, join(run_path, "train"), teacher=teacher), session)
-        model = load_checkpoint(trained).model
-        dataset = json.loads((trained / "model.json").read_text())["dataset"]
+        loaded = load_checkpoint(trained)
+        model, dataset = loaded.model, loaded.meta.dataset
         steps = []
         if dims.prune_ratio > 0:
-            model = prune(model, dims.prune_ratio)
+            model = _prune_and_finetune(cfg, dims, model, dataset, splits, run_path, teacher, task, Path(tmp))
             steps.append(f"pruned {dims.prune_ratio:g}")
             if dims.finetune_epochs:
-                init, tuned = Path(tmp) / "pruned", Path(tmp) / "tuned"
-                write_checkpoint(init, model, dataset=dataset, metrics={}, extra={"task": task})
-                params = {k: v for k, v in config_dict(model).items() if k not in ("input_shape", "output_dim")}
-                ft = with_overrides(
-                    cfg,
-                    {
-                        **{f"model.{k}": v for k, v in params.items()},
-                        "train.epochs": dims.finetune_epochs,
-                        "train.lr_schedule": "none",
-                    },
-                )
-                fine = KeepingSession(TuneSession(splits, cfg.train.use_gpu), tuned)
-                train_loop_per_worker(
-                    worker_plan(ft, splits, join(run_path, "finetune"), start_from=str(init), teacher=teacher), fine
-                )
-                model = load_checkpoint(tuned).model
                 steps.append(f"fine-tuned {dims.finetune_epochs}")
         out = Path(tmp) / "compressed"
         extra = {"task": task}
@@ -154,6 +135,31 @@ def run_trial(cfg, dims: CompressDims, splits, run_path: str, teacher_path: str 
         meta = final.meta.updated(metrics={k: v for k, v in measured.items() if isinstance(v, (int, float))})
         (out / "model.json").write_text(meta.to_json())
         tune.report(measured, checkpoint=tune.Checkpoint.from_directory(str(out)))
+
+
+def _prune_and_finetune(cfg, dims: CompressDims, model, dataset, splits, run_path: str, teacher, task: str, tmp: Path):
+    """The trained model pruned by dims.prune_ratio, then fine-tuned dims.finetune_epochs in this
+    process (from the pruned weights, with the teacher when distilling)."""
+    from modelfoundry.compression.prune import prune
+    from modelfoundry.config import with_overrides
+    from modelfoundry.models import config_dict
+    from modelfoundry.store.checkpoint import load_checkpoint, write_checkpoint
+    from modelfoundry.training.loop import train_loop_per_worker
+    from modelfoundry.training.plan import worker_plan
+    from modelfoundry.training.session import TuneSession
+
+    model = prune(model, dims.prune_ratio)
+    if not dims.finetune_epochs:
+        return model
+    init, tuned = tmp / "pruned", tmp / "tuned"
+    write_checkpoint(init, model, dataset=dataset, metrics={}, extra={"task": task})
+    params = {k: v for k, v in config_dict(model).items() if k not in ("input_shape", "output_dim")}
+    overrides = {f"model.{k}": v for k, v in params.items()}
+    ft = with_overrides(cfg, {**overrides, "train.epochs": dims.finetune_epochs, "train.lr_schedule": "none"})
+    fine = KeepingSession(TuneSession(splits, cfg.train.use_gpu), tuned)
+    plan = worker_plan(ft, splits, join(run_path, "finetune"), start_from=str(init), teacher=teacher)
+    train_loop_per_worker(plan, fine)
+    return load_checkpoint(tuned).model
 
 
 def collect(sweep: SweepConfig, results, objs: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -70,9 +70,10 @@ def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
 
-        from modelfoundry.training.loop import TuneSession, train_loop_per_worker
+        from modelfoundry.training.loop import train_loop_per_worker
         from modelfoundry.training.plan import worker_plan
         from modelfoundry.training.reports import ReportRelay, fit_and_relay
+        from modelfoundry.training.session import TuneSession
         from modelfoundry.training.trainer import make_trainer
 
         cfg = with_overrides(
