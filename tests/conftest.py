@@ -70,7 +70,8 @@ CLUSTER_MODULES = {"test_cluster_start", "test_multinode", "test_quickstart", "t
 
 def pytest_collection_modifyitems(config, items):
     """`slow`: every test on a Ray cluster (the session one or its own). `pytest -m "not slow"`
-    runs the rest, the unit tests, in about a minute."""
+    runs the rest, the unit tests, in under a minute. A unit test that starts a `foundry` process
+    of its own is marked slow by hand."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()) or item.module.__name__ in CLUSTER_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -247,6 +247,7 @@ def fit_vae(vae, splits, epochs: int = 15):
     return vae.eval()
 
 
+@pytest.mark.slow  # a `foundry` process of its own (torch imported again): the full tier
 def test_foundry_compress_quantizes_without_a_cluster_and_prints_json_last(trained, digits, tmp_path):
     models = tmp_path / "models"
     publish(trained["mlp"], digits, models, "mlp-q", tmp_path)

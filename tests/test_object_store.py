@@ -128,6 +128,7 @@ def test_an_s3_store_end_to_end_train_tune_compress_alias_serve_split_and_canary
         serve.shutdown()
 
 
+@pytest.mark.slow  # a `foundry` process of its own (torch imported again): the full tier
 def test_a_bad_object_store_is_one_clear_error(s3):
     missing = f"s3://{s3.bucket()}/models"
     with pytest.raises(ValueError, match="is not in the store"):

@@ -84,6 +84,7 @@ def _foundry(*argv: str, **kw) -> subprocess.CompletedProcess:
 # ---- 2. sharded checkpoints run no code; file names stay inside the checkpoint -----------------
 
 
+@pytest.mark.slow  # a `foundry` process of its own (torch imported again): the full tier
 def test_a_planted_dcp_metadata_never_runs_in_load_export_or_foundry_export(tmp_path):
     marker = tmp_path / "PWNED"
     old = _plant_sharded(tmp_path / "old", marker, with_model_pt=False)

@@ -45,7 +45,7 @@ class Ingress(OipV2Routes, Verbs):
         self.name, self.task = spec.name, spec.task
         # what the predict and infer verbs answer, and the verb an OIP v2 infer runs (None: none)
         self.output, self.tensor_verb = task_spec(spec.task).output, task_spec(spec.task).tensor_verb
-        self.input_shape = tuple(spec.input_spec["shape"])
+        self.input_shape = spec.input_spec.shape
         self.keys = auth.load_keys(spec.api_keys_env, spec.api_keys_file)
         self.allowed_hosts = spec.allowed_hosts
         self.backend = BACKENDS[spec.kind](spec, handles or [])
@@ -199,7 +199,7 @@ class Ingress(OipV2Routes, Verbs):
             "family": s.family,
             "version": s.version,
             "task": self.task,
-            "input_spec": s.input_spec,
+            "input_spec": s.input_spec.model_dump(mode="json"),
             "dataset": s.dataset,
             "metrics": s.metrics,
             "split": s.groups,

@@ -103,7 +103,7 @@ JSON_ANSWER = {"application/json": {"schema": {"type": "object"}}}
 
 def _verb_body(spec: Any, verb: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request content, 200 content) of one v1 verb."""
-    shape = list(spec.input_spec["shape"])
+    shape = list(spec.input_spec.shape)
     limits = spec.limits
     if verb == "generate":
         vocab = (spec.tokenizer or {}).get("vocab", "")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from modelfoundry.models import family_spec
 from modelfoundry.store import CheckpointMeta, StoreVersion
+from modelfoundry.store.meta import InputSpec
 
 MAX_ARMS = 4
 ARM_RE = r"^([0-9]{1,9}|latest|[A-Za-z][A-Za-z0-9_-]{0,31})$"
@@ -57,7 +58,7 @@ class IngressSpec:
     verbs: tuple[str, ...]
     version: str
     model_path: str  # "" for an ensemble (its members load their own)
-    input_spec: dict[str, Any]  # {"shape": [...], "dtype": ...}
+    input_spec: InputSpec  # what the model takes (shape, dtype)
     config: dict[str, Any]  # the model's hyperparameters (the VAE's latent size, the LM's context)
     metrics: dict[str, float]  # the held-out metrics of the served version
     dataset: str | None
@@ -86,7 +87,7 @@ class IngressSpec:
             verbs=family_spec(meta.family).verbs,
             version=str(version.version),
             model_path=version.uri,
-            input_spec=meta.input_spec.model_dump(mode="json"),
+            input_spec=meta.input_spec,
             config=meta.config,
             metrics=meta.test_metrics,
             dataset=meta.dataset_name,
@@ -108,7 +109,7 @@ class IngressSpec:
             verbs=("predict",),
             version="",
             model_path="",
-            input_spec=first.input_spec.model_dump(mode="json"),
+            input_spec=first.input_spec,
             config={},
             metrics={},
             dataset=first.dataset_name,
