@@ -36,7 +36,7 @@ def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
         if k not in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
     }
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "18133"], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, str(script), str(tmp_path), "18137"], capture_output=True, text=True, timeout=600, env=env
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
