@@ -76,10 +76,18 @@ def probs(resp):
 def test_split_output_equals_monolithic_on_real_digits(served):
     x = served["digits"].x_test[:64]
     expected = local_probs(served["models"]["cnn"], x)
-    results = {}
+    results, explained = {}, {}
     for split in (None, "auto", [[0], [1], [2]]):
         c = deploy(served, model="cnn-d", split=split, batching={"max_batch_size": 8} if split else None)
         results[str(split)] = probs(c.post("/v1/models/cnn-d:predict", json={"instances": x.tolist()}))
+        # :explain: Integrated Gradients; through the stages, each answers a vector-Jacobian product
+        r = c.post("/v1/models/cnn-d:explain", json={"instances": x[:2].tolist(), "steps": 16, "target": [3, 5]})
+        assert r.status_code == 200, r.text
+        explained[str(split)] = np.array([e["attributions"] for e in r.json()["explanations"]])
+        assert [e["target"] for e in r.json()["explanations"]] == [3, 5] and explained[str(split)].shape == (2, 1, 8, 8)
+        bad = c.post("/v1/models/cnn-d:explain", json={"instances": x[:1].tolist(), "target": 10})
+        assert bad.status_code == 400 and "target 10 is out of range" in bad.json()["error"], bad.text
+        assert "/v1/models/cnn-d:explain" in c.get("/openapi.json").json()["paths"]
         meta = c.get("/v1/models/cnn-d").json()
         assert meta["family"] == "cnn" and meta["input_spec"]["shape"] == [1, 8, 8]
         assert (
@@ -89,6 +97,9 @@ def test_split_output_equals_monolithic_on_real_digits(served):
         assert c.get("/healthz").json()["status"] == "ok" and c.get("/docs").status_code == 200
     for got in results.values():
         np.testing.assert_allclose(got, expected, atol=1e-5)
+    for got in explained.values():  # split attributions equal the monolithic app's
+        np.testing.assert_allclose(got, explained["None"], atol=1e-4)
+    assert np.abs(explained["None"]).sum() > 0
 
 
 BAD = [
@@ -223,6 +234,8 @@ def test_ensemble_averages_member_probabilities(served):
         probs(c.post("/v1/models/ens:predict", json={"instances": x.tolist()})), expected, atol=1e-5
     )
     assert c.get("/v1/models/ens").json()["members"] == ["mlp-d", "cnn-d", "rnn-d"]
+    r = c.post("/v1/models/ens:explain", json={"instances": x[:1].tolist()})  # not an ensemble's verb
+    assert r.status_code == 404 and "unknown verb 'explain'" in r.json()["error"], r.text
 
 
 def test_forecaster_returns_values_in_series_units(served):
@@ -231,6 +244,12 @@ def test_forecaster_returns_values_in_series_units(served):
     got = c.post("/v1/models/sun:predict", json={"instances": x[:, :, 0].tolist()}).json()["predictions"]
     with torch.no_grad():
         np.testing.assert_allclose(got, served["models"]["sun"](torch.from_numpy(x)).numpy()[:, 0], rtol=1e-5)
+    # a regressor explains its output 0; the attributions are in the input's shape
+    r = c.post("/v1/models/sun:explain", json={"instances": x[:1, :, 0].tolist(), "steps": 20})
+    assert r.status_code == 200, r.text
+    (e,) = r.json()["explanations"]
+    assert e["target"] == 0 and np.array(e["attributions"]).shape == x.shape[1:]
+    assert abs(e["delta"]) <= 0.01 * abs(np.sum(e["attributions"])) + 1e-3  # complete: an LSTM is smooth
 
 
 def test_bad_app_args_fail_before_deploying(served):
@@ -668,7 +687,25 @@ def test_the_web_page_draws_a_digit_and_shows_the_models_answer_with_keys_on(ser
     assert page.locator(".bar.top").get_attribute("data-class") == str(int(expected.argmax()))
     page.screenshot(path=str(tmp_path / "digit.png"))
     assert (tmp_path / "digit.png").read_bytes()[:4] == b"\x89PNG"
+    # Explain: the attributions of the predicted class over the drawing, as the service computed them
+    explained: list = []
+    page.on("response", lambda r: explained.append(r.json()) if r.url.endswith(":explain") else None)
+    page.click("#explain")
+    expect(page.locator("#explained")).to_contain_text(f"Why {int(expected.argmax())}:")
+    assert page.locator("#saliency").get_attribute("data-target") == str(int(expected.argmax()))
+    direct = c.post(
+        "/v1/models/cnn-d:explain", content=png, headers={"content-type": "image/png", "x-api-key": "page-key-1"}
+    )
+    assert direct.status_code == 200 and explained[-1] == direct.json(), direct.text
+    # the overlay is drawn: red or blue cells over the dimmed drawing
+    tinted = page.locator("#saliency").evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+        " for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 2]) > 40) n++; return n; }"
+    )
+    assert tinted > 1000, tinted
+    page.screenshot(path=str(tmp_path / "explained.png"))
     page.click("#clear")
+    expect(page.locator("#explanation")).to_be_hidden()
     expect(page.locator("#prediction")).to_have_text("-")
     page.close()
 

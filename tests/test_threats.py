@@ -677,6 +677,7 @@ def test_schemathesis_finds_no_server_error_on_any_app_shape(served, tmp_path):
                "--generation-database", "none", "--report", "json", "--report-json-path", str(report)]  # fmt: skip
         if "api_keys_file" in args:
             cmd += ["-H", "Authorization: Bearer fuzz-key"]
+        t0 = time.perf_counter()
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its caches there
         assert report.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
         result = json.loads(report.read_text())
@@ -691,6 +692,7 @@ def test_schemathesis_finds_no_server_error_on_any_app_shape(served, tmp_path):
             "cases": result["test_cases"]["generated"],
             "server_errors": 0,
             "other_findings": {f["code"]: f["count"] for f in result["failures"]},
+            "seconds": round(time.perf_counter() - t0, 1),
         }
     out = os.environ.get("MF_FUZZ_RESULTS")
     if out:

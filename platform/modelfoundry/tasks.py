@@ -44,6 +44,11 @@ class TaskSpec:
         return self.output == "classes"
 
     @property
+    def explainable(self) -> bool:
+        """Whether :explain attributes its output to the input (a class score or a value)."""
+        return self.output in ("classes", "values")
+
+    @property
     def tensor_verb(self) -> str | None:
         """The verb an OIP v2 infer runs (tensor in, tensor out); None: the task has none."""
         return {"classes": "predict", "values": "predict", "images": "reconstruct"}.get(self.output)

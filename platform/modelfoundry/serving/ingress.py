@@ -1,5 +1,5 @@
 """The one ingress of every app: FastAPI routes (KServe v1 REST, the web page, the OpenAPI
-document and Swagger UI; Open Inference Protocol v2 from serving/ingress_v2.py), the Host check
+document and Swagger UI; Open Inference Protocol v2, its work in serving/ingress_v2.py), the Host check
 and API keys, body and reply limits, metrics. What runs the model is the app shape's Backend (serving/backends/): monolithic
 in this replica, stage services in order, a family's named services, an ensemble, a multiplexed
 app or a canary. The verbs come from the family's FamilySpec; a language model's `generate`
@@ -17,10 +17,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelfoundry.data.text import CharTokenizer
-from modelfoundry.serving import auth, guard, openapi, webpage
+from modelfoundry.serving import auth, guard, ingress_v2, openapi, webpage
 from modelfoundry.serving.backends import BACKENDS
+from modelfoundry.serving.explain import parse_explain
 from modelfoundry.serving.http_app import app
-from modelfoundry.serving.ingress_v2 import OipV2Routes
 from modelfoundry.serving.metrics import IngressMetrics
 from modelfoundry.serving.requests import (
     RequestError,
@@ -34,12 +34,12 @@ from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.verbs import GenerationSlots, Verbs
 from modelfoundry.tasks import task_spec
 
-IMAGE_VERBS = ("predict", "encode", "reconstruct")  # verbs whose instances may come as one PNG
+IMAGE_VERBS = ("predict", "explain", "encode", "reconstruct")  # verbs whose instances may come as one PNG
 
 
 @serve.deployment
 @serve.ingress(app)
-class Ingress(OipV2Routes, Verbs):
+class Ingress(Verbs):
     def __init__(self, spec: IngressSpec, handles: list | None = None) -> None:
         self.spec = spec
         self.name, self.task = spec.name, spec.task
@@ -182,7 +182,11 @@ class Ingress(OipV2Routes, Verbs):
         if media == guard.PNG:
             # decoding is CPU work: off the event loop, which keeps answering other requests
             x = await asyncio.to_thread(png_array, body, self.input_shape, limits.max_body_bytes)
-        else:
+        if verb == "explain":  # a PNG: one instance, explained with the defaults
+            data = {"instances": x.tolist()} if media == guard.PNG else parse_json_body(body, limits.max_body_bytes)
+            req = parse_explain(data, self.input_shape, limits.max_instances)
+            return JSONResponse(await self.backend.explain(req, self.output == "classes"))
+        if media != guard.PNG:
             data = parse_json_body(body, limits.max_body_bytes)
             shape = (self.spec.config["latent_dim"],) if verb == "decode" else self.input_shape
             x = instances_array(data, shape, limits.max_instances)
@@ -190,6 +194,38 @@ class Ingress(OipV2Routes, Verbs):
             out = predictions(self.output, await self.backend.output(x, model_id, target))
             return JSONResponse({"predictions": out, **self.backend.reply_fields(model_id, target)})
         return JSONResponse(await getattr(self, f"verb_{verb}")(x))
+
+    # ---- Open Inference Protocol v2 (serving/ingress_v2.py, serving/oip.py), beside v1
+    @app.get("/v2")
+    async def v2_server(self, request: Request) -> dict:
+        self._admit(request)
+        return ingress_v2.server()
+
+    @app.get("/v2/health/live")
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready(self) -> dict:
+        return {"ready": True}
+
+    @app.get("/v2/models/{target}")
+    @app.get("/v2/models/{target}/versions/{version}")
+    async def v2_metadata(self, target: str, request: Request, version: str | None = None) -> dict:
+        self._admit(request)
+        return ingress_v2.metadata(self, target, version, request.headers)
+
+    @app.get("/v2/models/{target}/ready")
+    @app.get("/v2/models/{target}/versions/{version}/ready")
+    async def v2_model_ready(self, target: str, request: Request, version: str | None = None) -> dict:
+        self._admit(request)
+        return ingress_v2.model_ready(self, target, version, request.headers)
+
+    @app.post("/v2/models/{target}/infer")
+    @app.post("/v2/models/{target}/versions/{version}/infer")
+    async def v2_infer(self, target: str, request: Request, version: str | None = None) -> Response:
+        seen = {"verb": "infer"}
+        return await self._measured(ingress_v2.infer(self, target, request, version, seen), seen)
 
     def metadata(self) -> dict[str, Any]:
         s = self.spec

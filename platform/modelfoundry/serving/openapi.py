@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from modelfoundry.serving.explain import MAX_STEPS
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -56,7 +58,7 @@ V2_BODY = {
     },
 }
 FLOAT32_MAX = 3.4e38
-MAX_SAMPLES = 64  # deployments.MAX_SAMPLES (the VAE's sample verb)
+MAX_SAMPLES = 64  # verbs.MAX_SAMPLES (the VAE's sample verb)
 
 
 def _instances(shape: list[int], max_instances: int) -> dict[str, Any]:
@@ -71,6 +73,21 @@ def _instances(shape: list[int], max_instances: int) -> dict[str, Any]:
         "required": ["instances"],
         "properties": {"instances": {"type": "array", "items": one, "minItems": 1, "maxItems": max_instances}},
     }
+
+
+def _explain(shape: list[int], max_instances: int) -> dict[str, Any]:
+    """:explain's body (serving/explain.py): instances x steps rows at most max_instances."""
+    body = _instances(shape, max_instances)
+    one = body["properties"]["instances"]["items"]
+    body["additionalProperties"] = False
+    body["properties"].update(
+        {
+            "target": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "integer"}}]},
+            "baseline": {"oneOf": [{"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}, one]},
+            "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS},
+        }
+    )
+    return body
 
 
 def _generate(vocab: str, context: int, max_new_tokens: int) -> dict[str, Any]:
@@ -116,7 +133,8 @@ def _verb_body(spec: Any, verb: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return {
             "application/json": {"schema": _instances([spec.config["latent_dim"]], limits.max_instances)}
         }, JSON_ANSWER
-    content = {"application/json": {"schema": _instances(shape, limits.max_instances)}}
+    schema = _explain(shape, limits.max_instances) if verb == "explain" else _instances(shape, limits.max_instances)
+    content = {"application/json": {"schema": schema}}
     if len(shape) == 3 and shape[0] == 1:  # an image model also takes one PNG
         content["image/png"] = {"schema": {"type": "string", "format": "binary"}}
     return content, JSON_ANSWER

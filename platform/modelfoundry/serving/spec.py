@@ -10,6 +10,7 @@ from typing import Any, Literal
 from modelfoundry.models import family_spec
 from modelfoundry.store import CheckpointMeta, StoreVersion
 from modelfoundry.store.meta import InputSpec
+from modelfoundry.tasks import task_spec
 
 MAX_ARMS = 4
 ARM_RE = r"^([0-9]{1,9}|latest|[A-Za-z][A-Za-z0-9_-]{0,31})$"
@@ -28,6 +29,17 @@ def check_traffic(traffic: dict[str, int], arms: list[str] | None = None) -> Non
         raise ValueError(f"traffic weights must sum to 100, got {sum(traffic.values())} ({traffic})")
     if arms is not None and set(traffic) - set(arms):
         raise ValueError(f"traffic names {sorted(set(traffic) - set(arms))}; this app serves {arms}")
+
+
+def can_explain(meta: CheckpointMeta, verbs: tuple[str, ...]) -> bool:
+    """:explain needs a predicting model of a class or value (tasks.TaskSpec.explainable) with
+    float inputs and float weights (int8 kernels have no gradients)."""
+    return (
+        "predict" in verbs
+        and task_spec(meta.task or "classification").explainable
+        and meta.input_spec.dtype == "float32"
+        and meta.codec == "fp32"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,15 +88,27 @@ class IngressSpec:
 
     @classmethod
     def from_meta(
-        cls, name: str, kind: str, version: StoreVersion, meta: CheckpointMeta, limits: Limits, **rest: Any
+        cls,
+        name: str,
+        kind: str,
+        version: StoreVersion,
+        meta: CheckpointMeta,
+        limits: Limits,
+        explainable: bool = False,
+        **rest: Any,
     ) -> IngressSpec:
-        """The spec of one stored model version, from its model.json."""
+        """The spec of one stored model version, from its model.json. `explainable`: the shape can
+        run :explain (its backend has gradients), offered when the model can take them too."""
+        task = meta.task or "classification"
+        verbs = family_spec(meta.family).verbs
+        if explainable and can_explain(meta, verbs):
+            verbs = (*verbs, "explain")
         return cls(
             name=name,
             kind=kind,  # type: ignore[arg-type]
             family=meta.family,
-            task=meta.task or "classification",
-            verbs=family_spec(meta.family).verbs,
+            task=task,
+            verbs=verbs,
             version=str(version.version),
             model_path=version.uri,
             input_spec=meta.input_spec,

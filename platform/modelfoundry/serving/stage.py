@@ -12,6 +12,7 @@ from ray import serve
 
 from modelfoundry.models.transformer import Cache
 from modelfoundry.serving.batching import AdaptiveBatcher
+from modelfoundry.serving.explain import vjp
 from modelfoundry.serving.metrics import StageMetrics
 from modelfoundry.serving.runner import ModelRunner, run_model
 from modelfoundry.store import StoreVersion
@@ -82,6 +83,10 @@ class Stage:
         out = await run(self.runner, self.batcher, x)
         self.metrics.observe(time.perf_counter() - t0)
         return out
+
+    async def vjp(self, x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
+        """:explain's backward pass through this stage: grad_out^T d stage(x) / dx."""
+        return await asyncio.to_thread(vjp, self.runner.module, x, grad_out, self.runner.device)
 
     # ---- language-model generation: the request's cache lives on this replica; Serve's
     # multiplexed routing (the session id as model id) sends the request's later steps here

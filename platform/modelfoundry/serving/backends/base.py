@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from ray.serve import Application
 
+from modelfoundry.serving.explain import ExplainRequest
 from modelfoundry.serving.options import DeploymentOptions
 from modelfoundry.serving.requests import RequestError
 from modelfoundry.serving.spec import IngressSpec, Limits
@@ -88,6 +89,10 @@ class Backend:
     async def output(self, x: np.ndarray, model_id: str | None = None, target: str | None = None) -> np.ndarray:
         """The model's raw output for the tensor verbs (predict, OIP v2 infer)."""
         raise RequestError(400, f"model {self.spec.name} has no tensor verb; its verbs are {list(self.spec.verbs)}")
+
+    async def explain(self, req: ExplainRequest, classes: bool) -> dict[str, Any]:
+        """Integrated Gradients of the model's output for req (serving/explain.py)."""
+        raise RequestError(400, f"model {self.spec.name} cannot explain; its verbs are {list(self.spec.verbs)}")
 
     async def service(self, index: int, x: np.ndarray) -> np.ndarray:
         """The output of named service `index` (the VAE's encoder 0 and decoder 1)."""

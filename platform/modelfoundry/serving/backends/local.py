@@ -4,7 +4,11 @@ services) or `services` (a family's named stage groups) from the model and the a
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
+import torch
 from ray.serve import Application
 
 from modelfoundry.models import build_model, family_spec
@@ -12,6 +16,7 @@ from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends import services, split
 from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
+from modelfoundry.serving.explain import ExplainRequest, integrated_gradients
 from modelfoundry.serving.generation import local_step
 from modelfoundry.serving.runner import ModelRunner
 from modelfoundry.serving.spec import IngressSpec
@@ -29,6 +34,14 @@ class LocalBackend(Backend):
     async def output(self, x: np.ndarray, model_id: str | None = None, target: str | None = None) -> np.ndarray:
         return finite(await run(self.runner, self.batcher, x))
 
+    async def explain(self, req: ExplainRequest, classes: bool) -> dict[str, Any]:
+        module, device = self.runner.module, self.runner.device
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return module(x.to(device)).float().cpu()
+
+        return await asyncio.to_thread(integrated_gradients, forward, req, classes)
+
     def generation(self) -> Generation:
         return local_step(self.runner)
 
@@ -44,5 +57,5 @@ def build(args: ModelArgs, ctx: BuildContext) -> Application:
     groups = resolve_split(model, args.split)
     if len(groups) > 1:
         return split.bind(args, name, found, meta, groups, ctx)
-    spec = IngressSpec.from_meta(name, "local", found, meta, ctx.limits, groups=groups, **ctx.common)
+    spec = IngressSpec.from_meta(name, "local", found, meta, ctx.limits, True, groups=groups, **ctx.common)
     return ctx.ingress.bind(spec)

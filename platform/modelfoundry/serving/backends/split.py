@@ -4,7 +4,9 @@ model's generation steps go through them too, each stage holding its blocks' KV 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from ray.serve import Application
 
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
+from modelfoundry.serving.explain import ExplainRequest, integrated_gradients, stage_chain
 from modelfoundry.serving.generation import CacheMiss
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.stage import Stage
@@ -25,6 +28,15 @@ class SplitBackend(Backend):
         for stage in self.handles:  # each hop is a call to another service
             x = await stage.remote(x)
         return finite(x)
+
+    async def explain(self, req: ExplainRequest, classes: bool) -> dict[str, Any]:
+        """The stages as one differentiable chain: forward calls each stage, backward asks each
+        for its vector-Jacobian product (Stage.vjp); run in a thread, whose calls block."""
+        calls = [
+            (lambda x, h=h: h.remote(x).result(), lambda x, g, h=h: h.options(method_name="vjp").remote(x, g).result())
+            for h in self.handles
+        ]
+        return await asyncio.to_thread(integrated_gradients, stage_chain(calls), req, classes)
 
     def generation(self) -> Generation:
         """Each stage service holds this request's cache for its blocks, found again by the
@@ -60,7 +72,9 @@ def bind(
         )
         for i, g in enumerate(groups)
     ]
-    spec = IngressSpec.from_meta(name, "split", found, meta, ctx.limits, groups=groups, **ctx.common)
+    # :explain runs backward through the stages: not through a quantized stage sibling
+    explainable = not any(args.stage_models or [])
+    spec = IngressSpec.from_meta(name, "split", found, meta, ctx.limits, explainable, groups=groups, **ctx.common)
     return ctx.ingress.bind(spec, stages)
 
 

@@ -87,8 +87,43 @@ function startDraw() {
     ctx.strokeStyle = "#fff"; ctx.lineWidth = pad.width / 12; ctx.lineCap = "round"; ctx.lineJoin = "round";
     ctx.beginPath(); ctx.moveTo(...a); ctx.lineTo(...b); ctx.stroke();
   }
-  $("clear").onclick = () => { clear(); $("prediction").textContent = "-"; $("confidence").textContent = ""; $("bars").replaceChildren(); show(""); };
+  $("clear").onclick = () => {
+    clear(); $("prediction").textContent = "-"; $("confidence").textContent = ""; $("bars").replaceChildren();
+    $("explanation").hidden = true; show("");
+  };
   $("predict").onclick = predictDrawing;
+  $("explain").hidden = !meta.verbs.includes("explain");
+  $("explain").onclick = explainDrawing;
+}
+
+// :explain on the drawing (Integrated Gradients): which pixels raised the predicted class's score
+// (red) and which lowered it (blue), over the drawing
+async function explainDrawing() {
+  const pad = $("pad");
+  if (canvasEmpty(pad)) { show("The canvas is empty: draw a digit first."); return; }
+  const png = await (await new Promise((done) => pad.toBlob(done, "image/png"))).arrayBuffer();
+  try {
+    const r = await api(verb("explain"), { method: "POST", headers: { "content-type": "image/png" }, body: png });
+    const e = (await r.json()).explanations[0];
+    show("");
+    overlay($("saliency"), pad, e.attributions[0]); // (1, H, W) -> (H, W)
+    $("saliency").dataset.target = e.target;
+    $("explained").textContent = `Why ${e.target}: red pixels raised its score, blue lowered it (delta ${e.delta.toFixed(3)}).`;
+    $("explanation").hidden = false;
+  } catch (err) { show(explain(err)); }
+}
+
+function overlay(canvas, under, rows) {
+  const ctx = canvas.getContext("2d"), h = rows.length, w = rows[0].length;
+  const top = Math.max(1e-12, ...rows.flat().map(Math.abs));
+  ctx.drawImage(under, 0, 0, canvas.width, canvas.height);
+  ctx.fillStyle = "rgba(0, 0, 0, 0.6)"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const cw = canvas.width / w, ch = canvas.height / h;
+  rows.forEach((row, y) => row.forEach((v, x) => {
+    const a = (0.9 * Math.abs(v)) / top;
+    ctx.fillStyle = v > 0 ? `rgba(255, 64, 64, ${a})` : `rgba(64, 128, 255, ${a})`;
+    ctx.fillRect(x * cw, y * ch, cw, ch);
+  }));
 }
 
 function canvasEmpty(canvas) {
