@@ -137,7 +137,9 @@ def test_bad_input_gets_a_4xx_json_error_and_the_replica_survives(served):
         assert fragment in r.json()["error"]
     for path, status, fragment in [
         ("/v1/models/nope:predict", 404, "unknown model 'nope'"),
-        ("/v1/models/mlp-d:explain", 404, "unknown verb 'explain'"),
+        ("/v1/models/mlp-d:transmogrify", 404, "unknown verb 'transmogrify'"),
+        # :explain runs instances x steps rows: bounded by max_instances like a predict's rows
+        ("/v1/models/mlp-d:explain", 413, "1 instances x 100 steps is 100 rows to run; the limit is 10"),
         ("/v1/models/mlp-d", 405, "Method Not Allowed"),
     ]:
         r = c.post(path, json={"instances": [[0.0] * 64]}) if status != 405 else c.put(path)
@@ -689,14 +691,18 @@ def test_the_web_page_draws_a_digit_and_shows_the_models_answer_with_keys_on(ser
     assert (tmp_path / "digit.png").read_bytes()[:4] == b"\x89PNG"
     # Explain: the attributions of the predicted class over the drawing, as the service computed them
     explained: list = []
-    page.on("response", lambda r: explained.append(r.json()) if r.url.endswith(":explain") else None)
+    page.on(
+        "response",
+        lambda r: explained.append((r.request.post_data_buffer, r.json())) if r.url.endswith(":explain") else None,
+    )
     page.click("#explain")
     expect(page.locator("#explained")).to_contain_text(f"Why {int(expected.argmax())}:")
     assert page.locator("#saliency").get_attribute("data-target") == str(int(expected.argmax()))
+    drawing, shown_json = explained[-1]
     direct = c.post(
-        "/v1/models/cnn-d:explain", content=png, headers={"content-type": "image/png", "x-api-key": "page-key-1"}
+        "/v1/models/cnn-d:explain", content=drawing, headers={"content-type": "image/png", "x-api-key": "page-key-1"}
     )
-    assert direct.status_code == 200 and explained[-1] == direct.json(), direct.text
+    assert direct.status_code == 200 and shown_json == direct.json(), direct.text
     # the overlay is drawn: red or blue cells over the dimmed drawing
     tinted = page.locator("#saliency").evaluate(
         "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"

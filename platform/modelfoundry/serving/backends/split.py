@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,21 @@ class SplitBackend(Backend):
 
     async def explain(self, req: ExplainRequest, classes: bool) -> dict[str, Any]:
         """The stages as one differentiable chain: forward calls each stage, backward asks each
-        for its vector-Jacobian product (Stage.vjp); run in a thread, whose calls block."""
-        calls = [
-            (lambda x, h=h: h.remote(x).result(), lambda x, g, h=h: h.options(method_name="vjp").remote(x, g).result())
-            for h in self.handles
-        ]
+        for its vector-Jacobian product (Stage.vjp). Captum runs in a thread; each stage call it
+        makes is awaited on this replica's event loop (where Serve's router runs) while the thread
+        waits for it."""
+        loop = asyncio.get_running_loop()
+
+        def blocking(call):
+            return lambda *args: asyncio.run_coroutine_threadsafe(call(*args), loop).result()
+
+        async def forward(h, x):
+            return await h.remote(x)
+
+        async def backward(h, x, g):
+            return await h.options(method_name="vjp").remote(x, g)
+
+        calls = [(blocking(partial(forward, h)), blocking(partial(backward, h))) for h in self.handles]
         return await asyncio.to_thread(integrated_gradients, stage_chain(calls), req, classes)
 
     def generation(self) -> Generation:
