@@ -105,17 +105,20 @@ def integrated_gradients(
     """Captum's IntegratedGradients over `forward` (a module, or the stage chain); blocking."""
     from captum.attr import IntegratedGradients
 
+    def flat(t: torch.Tensor) -> torch.Tensor:  # (n, k) whatever the model's output shape: targets index k
+        out = forward(t)
+        return out.reshape(len(out), -1)
+
     x, b = torch.from_numpy(req.x), torch.from_numpy(req.baseline)
     with torch.no_grad():
-        out = forward(x)
+        out = flat(x)
     if not torch.isfinite(out).all():
         raise _overflow()
-    outputs = out.reshape(len(x), -1).shape[1]
     targets = req.targets
     if targets is None:
-        targets = out.reshape(len(x), -1).argmax(1).tolist() if classes else [0] * len(x)
-    check_targets(targets, outputs)
-    attributions, delta = IntegratedGradients(forward).attribute(
+        targets = out.argmax(1).tolist() if classes else [0] * len(x)
+    check_targets(targets, out.shape[1])
+    attributions, delta = IntegratedGradients(flat).attribute(
         x, baselines=b, target=targets, n_steps=req.steps, return_convergence_delta=True
     )
     if not (torch.isfinite(attributions).all() and torch.isfinite(delta).all()):
