@@ -31,21 +31,13 @@ SETUPS = ("monolithic", "split-2")
 CELLS = [(setup, verb, c) for setup in SETUPS for verb in ("predict", "explain") for c in (1, 8)]
 
 
-def trained_cnn(splits, epochs: int = 3):
+def tiny_cnn(splits):
+    """The tiny digits CNN, seeded and untrained: IG's cost does not depend on the weights."""
     from modelfoundry.models import build_model, set_normalization
-    from modelfoundry.tasks import batch_loss
 
     torch.manual_seed(0)
     model = build_model("cnn", "tiny", input_shape=splits.spec.input_shape, output_dim=splits.spec.output_dim)
     set_normalization(model, splits.stats())
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
-    for _ in range(epochs):
-        for i in torch.randperm(len(x)).split(32):
-            loss, _ = batch_loss("classification", model, x[i], y[i], 1.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
     return model.eval()
 
 
@@ -109,7 +101,7 @@ def main() -> None:
 
     start = quiet_start()
     splits = load_splits(DataSection(dataset="digits"))
-    model = trained_cnn(splits)
+    model = tiny_cnn(splits)
     x = splits.x_test[:1]
     bodies = {"predict": {"instances": x.tolist()}, "explain": {"instances": x.tolist(), "steps": args.steps}}
     results: dict[str, list[dict]] = {f"{s} {v} c{c}": [] for s, v, c in CELLS}

@@ -99,18 +99,13 @@ function startDraw() {
 // :explain on the drawing (Integrated Gradients): which pixels raised the predicted class's score
 // (red) and which lowered it (blue), over the drawing
 async function explainDrawing() {
-  const pad = $("pad");
-  if (canvasEmpty(pad)) { show("The canvas is empty: draw a digit first."); return; }
-  const png = await (await new Promise((done) => pad.toBlob(done, "image/png"))).arrayBuffer();
-  try {
-    const r = await api(verb("explain"), { method: "POST", headers: { "content-type": "image/png" }, body: png });
-    const e = (await r.json()).explanations[0];
-    show("");
-    overlay($("saliency"), pad, e.attributions[0]); // (1, H, W) -> (H, W)
-    $("saliency").dataset.target = e.target;
-    $("explained").textContent = `Why ${e.target}: red pixels raised its score, blue lowered it (delta ${e.delta.toFixed(3)}).`;
-    $("explanation").hidden = false;
-  } catch (err) { show(explain(err)); }
+  const answer = await postDrawing("explain");
+  if (!answer) return;
+  const e = answer.explanations[0];
+  overlay($("saliency"), $("pad"), e.attributions[0]); // (1, H, W) -> (H, W)
+  $("saliency").dataset.target = e.target;
+  $("explained").textContent = `Why ${e.target}: red pixels raised its score, blue lowered it (delta ${e.delta.toFixed(3)}).`;
+  $("explanation").hidden = false;
 }
 
 function overlay(canvas, under, rows) {
@@ -132,18 +127,27 @@ function canvasEmpty(canvas) {
   return true;
 }
 
-async function predictDrawing() {
+// the drawing sent as a PNG to verb `v`: its JSON answer, or null with the reason shown (nothing
+// drawn: nothing sent)
+async function postDrawing(v) {
   const pad = $("pad");
-  if (canvasEmpty(pad)) { show("The canvas is empty: draw a digit first."); return; }
+  if (canvasEmpty(pad)) { show("The canvas is empty: draw a digit first."); return null; }
   const png = await (await new Promise((done) => pad.toBlob(done, "image/png"))).arrayBuffer();
   try {
-    const r = await api(verb("predict"), { method: "POST", headers: { "content-type": "image/png" }, body: png });
-    const p = (await r.json()).predictions[0];
+    const r = await api(verb(v), { method: "POST", headers: { "content-type": "image/png" }, body: png });
+    const answer = await r.json();
     show("");
-    $("prediction").textContent = String(p.class);
-    $("confidence").textContent = `(${(100 * p.probabilities[p.class]).toFixed(1)}%)`;
-    bars($("bars"), p.probabilities, p.class);
-  } catch (err) { show(explain(err)); }
+    return answer;
+  } catch (err) { show(explain(err)); return null; }
+}
+
+async function predictDrawing() {
+  const answer = await postDrawing("predict");
+  if (!answer) return;
+  const p = answer.predictions[0];
+  $("prediction").textContent = String(p.class);
+  $("confidence").textContent = `(${(100 * p.probabilities[p.class]).toFixed(1)}%)`;
+  bars($("bars"), p.probabilities, p.class);
 }
 
 function bars(box, probs, top) {
