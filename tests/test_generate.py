@@ -229,6 +229,14 @@ def test_the_web_page_streams_generation_under_a_route_prefix(lm, browser):
     serve.delete("writer")
 
 
+def wait_for_no_active_generation(c: httpx.Client) -> None:
+    """Until the replica reports no generation in progress (a condition, bounded)."""
+    deadline = time.monotonic() + 120
+    while c.get("/v1/models/lm").json()["generate"]["active"]:
+        assert time.monotonic() < deadline, "a generation's slot never came back"
+        time.sleep(0.05)
+
+
 def test_generation_limits_tiny_temperatures_and_content_types(lm):
     """A generation cap per replica (429 with Retry-After beyond it, the slot freed when a stream
     ends), sampling that stays finite at any temperature the API admits, JSON only."""
@@ -240,14 +248,16 @@ def test_generation_limits_tiny_temperatures_and_content_types(lm):
         else:
             r = c.post("/v1/models/lm:generate", json=body)
             assert r.status_code == 200 and r.json()["text"] == lm["expected"][:8], r.text
+    # the last stream's slot comes back when its generator ends on the replica, which can be just
+    # after the client read its last line: wait for it, or this next stream is the one refused
+    wait_for_no_active_generation(c)
     with c.stream("POST", "/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 1024}) as r:
+        assert r.status_code == 200, r.read()
         next(r.iter_lines())  # the one slot is taken while this stream runs
         busy = c.post("/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 4})
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1", busy.text
         assert "1 generations are in progress" in busy.json()["error"]
-    deadline = time.monotonic() + 120  # the client left: its slot comes back
-    while c.get("/v1/models/lm").json()["generate"]["active"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_no_active_generation(c)  # the client left: its slot comes back
     assert stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 3})[-1]["tokens"] == 3
     r = c.post("/v1/models/lm:generate", content=json.dumps({"prompt": "a"}), headers={"content-type": "text/plain"})
     assert r.status_code == 415
