@@ -124,3 +124,22 @@ def test_a_target_out_of_range_is_a_400(data):
     req = parse_explain({"instances": [[0.0] * 64], "target": 10}, (1, 8, 8), 256)
     with pytest.raises(RequestError, match=r"target 10 is out of range: the model has 10 outputs \(0..9\)"):
         integrated_gradients(model, req, True)
+
+
+def test_explain_is_offered_only_where_gradients_exist():
+    """A quantized version (int8 kernels have no gradients), token inputs, a generative model or a
+    family without predict get no :explain verb (a 404 'unknown verb' then)."""
+    from modelfoundry.serving.spec import can_explain
+    from modelfoundry.store import CheckpointMeta
+
+    def meta(**kw):
+        return CheckpointMeta(
+            **{"family": "mlp", "config": {}, "input_spec": {"shape": [1, 8, 8]}, "sha256": "0", **kw}
+        )
+
+    assert can_explain(meta(), "classification", ("predict",))
+    assert can_explain(meta(), "regression", ("predict",))
+    assert not can_explain(meta(quantization={"scheme": "dynamic-int8"}), "classification", ("predict",))
+    assert not can_explain(meta(input_spec={"shape": [64], "dtype": "int64"}), "classification", ("predict",))
+    assert not can_explain(meta(), "generative", ("predict",))
+    assert not can_explain(meta(), "classification", ("encode", "decode"))

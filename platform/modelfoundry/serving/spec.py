@@ -31,12 +31,12 @@ def check_traffic(traffic: dict[str, int], arms: list[str] | None = None) -> Non
         raise ValueError(f"traffic names {sorted(set(traffic) - set(arms))}; this app serves {arms}")
 
 
-def can_explain(meta: CheckpointMeta, verbs: tuple[str, ...]) -> bool:
+def can_explain(meta: CheckpointMeta, task: str, verbs: tuple[str, ...]) -> bool:
     """:explain needs a predicting model of a class or value (tasks.TaskSpec.explainable) with
     float inputs and float weights (int8 kernels have no gradients)."""
     return (
         "predict" in verbs
-        and task_spec(meta.task or "classification").explainable
+        and task_spec(task).explainable
         and meta.input_spec.dtype == "float32"
         and meta.codec == "fp32"
     )
@@ -101,7 +101,7 @@ class IngressSpec:
         run :explain (its backend has gradients), offered when the model can take them too."""
         task = meta.task or "classification"
         verbs = family_spec(meta.family).verbs
-        if explainable and can_explain(meta, verbs):
+        if explainable and can_explain(meta, task, verbs):
             verbs = (*verbs, "explain")
         return cls(
             name=name,

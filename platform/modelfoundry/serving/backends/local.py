@@ -57,5 +57,5 @@ def build(args: ModelArgs, ctx: BuildContext) -> Application:
     groups = resolve_split(model, args.split)
     if len(groups) > 1:
         return split.bind(args, name, found, meta, groups, ctx)
-    spec = IngressSpec.from_meta(name, "local", found, meta, ctx.limits, True, groups=groups, **ctx.common)
+    spec = IngressSpec.from_meta(name, "local", found, meta, ctx.limits, explainable=True, groups=groups, **ctx.common)
     return ctx.ingress.bind(spec)

@@ -85,7 +85,9 @@ def bind(
     ]
     # :explain runs backward through the stages: not through a quantized stage sibling
     explainable = not any(args.stage_models or [])
-    spec = IngressSpec.from_meta(name, "split", found, meta, ctx.limits, explainable, groups=groups, **ctx.common)
+    spec = IngressSpec.from_meta(
+        name, "split", found, meta, ctx.limits, explainable=explainable, groups=groups, **ctx.common
+    )
     return ctx.ingress.bind(spec, stages)
 
 
