@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import random
 import time
 import types
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -19,8 +21,9 @@ from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models import build_model
-from modelfoundry.models.transformer import Cache, generate
-from modelfoundry.serving.generation import CacheMiss, GenerateRequest, tokens
+from modelfoundry.models.transformer import generate
+from modelfoundry.serving.continuous import Engine, Limits, LocalDecoder
+from modelfoundry.serving.generation import GenerateRequest
 from modelfoundry.store import export
 from modelfoundry.store.checkpoint import write_checkpoint
 
@@ -41,30 +44,114 @@ def lively_model(vocab_size: int, **overrides):
     return model
 
 
-def test_the_driver_equals_local_generation_even_when_caches_are_lost():
-    model = lively_model(40)
-    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    expected = list(generate(model, prompt, 150))  # crosses the 64-token context twice
-    assert len(set(expected)) > 5
-    cache, calls = Cache(), {"n": 0}
-
-    async def step(ids, start):  # loses its cache every 7th call, as a replaced replica would
-        calls["n"] += 1
-        if start and (calls["n"] % 7 == 0 or cache.start != start):
-            cache.reset()
-            raise CacheMiss
-        if start == 0:
-            cache.reset()
-        with torch.inference_mode():
-            return model(torch.tensor([ids]), cache)[0, -1]
+def engine_outputs(model, requests, decoder=None, limits=None, arrive_s=0.2):
+    """Each request's token ids from one continuous-batching engine, the requests arriving at
+    random times within `arrive_s` (no Ray: the scheduler and the model in this process)."""
+    runner = types.SimpleNamespace(stage_modules=model.stages(), device=torch.device("cpu"))
+    ctx = model.config.context
+    rng = random.Random(1)
 
     async def run():
-        request = GenerateRequest(prompt, 150, 0.0, None, None, True)
-        return [t async for t in tokens(step, request, model.config.context)]
+        engine = Engine([decoder or LocalDecoder(runner)], limits or Limits(ctx, 64, 64 * ctx, 256))
 
-    assert asyncio.run(run()) == expected
-    sampled = [list(generate(model, prompt, 30, temperature=1.0, top_k=5, seed=s)) for s in (1, 1, 2)]
-    assert sampled[0] == sampled[1] != sampled[2]
+        async def one(request, delay):
+            await asyncio.sleep(delay)
+            return [t async for t in engine.tokens(engine.submit(request))]
+
+        out = await asyncio.gather(*(one(r, rng.random() * arrive_s) for r in requests))
+        return out, engine.stats()
+
+    return asyncio.run(run())
+
+
+def mixed_requests(vocab: int, n: int, seed: int = 0) -> list[GenerateRequest]:
+    """Prompts of 1..60 tokens and 1..150 new ones (past the 64-token context: the cache
+    restarts), every third sampled with its own seed."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(vocab) for _ in range(rng.randint(1, 60))]
+        sampled = i % 3 == 0
+        out.append(
+            GenerateRequest(
+                prompt,
+                rng.randint(1, 150),
+                0.9 if sampled else 0.0,
+                5 if sampled else None,
+                i if sampled else None,
+                True,
+            )
+        )
+    return out
+
+
+def alone(model, r: GenerateRequest) -> list[int]:
+    return list(generate(model, r.prompt_ids, r.max_new_tokens, r.temperature, r.top_k, r.seed))
+
+
+def test_continuous_batching_equals_each_request_alone_token_for_token():
+    """32 requests of different lengths arriving at random times share the decode steps; each
+    one's tokens equal its generation alone (greedy, and seeded sampling), and the steps are
+    shared: far fewer than the tokens made."""
+    model = lively_model(40)
+    requests = mixed_requests(40, 32)
+    expected = [alone(model, r) for r in requests]
+    assert len({t for e in expected for t in e}) > 5
+    out, stats = engine_outputs(model, requests)
+    assert out == expected
+    assert stats["steps"] < sum(len(e) for e in expected) / 4, stats
+    assert stats["running"] == stats["queued"] == 0
+
+
+def test_a_decoder_that_loses_its_caches_costs_a_refeed_never_a_token():
+    """A decoder that loses the micro-batch's caches every 7th step (a stage replica replaced):
+    the scheduler re-feeds every row and each text is still its text alone."""
+    from modelfoundry.serving.continuous import DecoderLost
+
+    model = lively_model(40)
+    runner = types.SimpleNamespace(stage_modules=model.stages(), device=torch.device("cpu"))
+
+    class Losing(LocalDecoder):
+        calls = 0
+
+        async def run(self, msg):
+            Losing.calls += 1
+            if Losing.calls % 7 == 0:
+                self.reset()
+                raise DecoderLost("replaced")
+            return await super().run(msg)
+
+    requests = mixed_requests(40, 8, seed=3)
+    out, _ = engine_outputs(model, requests, decoder=Losing(runner))
+    assert out == [alone(model, r) for r in requests] and Losing.calls > 20
+
+
+def test_the_kv_budget_bounds_the_rows_and_the_queue_bounds_the_rest():
+    """8 rows allowed but a KV budget of 2 x 64 positions: at most 2 rows per step (the prompts
+    and new tokens reserve the whole context); 8 rows + 1 queued accepted, the next a 429 with
+    Retry-After; each text equals its generation alone."""
+    from modelfoundry.serving.continuous import RequestError
+
+    model = lively_model(40)
+    requests = [replace(r, max_new_tokens=r.max_new_tokens + 64) for r in mixed_requests(40, 9, seed=5)]
+    runner = types.SimpleNamespace(stage_modules=model.stages(), device=torch.device("cpu"))
+    widest = []
+
+    class Counting(LocalDecoder):
+        async def run(self, msg):
+            widest.append(len(msg.keys) + len(msg.prefill))
+            return await super().run(msg)
+
+    async def run():
+        engine = Engine([Counting(runner)], Limits(64, 8, 128, 1))
+        jobs = [engine.submit(r) for r in requests]
+        with pytest.raises(RequestError) as refused:
+            engine.submit(requests[0])
+        assert refused.value.status == 429 and refused.value.headers == {"retry-after": "1"}
+        return [[t async for t in engine.tokens(j)] for j in jobs]
+
+    assert asyncio.run(run()) == [alone(model, r) for r in requests]
+    assert max(widest) == 2, widest
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +327,7 @@ def wait_for_no_active_generation(c: httpx.Client) -> None:
 def test_generation_limits_tiny_temperatures_and_content_types(lm):
     """A generation cap per replica (429 with Retry-After beyond it, the slot freed when a stream
     ends), sampling that stays finite at any temperature the API admits, JSON only."""
-    c = deploy(lm, split="auto:4", max_generations=1)
+    c = deploy(lm, split="auto:4", max_generations=1, max_queued_generations=0, micro_batches=1)
     for stream in (False, True):
         body = {"prompt": PROMPT, "max_new_tokens": 8, "temperature": 1e-300, "stream": stream}
         if stream:
@@ -256,63 +343,75 @@ def test_generation_limits_tiny_temperatures_and_content_types(lm):
         next(r.iter_lines())  # the one slot is taken while this stream runs
         busy = c.post("/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 4})
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1", busy.text
-        assert "1 generations are in progress" in busy.json()["error"]
+        assert "1 generations are running or queued on this replica" in busy.json()["error"]
     wait_for_no_active_generation(c)  # the client left: its slot comes back
     assert stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 3})[-1]["tokens"] == 3
     r = c.post("/v1/models/lm:generate", content=json.dumps({"prompt": "a"}), headers={"content-type": "text/plain"})
     assert r.status_code == 415
 
 
-def test_ending_an_evicted_session_never_evicts_a_live_one(lm):
-    """A stage replica holds MAX_SESSIONS_PER_REPLICA generation caches (an LRU). Ending a session
-    the LRU already dropped must not load it again: that would evict the least recent live one."""
+def test_ending_an_evicted_micro_batch_never_evicts_a_live_one(lm):
+    """A stage replica holds MAX_BATCHES_PER_REPLICA micro-batches' caches (an LRU). Ending one the
+    LRU already dropped must not load it again: that would evict the least recent live one."""
     from ray import serve
 
-    from modelfoundry.serving.stage import MAX_SESSIONS_PER_REPLICA
+    from modelfoundry.serving.batch_step import Prefill, StepMessage
+    from modelfoundry.serving.stage import MAX_BATCHES_PER_REPLICA
 
     deploy(lm, split="auto")
     ids = np.asarray([lm["tokenizer"].encode(PROMPT)], dtype=np.int64)
-    n = MAX_SESSIONS_PER_REPLICA + 1
+    n = MAX_BATCHES_PER_REPLICA + 1
 
     async def run():  # the handle routes on its caller's event loop (Serve's fast path)
         stage = serve.get_deployment_handle("stage-0", app_name="lm")
-        for i in range(n):  # session 0 is evicted by the last one
-            await stage.options(method_name="step", multiplexed_model_id=f"s{i}").remote(ids, 0)
-        await stage.options(method_name="end", multiplexed_model_id="s0").remote()
-        return await stage.options(method_name="session_ids").remote()
+        for i in range(n):  # batch 0 is evicted by the last one
+            msg = StepMessage(f"b{i}", (), (), None, (Prefill("seq", ids, 64),))
+            assert await stage.options(method_name="decode_step", multiplexed_model_id=f"b{i}").remote(msg)
+        await stage.options(method_name="end_batch", multiplexed_model_id="b0").remote()
+        return await stage.options(method_name="batch_ids").remote()
 
     # a loop left open (Serve's shutdown reaches the handles made on it), in a thread of its own
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         live = pool.submit(lambda: asyncio.new_event_loop().run_until_complete(run())).result()
-    assert "s0" not in live and "s1" in live and len(live) == MAX_SESSIONS_PER_REPLICA, sorted(live)
+    assert "b0" not in live and "b1" in live and len(live) == MAX_BATCHES_PER_REPLICA, sorted(live)
 
 
 def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
     """After the first byte the error goes in the stream: one JSON line naming the request id;
-    the exception's text stays in the log."""
-    from modelfoundry.serving.generation import GenerateRequest
-    from modelfoundry.serving.ingress import GenerationSlots, Ingress
+    the exception's text stays in the log, and the failed row leaves the engine."""
+    from modelfoundry.serving.ingress import Ingress
 
     cls = Ingress.func_or_class  # the replica's class; its methods on a stand-in for a replica
     spec = types.SimpleNamespace(config={"context": 16}, version="1")
     ingress = types.SimpleNamespace(spec=spec, name="lm", tokenizer=CharTokenizer("abc"), generated_tokens=0)
     for method in ("_stream", "_counted", "_summary"):
         setattr(ingress, method, types.MethodType(getattr(cls, method), ingress))
-    slots = GenerationSlots(1)
-    give_back = slots.take()
-    calls = {"n": 0}
 
-    async def step(ids, start):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise RuntimeError("/secret/path/to/weights.pt: internal detail")
-        return torch.tensor([0.0, 5.0, 1.0])
+    class Failing:
+        batch, calls = "b", 0
+
+        async def run(self, msg):
+            Failing.calls += 1
+            if Failing.calls > 2:
+                raise RuntimeError("/secret/path/to/weights.pt: internal detail")
+            rows = len(msg.keys)
+            return replace(
+                msg,
+                x=np.tile(np.float32([0, 5, 1]), (rows, 1)) if rows else None,
+                prefill=tuple(replace(p, x=np.float32([0, 5, 1])) for p in msg.prefill),
+            )
+
+        def reset(self):
+            pass
 
     async def run():
-        request = GenerateRequest([0], 10, 0.0, None, None, True)
-        return [json.loads(x) async for x in ingress._stream(step, lambda: None, request, "req-7", give_back)]
+        engine = Engine([Failing()], Limits(16, 4, 64, 0))
+        job = engine.submit(GenerateRequest([0], 10, 0.0, None, None, True))
+        ingress.engine = engine
+        lines = [json.loads(x) async for x in ingress._stream(ingress._counted(engine.tokens(job)), "req-7")]
+        return lines, engine.active
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop
-        lines = pool.submit(asyncio.run, run()).result()
+        lines, active = pool.submit(asyncio.run, run()).result()
     assert [x.get("token") for x in lines[:2]] == ["b", "b"]
-    assert lines[-1] == {"error": "generation failed (request id req-7)"} and slots.active == 0
+    assert lines[-1] == {"error": "generation failed (request id req-7)"} and active == 0

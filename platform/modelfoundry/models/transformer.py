@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from modelfoundry.models.kv_cache import Cache
 from modelfoundry.models.spec import Dropout, FamilyConfig, FamilySpec, PosInt
 
 
@@ -56,19 +56,6 @@ PRESETS = {
 }
 
 
-@dataclass
-class Cache:
-    """Keys and values of the positions seen so far, one (k, v) pair per block this process
-    runs, each (batch, heads, time, head_dim); `start` is the position of the next token."""
-
-    start: int = 0
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-    def reset(self) -> None:
-        self.start = 0
-        self.kv.clear()
-
-
 class Embedding(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
@@ -77,8 +64,8 @@ class Embedding(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        start = cache.start if cache is not None else 0
-        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        t = idx.shape[1]
+        positions = cache.positions(t, idx.device) if cache is not None else torch.arange(t, device=idx.device)
         return self.drop(self.tok(idx) + self.pos(positions))
 
 
@@ -104,19 +91,11 @@ class Block(nn.Module):
     def attention(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in self.qkv(x).split(d, 2))
-        past = 0
         if cache is not None:
-            if self.index in cache.kv:
-                pk, pv = cache.kv[self.index]
-                past = pk.shape[2]
-                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-            cache.kv[self.index] = (k, v)
-        if past and t > 1:  # new queries over old + new keys: causal within the new part
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:  # one new query sees every key; a fresh sequence is plainly causal (for t == 1 too: a
-            # 1x1 causal mask masks nothing, and no test on t keeps a symbolic t exportable to ONNX)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=not past, dropout_p=self.p if self.training else 0.0)
+            y = cache.attend(self.index, q, k, v)
+        else:  # training and export: plainly causal (for t == 1 too: a 1x1 causal mask masks
+            # nothing, and no test on t keeps a symbolic t exportable to ONNX)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
     def forward(self, h: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
@@ -187,7 +166,7 @@ def run_group(modules: list[nn.Module], x: torch.Tensor, cache: Cache | None) ->
     for m in modules:
         x = m(x, cache)
     if cache is not None:
-        cache.start += t
+        cache.advance(t)
     return x
 
 

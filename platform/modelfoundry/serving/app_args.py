@@ -36,8 +36,15 @@ class CommonArgs(Strict):
     max_new_tokens: int = Field(default=MAX_NEW_TOKENS, gt=0)  # language models, per request
     # OIP v2: the largest reply, known from the outputs' shapes before the model runs (413 beyond)
     max_response_bytes: int = Field(default=8_000_000, gt=0)
-    # language models: generations in progress at once per ingress replica (429 + Retry-After beyond)
+    # language models (continuous batching, serving/continuous.py): the sequences one decode step
+    # of a micro-batch carries; the KV positions its cache may hold (rows x the longest
+    # reservation; unset: max_generations x the context); requests queued beyond the running
+    # ones per ingress replica (429 + Retry-After beyond); a split app's micro-batches in flight
+    # through its stages at once (unset: one per stage)
     max_generations: int = Field(default=64, gt=0)
+    max_kv_tokens: int | None = Field(default=None, gt=0)
+    max_queued_generations: int = Field(default=256, ge=0)
+    micro_batches: int | None = Field(default=None, gt=0, le=16)
     # Host header names answered besides loopback ones ("*": any). Unset: loopback only when the app
     # has no API keys (a web page cannot reach it by DNS rebinding), any name when it has keys
     allowed_hosts: list[HostName] | None = None

@@ -33,7 +33,14 @@ def build_app(args: AnyAppArgs | dict[str, Any]) -> Application:
         store=absolute(args.store),
         ingress=Ingress.options(**args.ingress.serve_options()),
         limits=Limits(
-            args.max_instances, args.max_body_bytes, args.max_new_tokens, args.max_response_bytes, args.max_generations
+            args.max_instances,
+            args.max_body_bytes,
+            args.max_new_tokens,
+            args.max_response_bytes,
+            args.max_generations,
+            args.max_kv_tokens,
+            args.max_queued_generations,
+            args.micro_batches,
         ),
         common={
             "batching": batching,

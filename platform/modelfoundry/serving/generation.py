@@ -1,32 +1,19 @@
-"""The `:generate` verb of language models: request validation and the streaming driver.
-
-One driver for both shapes of the app: it asks a `step(ids, start)` function for the next
-token's logits, where `step` runs the model in the ingress (monolithic, a KV cache per request)
-or calls the stage services in order (split: each stage holds its blocks' KV cache for the
-request, found again by Serve's multiplexed routing on a session id). The positions it feeds are
-models.transformer.Sequence's, so greedy output is the same token for token whichever runs it.
-"""
+"""The `:generate` verb of language models: the request, validated, and the stream's lines.
+Its tokens come from the replica's continuous-batching engine (serving/continuous.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from modelfoundry.models.transformer import Sequence, next_token
 from modelfoundry.serving.requests import RequestError
 
 MAX_NEW_TOKENS = 1024
 MAX_TEMPERATURE = 2.0
 FIELDS = ("prompt", "max_new_tokens", "temperature", "top_k", "seed", "stream")
-
-
-class CacheMiss(Exception):
-    """A stage replica did not hold the request's cache (see Sequence.miss)."""
 
 
 @dataclass(frozen=True)
@@ -83,46 +70,6 @@ def parse_generate(data: dict[str, Any], tokenizer, context: int, max_new_tokens
         seed=_int(data, "seed", None, 0, 2**63 - 1),
         stream=stream,
     )
-
-
-Step = Callable[[list[int], int], Awaitable[torch.Tensor]]
-
-
-async def tokens(step: Step, request: GenerateRequest, context: int) -> AsyncIterator[int]:
-    """The new token ids, one at a time. `step(ids, start)` returns the last position's logits
-    after feeding `ids` at positions start.. (start 0: a fresh cache), or raises CacheMiss."""
-    generator = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
-    seq = Sequence(request.prompt_ids, context)
-    for _ in range(request.max_new_tokens):
-        ids, start = seq.next_input()
-        try:
-            logits = await step(ids, start)
-        except CacheMiss:
-            seq.miss()
-            ids, start = seq.next_input()
-            logits = await step(ids, start)
-        seq.fed(len(ids))
-        token = next_token(logits, request.temperature, request.top_k, generator)
-        seq.append(token)
-        yield token
-
-
-def local_step(runner) -> tuple[Step, Callable[[], None]]:
-    """Monolithic generation: the model runs in this process (a thread, off the event loop),
-    with one KV cache for this request. Returns (step, release)."""
-    import asyncio
-
-    import numpy as np
-
-    from modelfoundry.models.transformer import Cache
-
-    cache = Cache()
-
-    async def step(ids: list[int], start: int) -> torch.Tensor:
-        x = np.asarray([ids], dtype=np.int64)
-        return torch.from_numpy((await asyncio.to_thread(runner.step, x, cache, start))[0])
-
-    return step, cache.reset
 
 
 async def json_lines(

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.serving import auth, guard, ingress_v2, openapi, webpage
 from modelfoundry.serving.backends import BACKENDS
+from modelfoundry.serving.continuous import Engine, Limits
 from modelfoundry.serving.explain import parse_explain
 from modelfoundry.serving.http_app import app
 from modelfoundry.serving.metrics import IngressMetrics
@@ -31,7 +32,7 @@ from modelfoundry.serving.requests import (
 )
 from modelfoundry.serving.runner import predictions
 from modelfoundry.serving.spec import IngressSpec
-from modelfoundry.serving.verbs import GenerationSlots, Verbs
+from modelfoundry.serving.verbs import Verbs
 from modelfoundry.tasks import task_spec
 
 IMAGE_VERBS = ("predict", "explain", "encode", "reconstruct")  # verbs whose instances may come as one PNG
@@ -50,9 +51,14 @@ class Ingress(Verbs):
         self.allowed_hosts = spec.allowed_hosts
         self.backend = BACKENDS[spec.kind](spec, handles or [])
         self.tokenizer = CharTokenizer.from_spec(spec.tokenizer) if spec.tokenizer else None
-        self.generations = GenerationSlots(spec.limits.max_generations)  # in progress on this replica
+        self.engine = self._engine() if "generate" in spec.verbs else None  # continuous batching
         self.generated_tokens = 0  # tokens produced on this replica since it started
         self.metrics = IngressMetrics()
+
+    def _engine(self) -> Engine:
+        lim, context = self.spec.limits, self.spec.config["context"]
+        kv = lim.max_kv_tokens or lim.max_generations * context
+        return Engine(self.backend.decoders(), Limits(context, lim.max_generations, kv, lim.max_queued_generations))
 
     def reconfigure(self, user_config: dict) -> None:
         """The deployment's user_config changed (a canary's traffic weights, applied in place:
@@ -173,7 +179,7 @@ class Ingress(Verbs):
         accepted = (guard.JSON, guard.PNG) if images else (guard.JSON,)
         media = guard.check_content_type(request.headers, accepted, f":{verb}")
         if verb == "generate":
-            self.generations.check()  # before the body is read; taken once it is valid
+            self.engine.check()  # before the body is read (429 when rows and queue are full)
         body = await read_body(request, limits.max_body_bytes)
         if verb == "sample":
             return await self.sample(parse_json_body(body or b"{}", limits.max_body_bytes), request)
@@ -250,8 +256,11 @@ class Ingress(Verbs):
                 "context": s.config["context"],
                 "max_new_tokens": s.limits.max_new_tokens,
                 "vocabulary": self.tokenizer.vocab if self.tokenizer else None,
-                "active": self.generations.active,
-                "max_generations": self.generations.cap,
+                "active": self.engine.active,  # running + queued on this replica
+                **self.engine.stats(),
+                "max_generations": s.limits.max_generations,
+                "max_kv_tokens": self.engine.limits.kv_tokens,
+                "max_queued_generations": s.limits.max_queued_generations,
                 "generated_tokens": self.generated_tokens,
             }
         return out

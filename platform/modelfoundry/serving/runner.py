@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from modelfoundry.models.stages import group_module, model_stages
-from modelfoundry.models.transformer import Cache, run_group
 from modelfoundry.store.checkpoint import load_checkpoint
 
 # Model work expected to take less than this runs on the replica's event loop, the rest in a
@@ -55,16 +54,6 @@ class ModelRunner:
         a first measurement). The per-instance figure includes the call's fixed cost, so larger
         requests are over-estimated: they err towards the thread."""
         return self.instance_s is not None and self.instance_s * n < INLINE_BELOW_S
-
-    @torch.inference_mode()
-    def step(self, x: np.ndarray, cache: Cache, start: int) -> np.ndarray:
-        """One generation step of a language model's stages over x's positions, appended to
-        `cache` (reset first when start is 0). The group that ends the model returns the last
-        position's logits only, (batch, vocab); the others every position's hidden state."""
-        if start == 0:
-            cache.reset()
-        out = run_group(self.stage_modules, torch.from_numpy(np.ascontiguousarray(x)).to(self.device), cache)
-        return (out[:, -1] if self.last else out).float().cpu().numpy()
 
     def run_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """Many requests in one forward pass (what the batcher hands over); results split back."""

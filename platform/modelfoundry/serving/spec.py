@@ -48,7 +48,16 @@ class Limits:
     max_body_bytes: int
     max_new_tokens: int  # language models: the most tokens one request may ask for
     max_response_bytes: int = 8_000_000  # OIP v2: the largest reply (413 beyond it)
-    max_generations: int = 64  # language models: generations at once per ingress replica (429 beyond)
+    # language models (app_args.CommonArgs): rows per decode step, KV budget, queue, micro-batches
+    max_generations: int = 64
+    max_kv_tokens: int | None = None
+    max_queued_generations: int = 256
+    micro_batches: int | None = None
+
+    def check_generation(self, context: int) -> None:
+        """A KV budget must hold one sequence of the model's context."""
+        if self.max_kv_tokens is not None and self.max_kv_tokens < context:
+            raise ValueError(f"max_kv_tokens {self.max_kv_tokens} is below the model's context ({context} positions)")
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class IngressSpec:
         verbs = family_spec(meta.family).verbs
         if explainable and can_explain(meta, task, verbs):
             verbs = (*verbs, "explain")
+        if "generate" in verbs:
+            limits.check_generation(meta.config["context"])
         return cls(
             name=name,
             kind=kind,  # type: ignore[arg-type]

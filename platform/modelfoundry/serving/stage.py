@@ -1,6 +1,6 @@
 """The stage service: one group of a model's stages as a Serve deployment (numpy in, numpy out).
-For a language model it also runs generation steps, holding each request's KV cache for its
-blocks (found again by Serve's multiplexed routing on the request's session id)."""
+For a language model it also runs continuous-batching steps, holding a micro-batch's KV cache for
+its blocks (found again by Serve's multiplexed routing on the micro-batch's id)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,30 @@ import time
 import numpy as np
 from ray import serve
 
-from modelfoundry.models.transformer import Cache
+from modelfoundry.models.kv_cache import BatchCache
+from modelfoundry.serving.batch_step import StepMessage, run_step
 from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.explain import vjp
 from modelfoundry.serving.metrics import StageMetrics
 from modelfoundry.serving.runner import ModelRunner, run_model
 from modelfoundry.store import StoreVersion
 
-# generation requests whose KV cache one stage replica holds at once (least recently used go
-# first; a request whose cache went is re-fed from its segment start, see generation.CacheMiss)
-MAX_SESSIONS_PER_REPLICA = 64
+# micro-batches of generation whose KV caches one stage replica holds at once (least recently
+# used go first; a micro-batch whose cache went is re-fed by its scheduler, serving/continuous.py)
+MAX_BATCHES_PER_REPLICA = 64
 
 
-class Session:
-    """One generation request's KV cache on a stage replica. Serve's multiplex LRU calls __del__
+class HeldBatch:
+    """One generation micro-batch's rows on a stage replica. Serve's multiplex LRU calls __del__
     when it evicts it (and Python may again at collection: harmless)."""
 
     def __init__(self) -> None:
-        self.cache = Cache()
+        self.cache = BatchCache()
         self.evicted = False
 
     def __del__(self) -> None:
         self.evicted = True
-        self.cache.reset()
+        self.cache = BatchCache()
 
 
 async def run_model_batch(runner: ModelRunner, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -73,7 +74,7 @@ class Stage:
 
     def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
         self.runner = ModelRunner(model_path, group)
-        self.sessions: dict[str, Session] = {}  # generation sessions this replica holds, by id
+        self.batches: dict[str, HeldBatch] = {}  # generation micro-batches this replica holds, by id
         self.batcher = batcher(self.runner, batching)
         where = StoreVersion.from_uri(model_path)
         self.metrics = StageMetrics(where.name, str(where.version), "-".join(map(str, self.runner.group)))
@@ -88,29 +89,30 @@ class Stage:
         """:explain's backward pass through this stage: grad_out^T d stage(x) / dx."""
         return await asyncio.to_thread(vjp, self.runner.module, x, grad_out, self.runner.device)
 
-    # ---- language-model generation: the request's cache lives on this replica; Serve's
-    # multiplexed routing (the session id as model id) sends the request's later steps here
-    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
-    async def _session(self, session_id: str) -> Session:
-        for sid in [k for k, v in self.sessions.items() if v.evicted]:  # forget what the LRU dropped
-            del self.sessions[sid]
-        session = self.sessions[session_id] = Session()
-        return session
+    # ---- language-model generation: a micro-batch's rows live on this replica; Serve's
+    # multiplexed routing (the batch id as model id) sends its later steps here
+    @serve.multiplexed(max_num_models_per_replica=MAX_BATCHES_PER_REPLICA)
+    async def _batch(self, batch_id: str) -> HeldBatch:
+        for bid in [k for k, v in self.batches.items() if v.evicted]:  # forget what the LRU dropped
+            del self.batches[bid]
+        held = self.batches[batch_id] = HeldBatch()
+        return held
 
-    async def step(self, x: np.ndarray, start: int) -> np.ndarray | None:
-        """Feed positions start.. of the request; None when this replica lacks its cache."""
-        cache = (await self._session(serve.get_multiplexed_model_id())).cache
-        if start and cache.start != start:
-            return None
-        return await asyncio.to_thread(self.runner.step, x, cache, start)
+    async def decode_step(self, msg: StepMessage) -> StepMessage | None:
+        """One continuous-batching step over this stage's blocks (serving/batch_step.py); None
+        when this replica does not hold the micro-batch's rows (its scheduler re-feeds them)."""
+        held = await self._batch(serve.get_multiplexed_model_id())
+        runner = self.runner
+        return await asyncio.to_thread(run_step, runner.stage_modules, held.cache, msg, runner.last, runner.device)
 
-    async def end(self) -> None:
-        """The request is over: free its cache. A session the LRU evicted (or that never reached
-        this replica) is not loaded again just to be ended: that would evict a live one."""
-        session = self.sessions.pop(serve.get_multiplexed_model_id(), None)
-        if session is not None and not session.evicted:
-            session.cache.reset()
+    async def end_batch(self) -> None:
+        """The micro-batch's scheduler started a new one: free this one's rows. One the LRU evicted
+        (or that never reached this replica) is not loaded again just to be ended: that would
+        evict a live one."""
+        held = self.batches.pop(serve.get_multiplexed_model_id(), None)
+        if held is not None:
+            held.cache = BatchCache()
 
-    def session_ids(self) -> list[str]:
-        """The sessions this replica holds a live cache for (tests, stats)."""
-        return [k for k, v in self.sessions.items() if not v.evicted]
+    def batch_ids(self) -> list[str]:
+        """The micro-batches this replica holds live rows of (tests, stats)."""
+        return [k for k, v in self.batches.items() if not v.evicted]

@@ -1,22 +1,20 @@
 """The verbs that are more than a model call (the ingress answers predict and OIP v2 infer from
 its backend's output): the VAE's encode / decode / reconstruct / sample through its services,
-and a language model's generate, streamed as JSON lines under a per-replica generation cap.
+and a language model's generate, streamed as JSON lines from the replica's batching engine.
 `Ingress` (serving/ingress.py) inherits them."""
 
 import logging
 import weakref
-from collections.abc import Callable
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from modelfoundry.serving.generation import json_lines, line, parse_generate, tokens
+from modelfoundry.serving.generation import json_lines, line, parse_generate
 from modelfoundry.serving.requests import RequestError, png_grid
 from modelfoundry.serving.runner import sigmoid
 
 MAX_SAMPLES = 64
-RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 
 log = logging.getLogger("ray.serve")
 
@@ -28,36 +26,8 @@ def request_id() -> str:
     return _get_serve_request_context().request_id or "-"
 
 
-class GenerationSlots:
-    """At most `cap` generations at once on an ingress replica; beyond it a 429 with Retry-After.
-    take() returns the slot's release, safe to call more than once."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self.active = cap, 0
-
-    def check(self) -> None:
-        if self.active >= self.cap:
-            raise RequestError(
-                429,
-                f"{self.cap} generations are in progress on this replica, its limit; retry in {RETRY_AFTER_S} s",
-                {"retry-after": str(RETRY_AFTER_S)},
-            )
-
-    def take(self) -> Callable[[], None]:
-        self.check()
-        self.active += 1
-        held = [True]
-
-        def give_back() -> None:
-            if held[0]:
-                held[0] = False
-                self.active -= 1
-
-        return give_back
-
-
 class Verbs:
-    """Mixed into Ingress: uses its spec, backend, tokenizer, generations and generated_tokens."""
+    """Mixed into Ingress: uses its spec, backend, tokenizer, engine and generated_tokens."""
 
     async def verb_encode(self, x: np.ndarray) -> dict:
         stats = await self.backend.service(0, x)
@@ -92,34 +62,30 @@ class Verbs:
         summary line), or as one JSON object with "stream": false. Everything is checked before
         the first byte is sent; a failure after it ends the stream with an error line that names
         the request id only (the exception goes to the log)."""
-        context = self.spec.config["context"]
-        request = parse_generate(data, self.tokenizer, context, self.spec.limits.max_new_tokens)
-        give_back = self.generations.take()
-        step, release = self.backend.generation()
+        request = parse_generate(data, self.tokenizer, self.spec.config["context"], self.spec.limits.max_new_tokens)
+        job = self.engine.submit(request)
+        token_ids = self._counted(self.engine.tokens(job))
         if not request.stream:
             try:
-                ids = [t async for t in self._counted(tokens(step, request, context))]
+                ids = [t async for t in token_ids]
             finally:
-                give_back()
-                release()
+                job.cancel()
             return JSONResponse(self._summary(ids))
-        stream = self._stream(step, release, request, request_id(), give_back)
-        weakref.finalize(stream, give_back)  # a stream never started (client gone first) frees its slot too
+        stream = self._stream(token_ids, request_id())
+        weakref.finalize(stream, job.cancel)  # a stream never started (client gone first) frees its row too
         return StreamingResponse(stream, media_type="application/x-ndjson")
 
-    async def _stream(self, step, release, request, rid: str, give_back: Callable[[], None]):
+    async def _stream(self, token_ids, rid: str):
         # a client that disconnects cancels this generator at its next await (Serve cancels the
-        # request): the finally block frees the request's caches and no more steps run
+        # request): the engine drops its row at the next step
         try:
-            token_ids = self._counted(tokens(step, request, self.spec.config["context"]))
             async for chunk in json_lines(token_ids, self.tokenizer, self._summary):
                 yield chunk
         except Exception as err:  # headers are sent: the error goes in the stream, as JSON
             log.error("generation of request %s failed", rid, exc_info=err)
             yield line({"error": f"generation failed (request id {rid})"})
         finally:
-            give_back()
-            release()
+            await token_ids.aclose()
 
     async def _counted(self, token_ids):
         """The tokens, counted as they are made (metadata's generated_tokens)."""

@@ -5,7 +5,7 @@ replica). Adding an app shape is one module plus one entry in backends/__init__.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,9 +19,6 @@ from modelfoundry.serving.spec import IngressSpec, Limits
 from modelfoundry.serving.stage import replica_transport
 from modelfoundry.store import CheckpointMeta, StoreVersion, resolve
 from modelfoundry.store.checkpoint import read_meta
-
-# a generation's step(ids, start) -> next-token logits, and its release()
-Generation = tuple[Callable[[list[int], int], Awaitable[Any]], Callable[[], None]]
 
 
 def finite(out: np.ndarray) -> np.ndarray:
@@ -98,7 +95,9 @@ class Backend:
         """The output of named service `index` (the VAE's encoder 0 and decoder 1)."""
         raise RequestError(400, f"model {self.spec.name} has no services")
 
-    def generation(self) -> Generation:
+    def decoders(self) -> list:
+        """A language model's continuous-batching decoders, one per micro-batch
+        (serving/continuous.py)."""
         raise RequestError(400, f"model {self.spec.name} does not generate")
 
     # ---- its life in the replica

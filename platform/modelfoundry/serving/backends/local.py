@@ -15,9 +15,9 @@ from modelfoundry.models import build_model, family_spec
 from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends import services, split
-from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
+from modelfoundry.serving.backends.base import Backend, BuildContext, finite
+from modelfoundry.serving.continuous import LocalDecoder
 from modelfoundry.serving.explain import ExplainRequest, integrated_gradients
-from modelfoundry.serving.generation import local_step
 from modelfoundry.serving.runner import ModelRunner
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.stage import batcher, run
@@ -42,8 +42,8 @@ class LocalBackend(Backend):
 
         return await asyncio.to_thread(integrated_gradients, forward, req, classes)
 
-    def generation(self) -> Generation:
-        return local_step(self.runner)
+    def decoders(self) -> list:
+        return [LocalDecoder(self.runner)]
 
 
 def build(args: ModelArgs, ctx: BuildContext) -> Application:

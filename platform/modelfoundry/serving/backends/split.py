@@ -5,18 +5,16 @@ model's generation steps go through them too, each stage holding its blocks' KV 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 from ray.serve import Application
 
 from modelfoundry.serving.app_args import ModelArgs
-from modelfoundry.serving.backends.base import Backend, BuildContext, Generation, finite
+from modelfoundry.serving.backends.base import Backend, BuildContext, finite
+from modelfoundry.serving.continuous import RemoteDecoder
 from modelfoundry.serving.explain import ExplainRequest, integrated_gradients, stage_chain
-from modelfoundry.serving.generation import CacheMiss
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.stage import Stage
 from modelfoundry.store import CheckpointMeta, StoreVersion, parse_ref
@@ -49,25 +47,11 @@ class SplitBackend(Backend):
         calls = [(blocking(partial(forward, h)), blocking(partial(backward, h))) for h in self.handles]
         return await asyncio.to_thread(integrated_gradients, stage_chain(calls), req, classes)
 
-    def generation(self) -> Generation:
-        """Each stage service holds this request's cache for its blocks, found again by the
-        session id (Serve's multiplexed routing); one hop per stage per token."""
-        session = uuid.uuid4().hex
-        calls = [s.options(method_name="step", multiplexed_model_id=session) for s in self.handles]
-
-        async def step(ids: list[int], start: int) -> torch.Tensor:
-            x = np.asarray([ids], dtype=np.int64)
-            for call in calls:
-                x = await call.remote(x, start)
-                if x is None:
-                    raise CacheMiss
-            return torch.from_numpy(x[0])
-
-        def release() -> None:
-            for s in self.handles:
-                s.options(method_name="end", multiplexed_model_id=session).remote()
-
-        return step, release
+    def decoders(self) -> list:
+        """One per micro-batch (default: one per stage, so every stage has a step to work on);
+        each stage service holds its blocks' rows of each micro-batch."""
+        n = self.spec.limits.micro_batches or len(self.handles)
+        return [RemoteDecoder(self.handles) for _ in range(n)]
 
 
 def bind(
