@@ -1,17 +1,19 @@
 """Streaming generation side by side in one run, loopback only, bounded in count.
 
-Setups, all serving the same checkpoint (the transformer `default` preset, 4 blocks x 128 wide,
-128 positions, pydocs' vocabulary; weights from --model or random: speed does not depend on them):
+Setups, all serving the same checkpoint (a random-weight transformer of --preset, `tiny` by
+default: 2 blocks x 32 wide, 64 positions, pydocs' vocabulary; or --model from --store; speed
+does not depend on the weights):
   (a) fastapi   a hand-written FastAPI + uvicorn + torch process (bench/fastapi_generate.py): the
-                same KV-cache generation and validation, what a user would write instead
-  (b) mono      the platform's app, the model in the ingress replica
-  (c) split-2   the platform's app split into 2 stage services (one hop per stage per token)
-Each round runs every setup (in a rotating order) at concurrency 1 and 8: each request streams
---tokens greedy tokens; time to first token (TTFT) and tokens/s are measured by the client from
-the stream. Ratios are the median of per-round ratios. Then training throughput, DDP vs FSDP
-(2 workers, gloo on CPU), in alternating runs.
+                same validation, each request decoded on its own (per-request decoding)
+  (b) mono      the platform's app, the model in the ingress replica, continuous batching
+  (c) split-2   the platform's app split into 2 stage services, a micro-batch per stage in flight
+Each round runs every setup (in a rotating order) at concurrency 1, 8 and 32: the streams arrive
+within 50 ms and each streams --tokens greedy tokens. Per setup and concurrency: aggregate
+tokens/s, time to first token (TTFT) p50/p99 and inter-token latency (ITL) p50/p99 over every
+stream's tokens, measured by the client; the medians of the rounds, and the ratios to (a) and to
+the setup's own c1. Optionally then training throughput, DDP vs FSDP (2 workers, gloo on CPU).
 
-    python bench/generate.py [--rounds 3] [--tokens 64] [--train-rounds 2] [--model NAME --store DIR]
+    python bench/generate.py [--rounds 3] [--tokens 48] [--preset tiny] [--json] [--train-rounds 0]
 
 The load average and CPU count are recorded before and after; a start above 1.0 is flagged.
 """
@@ -33,13 +35,13 @@ from machine import finish, quiet_start  # bench/machine.py (the script's folder
 
 PORT_SERVE, PORT_BASE = 18450, 18451
 PROMPT = "The with statement is used to wrap the execution of a block "
-CONCURRENCY = (1, 8)
+CONCURRENCY = (1, 8, 32)
 
 
-async def one_stream(client, url: str, tokens: int) -> dict:
+async def one_stream(client, url: str, tokens: int, delay: float = 0.0) -> dict:
+    await asyncio.sleep(delay)
     t0 = time.perf_counter()
-    first = None
-    n = 0
+    stamps = []
     async with client.stream("POST", url, json={"prompt": PROMPT, "max_new_tokens": tokens}) as r:
         assert r.status_code == 200, await r.aread()
         async for raw in r.aiter_lines():
@@ -47,31 +49,43 @@ async def one_stream(client, url: str, tokens: int) -> dict:
                 continue
             msg = json.loads(raw)
             if "token" in msg:
-                n += 1
-                first = first or time.perf_counter()
+                stamps.append(time.perf_counter())
             elif "error" in msg:
                 raise RuntimeError(msg["error"])
-    end = time.perf_counter()
-    assert n == tokens, n
-    return {"ttft_ms": (first - t0) * 1e3, "decode_tok_s": (n - 1) / max(end - first, 1e-9), "end": end, "t0": t0}
+    assert len(stamps) == tokens, len(stamps)
+    return {"ttft_ms": (stamps[0] - t0) * 1e3, "itl_ms": [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]}
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 async def run_setup(url: str, concurrency: int, tokens: int) -> dict:
+    """`concurrency` streams arriving within the first 50 ms (random order of arrival)."""
+    import random
+
     import httpx
 
-    async with httpx.AsyncClient(timeout=300) as client:
+    rng = random.Random(concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 1)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await one_stream(client, url, 4)  # warm
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, url, tokens) for _ in range(concurrency)))
+        delays = [rng.random() * 0.05 for _ in range(concurrency)]
+        results = await asyncio.gather(*(one_stream(client, url, tokens, d) for d in delays))
         wall = time.perf_counter() - t0
+    ttft = [r["ttft_ms"] for r in results]
+    itl = [x for r in results for x in r["itl_ms"]]
     return {
-        "ttft_ms": statistics.median(r["ttft_ms"] for r in results),
-        "decode_tok_s": statistics.median(r["decode_tok_s"] for r in results),
         "aggregate_tok_s": concurrency * tokens / wall,
+        "ttft_p50_ms": pct(ttft, 50),
+        "ttft_p99_ms": pct(ttft, 99),
+        "itl_p50_ms": pct(itl, 50),
+        "itl_p99_ms": pct(itl, 99),
     }
 
 
-def publish(store: str, tmp: str, model: str | None, source_store: str | None) -> str:
+def publish(store: str, tmp: str, model: str | None, source_store: str | None, preset: str) -> str:
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.models import build_model
@@ -81,7 +95,7 @@ def publish(store: str, tmp: str, model: str | None, source_store: str | None) -
     if model:
         return resolve(source_store or "models", model, "latest").uri
     splits = load_splits(DataSection(dataset="pydocs", window=128))
-    m = build_model("transformer", "default", vocab_size=splits.spec.num_classes)
+    m = build_model("transformer", preset, vocab_size=splits.spec.num_classes)
     write_checkpoint(f"{tmp}/lm", m, dataset=splits.spec.to_dict(), metrics={}, extra={"task": "language-model"})
     return export(f"{tmp}/lm", store, "lm")["path"]
 
@@ -106,7 +120,7 @@ def serving(args, results: dict) -> None:
     from modelfoundry.serving.apps import QUIET_LOGS, build_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = publish(f"{tmp}/models", tmp, args.model, args.store)
+        path = publish(f"{tmp}/models", tmp, args.model, args.store, args.preset)
         store, name = str(Path(path).parent.parent), Path(path).parent.name
         env = {**os.environ, "MODEL_PATH": path, "OMP_NUM_THREADS": "1"}
         base = subprocess.Popen(
@@ -135,7 +149,10 @@ def serving(args, results: dict) -> None:
                     for c in CONCURRENCY:
                         out = asyncio.run(run_setup(urls[label], c, args.tokens))
                         results["serving"].setdefault(label, {}).setdefault(str(c), []).append(out)
-                        print(f"round {r + 1} {label} c{c}: {json.dumps({k: round(v, 2) for k, v in out.items()})}")
+                        print(
+                            f"round {r + 1} {label} c{c}: {json.dumps({k: round(v, 2) for k, v in out.items()})}",
+                            file=sys.stderr,
+                        )
         finally:
             base.terminate()
             base.wait()
@@ -174,8 +191,10 @@ def training(args, results: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--train-rounds", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--preset", default="tiny", help="the transformer preset of the random-weight model")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    ap.add_argument("--train-rounds", type=int, default=0, help="DDP vs FSDP training rounds after serving")
     ap.add_argument("--train-limit", type=int, default=1024)
     ap.add_argument("--model", help="a stored language model to serve (default: random weights)")
     ap.add_argument("--store", help="the model store holding --model")
@@ -195,28 +214,39 @@ def main() -> None:
     results["machine"] = finish(start)
 
     s = results["serving"]
-    print(f"{'setup':14} {'c':>2} {'TTFT ms':>8} {'decode tok/s':>12} {'aggregate tok/s':>15} {'vs (a)':>7}")
+    table = []
     for label in s:
         for c in map(str, CONCURRENCY):
             rounds = s[label][c]
-            ratio = statistics.median(
+            row = {"setup": label, "c": int(c)}
+            for key in rounds[0]:
+                row[key] = statistics.median(x[key] for x in rounds)
+            row["vs_per_request"] = statistics.median(
                 x["aggregate_tok_s"] / b["aggregate_tok_s"] for x, b in zip(rounds, s["(a) fastapi"][c])
             )
-            print(
-                f"{label:14} {c:>2} {statistics.median(x['ttft_ms'] for x in rounds):8.1f} "
-                f"{statistics.median(x['decode_tok_s'] for x in rounds):12.1f} "
-                f"{statistics.median(x['aggregate_tok_s'] for x in rounds):15.1f} {ratio:6.2f}x"
-            )
-    mono, split = s["(b) mono"]["1"], s["(c) split-2"]["1"]
-    per_token = statistics.median(1e3 / x["decode_tok_s"] - 1e3 / m["decode_tok_s"] for x, m in zip(split, mono))
-    print(f"split-2 adds {per_token:.2f} ms per token at c1 (2 stage hops; median of rounds)")
-    results["split_ms_per_token"] = per_token
+            row["vs_own_c1"] = row["aggregate_tok_s"] / statistics.median(x["aggregate_tok_s"] for x in s[label]["1"])
+            table.append(row)
+    results["table"] = table
+    head = f"{'setup':13} {'c':>2} {'tok/s':>7} {'TTFT p50':>8} {'p99':>7} {'ITL p50':>7} {'p99':>7} {'vs (a)':>6} {'vs c1':>6}"
+    print(head, file=sys.stderr)
+    for row in table:
+        print(
+            f"{row['setup']:13} {row['c']:>2} {row['aggregate_tok_s']:7.0f} {row['ttft_p50_ms']:8.1f} "
+            f"{row['ttft_p99_ms']:7.1f} {row['itl_p50_ms']:7.2f} {row['itl_p99_ms']:7.2f} "
+            f"{row['vs_per_request']:5.2f}x {row['vs_own_c1']:5.2f}x",
+            file=sys.stderr,
+        )
     if results["training"]:
         t = results["training"]
         ratio = statistics.median(f / d for f, d in zip(t["fsdp"], t["ddp"]))
-        print(f"training samples/s: ddp {t['ddp']}, fsdp {t['fsdp']}; fsdp/ddp {ratio:.2f}x (median of rounds)")
+        print(
+            f"training samples/s: ddp {t['ddp']}, fsdp {t['fsdp']}; fsdp/ddp {ratio:.2f}x (median of rounds)",
+            file=sys.stderr,
+        )
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/generate.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":
