@@ -415,3 +415,141 @@ def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
         lines, active = pool.submit(asyncio.run, run()).result()
     assert [x.get("token") for x in lines[:2]] == ["b", "b"]
     assert lines[-1] == {"error": "generation failed (request id req-7)"} and active == 0
+
+
+# ---- the OpenAI-compatible API, through the official openai client (sync and async)
+KEY = "sk-test-0123456789"
+
+
+def text_alone(lm, prompt: str, n: int, temperature: float = 0.0, seed: int | None = None, top_p=None) -> str:
+    tok = lm["tokenizer"]
+    return tok.decode(list(generate(lm["model"], tok.encode(prompt), n, temperature, None, seed, top_p)))
+
+
+@pytest.fixture(scope="module")
+def openai_app(lm, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text(KEY + "\n")
+    deploy(lm, max_generations=2, max_queued_generations=0, api_keys_file=str(keys))
+    return lm
+
+
+def test_openai_completions_sync_streaming_stop_seed_and_usage(openai_app):
+    import openai
+
+    lm = openai_app
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["lm"]
+    r = client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
+    assert r.choices[0].text == lm["expected"] and r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
+        len(PROMPT),
+        100,
+        len(PROMPT) + 100,
+    )
+    chunks = list(
+        client.completions.create(
+            model="lm",
+            prompt=PROMPT,
+            max_tokens=100,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == lm["expected"]
+    assert len(chunks) > 10 and chunks[-1].usage.completion_tokens == 100
+    stop = lm["expected"][30:33]
+    r = client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0, stop=[stop, "\x00"])
+    assert r.choices[0].text == lm["expected"][: lm["expected"].find(stop)] and r.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model="lm", prompt=PROMPT, max_tokens=100, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
+    r = client.completions.create(model="lm", prompt=PROMPT, max_tokens=30, temperature=1.0, seed=7, n=2, top_p=0.9)
+    got = sorted((c.index, c.text) for c in r.choices)
+    assert got == [(0, text_alone(lm, PROMPT, 30, 1.0, 7, 0.9)), (1, text_alone(lm, PROMPT, 30, 1.0, 8, 0.9))]
+    assert got[0][1] != got[1][1]
+
+
+def test_openai_chat_sync_and_async_streaming(openai_app):
+    import openai
+
+    lm = openai_app
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "with"}]
+    expected = text_alone(lm, "System: Be brief.\nUser: with\nAssistant:", 40)
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+    r = client.chat.completions.create(model="lm", messages=messages, max_tokens=40, temperature=0)
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == expected
+    assert r.object == "chat.completion" and r.usage.completion_tokens == 40
+    stream = client.chat.completions.create(model="lm", messages=messages, max_tokens=40, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+    async def run():
+        aclient = openai.AsyncOpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+        whole = await aclient.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
+        parts = []
+        async for c in await aclient.chat.completions.create(
+            model="lm", messages=messages, max_tokens=40, temperature=0, stream=True
+        ):
+            parts.append(c.choices[0].delta.content or "")
+        await aclient.close()
+        return whole.choices[0].text, "".join(parts)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop
+        assert pool.submit(asyncio.run, run()).result() == (lm["expected"], expected)
+
+
+def test_openai_errors_have_openai_types_and_shape(openai_app):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+    r = httpx.post(f"{URL}/v1/completions", json={"model": "lm", "prompt": "a"})  # no key (the client insists on one)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{URL}/v1", api_key="wrong", max_retries=0).completions.create(model="lm", prompt="a")
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="gpt-4", prompt="a")
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+    bad = [
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens", None),
+        ({"prompt": "a", "temperature": 3}, "temperature", None),
+        ({"prompt": "a", "top_p": 0}, "top_p", None),
+        ({"prompt": "a", "n": 9}, "n", None),
+        ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
+        ({"prompt": "x" * 65}, "prompt", "context_length_exceeded"),
+        ({"prompt": "snow \u2603"}, "prompt", None),
+        ({"prompt": "a", "logprobs": 2}, "logprobs", None),
+        ({"prompt": "a", "extra_body": None, "frobnicate": 1}, "frobnicate", "unsupported_parameter"),
+    ]
+    for body, param, code in bad:
+        extra = {
+            k: v
+            for k, v in body.items()
+            if k not in ("prompt", "max_tokens", "temperature", "top_p", "n", "stop", "logprobs", "extra_body")
+        }
+        kwargs = {k: v for k, v in body.items() if k not in extra and k != "extra_body"}
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="lm", extra_body=extra or None, **kwargs)
+        assert (err.value.param, err.value.code) == (param, code), (body, err.value.body)
+        assert err.value.type == "invalid_request_error" and err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="lm", messages=[{"role": "robot", "content": "hi"}])
+    assert err.value.param == "messages"
+    # two rows, no queue: a third generation is refused with 429 (RateLimitError) while two stream
+    held = [
+        client.completions.create(model="lm", prompt=PROMPT, max_tokens=1000, temperature=0, stream=True)
+        for _ in range(2)
+    ]
+    for s in held:
+        next(iter(s))
+    with pytest.raises(openai.RateLimitError):
+        client.completions.create(model="lm", prompt="a", max_tokens=2)
+    for s in held:
+        s.close()
+    c = httpx.Client(base_url=URL, timeout=60, headers={"authorization": f"Bearer {KEY}"})
+    wait_for_no_active_generation(c)
+    assert client.completions.create(model="lm", prompt="a", max_tokens=2).usage.completion_tokens == 2

@@ -203,10 +203,16 @@ class Sequence:
 MIN_TEMPERATURE = 1e-3
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> int:
+def next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float | None = None,
+) -> int:
     """One token id from the last position's logits (shape (vocab,)): the argmax at temperature
     0 (or below MIN_TEMPERATURE), else a sample from softmax(logits / temperature) over the top_k
-    most likely tokens."""
+    most likely tokens and, with top_p, the smallest set of them whose probability reaches top_p."""
     logits = logits.float()
     if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
@@ -214,7 +220,12 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
     if top_k is not None and top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+    probs = torch.softmax(logits, -1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        outside = (sorted_p.cumsum(0) - sorted_p) >= top_p  # the first token is always kept
+        probs = probs.scatter(0, order[outside], 0.0)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def window_for(context: int) -> int:
@@ -231,6 +242,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int | None = None,
+    top_p: float | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time (a KV cache; the caller may stop early)."""
     device = next(model.parameters()).device
@@ -242,7 +254,7 @@ def generate(
             cache.reset()
         logits = model(torch.tensor([ids], device=device), cache)[0, -1].cpu()
         seq.fed(len(ids))
-        token = next_token(logits, temperature, top_k, generator)
+        token = next_token(logits, temperature, top_k, generator, top_p)
         seq.append(token)
         yield token
 

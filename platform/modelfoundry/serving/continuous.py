@@ -173,7 +173,8 @@ class Scheduler:
             job.seq.fed(job.feeding)
             if job.gone:  # its client left during the step
                 continue
-            token = next_token(torch.from_numpy(row), job.request.temperature, job.request.top_k, job.generator)
+            r = job.request
+            token = next_token(torch.from_numpy(row), r.temperature, r.top_k, job.generator, r.top_p)
             job.seq.append(token)
             job.made += 1
             job.queue.put_nowait(token)

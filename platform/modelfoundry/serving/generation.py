@@ -24,6 +24,7 @@ class GenerateRequest:
     top_k: int | None
     seed: int | None
     stream: bool
+    top_p: float | None = None  # the OpenAI API's nucleus sampling (None: off)
 
 
 def _int(data: dict, key: str, default: int | None, low: int, high: int | None) -> int | None:

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelfoundry.serving.openai_api import error_body
 from modelfoundry.serving.requests import RequestError
 from modelfoundry.serving.verbs import request_id
 
@@ -25,20 +26,30 @@ app = FastAPI(
 )
 
 
+def _openai(request: Request) -> bool:
+    """The OpenAI-compatible routes answer errors in OpenAI's shape (serving/openai_api.py)."""
+    return request.url.path.endswith(("/v1/completions", "/v1/chat/completions"))
+
+
+def _error(request: Request, err: RequestError) -> JSONResponse:
+    body = error_body(err) if _openai(request) else {"error": err.message}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
 @app.exception_handler(RequestError)
-async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+    return _error(request, err)
 
 
 @app.exception_handler(Exception)
-async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     # a bug, not a bad request: logged with its traceback and the request id; the client gets the
     # id to quote, never the exception's text
     rid = request_id()
     log.error("request %s failed", rid, exc_info=err)
-    return JSONResponse({"error": f"internal error (request id {rid})"}, status_code=500)
+    return _error(request, RequestError(500, f"internal error (request id {rid})"))
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    return _error(request, RequestError(err.status_code, str(err.detail), err.headers))

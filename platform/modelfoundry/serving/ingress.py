@@ -17,7 +17,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelfoundry.data.text import CharTokenizer
-from modelfoundry.serving import auth, guard, ingress_v2, openapi, webpage
+from modelfoundry.serving import auth, guard, ingress_v2, openai_api, openai_reply, openapi, webpage
 from modelfoundry.serving.backends import BACKENDS
 from modelfoundry.serving.continuous import Engine, Limits
 from modelfoundry.serving.explain import parse_explain
@@ -54,6 +54,7 @@ class Ingress(Verbs):
         self.engine = self._engine() if "generate" in spec.verbs else None  # continuous batching
         self.generated_tokens = 0  # tokens produced on this replica since it started
         self.metrics = IngressMetrics()
+        self.started = int(time.time())
 
     def _engine(self) -> Engine:
         lim, context = self.spec.limits, self.spec.config["context"]
@@ -122,8 +123,32 @@ class Ingress(Verbs):
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
+        """KServe's `models`, and for a language model OpenAI's `object` and `data` beside it."""
         self._admit(request)
-        return {"models": [self.metadata()]}
+        extra = openai_api.models_list(self.name, self.started) if self.engine else {}
+        return {"models": [self.metadata()], **extra}
+
+    # ---- the OpenAI-compatible API of a language model (serving/openai_api.py)
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._measured(self._openai(request, False, seen := {"verb": "completions"}), seen)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._measured(self._openai(request, True, seen := {"verb": "chat.completions"}), seen)
+
+    async def _openai(self, request: Request, chat: bool, seen: dict) -> Response:
+        self._admit(request)
+        if self.engine is None:
+            raise openai_api.fail(404, f"{self.name} is not a language model", "model", "model_not_found")
+        guard.check_content_type(request.headers, (guard.JSON,), request.url.path)
+        self.engine.check()  # before the body is read (429 when rows and queue are full)
+        data = parse_json_body(
+            await read_body(request, self.spec.limits.max_body_bytes), self.spec.limits.max_body_bytes
+        )
+        context, limit = self.spec.config["context"], self.spec.limits.max_new_tokens
+        completion = openai_api.parse(data, chat, self.name, self.tokenizer, context, limit)
+        return await openai_reply.answer(self, completion)
 
     @app.get("/v1/models/{target}")
     async def get_model(self, target: str, request: Request) -> dict:
