@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import json
 import random
+import statistics
 import time
 import types
 from dataclasses import replace
@@ -553,3 +554,138 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
     c = httpx.Client(base_url=URL, timeout=60, headers={"authorization": f"Bearer {KEY}"})
     wait_for_no_active_generation(c)
     assert client.completions.create(model="lm", prompt="a", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_continuous_batching_over_http_equals_alone_monolithic_and_split(lm):
+    """32 requests of different prompts and lengths, arriving at random times, greedy and seeded:
+    each text equals its generation alone, on a monolithic app and a split one (2 micro-batches
+    in flight through 2 stages)."""
+    rng = random.Random(11)
+    text = PROMPT + lm["expected"]
+    bodies = []
+    for i in range(32):
+        start = rng.randrange(0, len(text) - 40)
+        body = {"prompt": text[start : start + rng.randint(1, 40)], "max_new_tokens": rng.randint(1, 90)}
+        if i % 4 == 0:
+            body.update(temperature=0.8, top_k=8, seed=i)
+        bodies.append(body)
+    tok = lm["tokenizer"]
+    expected = [
+        tok.decode(
+            alone(
+                lm["model"],
+                GenerateRequest(
+                    tok.encode(b["prompt"]),
+                    b["max_new_tokens"],
+                    b.get("temperature", 0.0),
+                    b.get("top_k"),
+                    b.get("seed"),
+                    True,
+                ),
+            )
+        )
+        for b in bodies
+    ]
+
+    async def one(ac, body, delay):
+        await asyncio.sleep(delay)
+        r = await ac.post("/v1/models/lm:generate", json={**body, "stream": False})
+        assert r.status_code == 200, r.text
+        return r.json()["text"]
+
+    async def many():
+        async with httpx.AsyncClient(base_url=URL, timeout=120, limits=httpx.Limits(max_connections=40)) as ac:
+            return await asyncio.gather(*(one(ac, b, rng.random() * 0.3) for b in bodies))
+
+    for split in (None, "auto"):
+        c = deploy(lm, split=split)
+        before = c.get("/v1/models/lm").json()["generate"]["steps"]
+        assert asyncio.run(many()) == expected, split
+        steps = c.get("/v1/models/lm").json()["generate"]["steps"] - before
+        assert steps < sum(b["max_new_tokens"] for b in bodies) / 2, (split, steps)  # the steps were shared
+
+
+def test_streams_survive_stage_replicas_killed_20_times(lm):
+    """8 concurrent streams on a split app (2 replicas per stage) while stage replicas are
+    SIGKILLed 20 times, one at a time (each after Serve has replaced the last): no stream fails,
+    each text equals its generation alone (the scheduler re-feeds the prompt and the tokens sent
+    on a live replica). Prints the stall: the longest gap between tokens after each kill."""
+    import os
+    import signal
+    import threading
+
+    from ray.util.state import list_actors
+
+    deploy(lm, split="auto", stages={"num_replicas": 2, "num_cpus": 0.1}, max_new_tokens=1024)
+    prompts = [PROMPT[:k] for k in range(6, 14)]
+    tok, n_new = lm["tokenizer"], 400
+    refs = {p: tok.decode(list(generate(lm["model"], tok.encode(p), n_new))) for p in prompts}
+
+    def stage_replicas() -> list:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return [a for a in alive if a.class_name.startswith(("ServeReplica:lm:stage-0", "ServeReplica:lm:stage-1"))]
+
+    stop, lock = threading.Event(), threading.Lock()
+    streams: list[dict] = []  # prompt, token times, text, error
+    tokens_seen = [0]
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=URL, timeout=120) as http:
+            for k in range(40):  # bounded in count; the test stops it when the kills are done
+                if stop.is_set():
+                    return
+                prompt = prompts[(i + k) % len(prompts)]
+                s = {"prompt": prompt, "times": [], "text": "", "error": None}
+                with lock:
+                    streams.append(s)
+                try:
+                    body = {"prompt": prompt, "max_new_tokens": n_new}
+                    with http.stream("POST", "/v1/models/lm:generate", json=body) as r:
+                        for raw in r.iter_lines():
+                            msg = json.loads(raw) if raw else {}
+                            if "token" in msg:
+                                s["times"].append(time.monotonic())
+                                s["text"] += msg["token"]
+                                with lock:
+                                    tokens_seen[0] += 1
+                            elif "error" in msg:
+                                s["error"] = msg["error"]
+                except httpx.HTTPError as err:
+                    s["error"] = f"{type(err).__name__}: {err}"
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    kills: list[float] = []
+    rng = random.Random(5)
+    try:
+        deadline = time.monotonic() + 600
+        while len(kills) < 20 and time.monotonic() < deadline:
+            replicas = stage_replicas()
+            if len(replicas) < 4 or tokens_seen[0] < (len(kills) + 1) * 200:  # replaced, and streams flowing
+                time.sleep(0.1)
+                continue
+            victim = rng.choice(replicas)
+            kills.append(time.monotonic())
+            os.kill(victim.pid, signal.SIGKILL)
+            while victim.actor_id in {a.actor_id for a in stage_replicas()} and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+    done = [s for s in streams if s["error"] or len(s["times"]) == n_new]
+    failed = [(s["prompt"], s["error"], len(s["times"])) for s in streams if s["error"]]
+    wrong = [s["prompt"] for s in done if not s["error"] and s["text"] != refs[s["prompt"]]]
+    stalls = []
+    for t_kill in kills:
+        gaps = [b - a for s in streams for a, b in zip(s["times"], s["times"][1:]) if t_kill <= b <= t_kill + 30]
+        stalls.append(max(gaps, default=0.0))
+    q = statistics.quantiles(stalls, n=20, method="inclusive") if len(stalls) > 1 else stalls * 19
+    print(
+        f"stage kills: {len(kills)}, streams {len(streams)} ({len(done)} ended), failed {len(failed)}, "
+        f"stall after a kill p50 {statistics.median(stalls):.3f} s p95 {q[18]:.3f} s max {max(stalls):.3f} s"
+    )
+    assert len(kills) == 20
+    assert failed == [] and wrong == [], (failed[:3], wrong[:3])
+    assert len(done) >= 16
