@@ -107,6 +107,72 @@ def _generate(vocab: str, context: int, max_new_tokens: int) -> dict[str, Any]:
     }
 
 
+OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _openai_body(spec: Any, chat: bool) -> dict[str, Any]:
+    """A completions or chat request (serving/openai_api.py) for this language model."""
+    from modelfoundry.serving.openai_api import MAX_N, MAX_STOP, ROLES
+
+    prompt = _generate((spec.tokenizer or {}).get("vocab", ""), spec.config.get("context", 1), 1)["properties"][
+        "prompt"
+    ]
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"type": "string", "enum": sorted(ROLES)}, "content": {"type": "string"}},
+    }
+    text = {"messages": {"type": "array", "items": message, "minItems": 1}} if chat else {"prompt": prompt}
+    stop = {"type": "string", "minLength": 1}
+    return {
+        "type": "object",
+        "required": ["model", "messages" if chat else "prompt"],
+        "properties": {
+            "model": {"type": "string", "enum": [spec.name]},
+            **text,
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": spec.limits.max_new_tokens},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**62},
+            "stop": {"oneOf": [stop, {"type": "array", "items": stop, "maxItems": MAX_STOP}]},
+            "stream": {"type": "boolean"},
+            "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        },
+    }
+
+
+def _openai_paths(paths: dict[str, Any], spec: Any) -> None:
+    """The OpenAI-compatible routes: documented for a language model, left out elsewhere (404)."""
+    for path, chat in (("/v1/completions", False), ("/v1/chat/completions", True)):
+        if "generate" not in spec.verbs:
+            paths.pop(path, None)
+            continue
+        op = paths[path]["post"]
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _openai_body(spec, chat)}}}
+        for response in op["responses"].values():
+            response["content"] = {"application/json": {"schema": OPENAI_ERROR}}
+        op["responses"]["200"] = {
+            "description": "the completion, or (stream: true) server-sent events ending in data: [DONE]",
+            "content": {**JSON_ANSWER, "text/event-stream": {"schema": {"type": "string"}}},
+        }
+
+
 SAMPLE = {
     "type": "object",
     "properties": {
@@ -187,4 +253,5 @@ def document(base: dict[str, Any], spec: Any, names: list[str]) -> dict[str, Any
             paths[f"/v1/models/{name}:{verb}"] = {"post": op}
     if not paths.get("/v1/models/{target}"):
         paths.pop("/v1/models/{target}", None)
+    _openai_paths(paths, spec)
     return doc
