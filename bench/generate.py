@@ -5,13 +5,16 @@ default: 2 blocks x 32 wide, 64 positions, pydocs' vocabulary; or --model from -
 does not depend on the weights):
   (a) fastapi   a hand-written FastAPI + uvicorn + torch process (bench/fastapi_generate.py): the
                 same validation, each request decoded on its own (per-request decoding)
-  (b) mono      the platform's app, the model in the ingress replica, continuous batching
-  (c) split-2   the platform's app split into 2 stage services, a micro-batch per stage in flight
+  (b) litserve  LitServe's continuous-batching loop (bench/peers/litserve_generate.py, from
+                .venv-peers: `make bench-peers`), the same batched step written for it
+  (c) mono      the platform's app, the model in the ingress replica, continuous batching
+  (d) split-2   the platform's app split into 2 stage services, a micro-batch per stage in flight
+  (e) split-2 mb1  the same with one micro-batch (no pipelining), to show what pipelining buys
 Each round runs every setup (in a rotating order) at concurrency 1, 8 and 32: the streams arrive
 within 50 ms and each streams --tokens greedy tokens. Per setup and concurrency: aggregate
 tokens/s, time to first token (TTFT) p50/p99 and inter-token latency (ITL) p50/p99 over every
 stream's tokens, measured by the client; the medians of the rounds, and the ratios to (a) and to
-the setup's own c1. Optionally then training throughput, DDP vs FSDP (2 workers, gloo on CPU).
+the setup's own c1, and the 1-minute load average after each run. Optionally then training throughput, DDP vs FSDP (2 workers, gloo on CPU).
 
     python bench/generate.py [--rounds 3] [--tokens 48] [--preset tiny] [--json] [--train-rounds 0]
 
@@ -33,7 +36,8 @@ from pathlib import Path
 
 from machine import finish, quiet_start  # bench/machine.py (the script's folder is on sys.path)
 
-PORT_SERVE, PORT_BASE = 18450, 18451
+PORT_SERVE, PORT_BASE, PORT_PEER = 18450, 18451, 18452
+PEERS_PY = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
 PROMPT = "The with statement is used to wrap the execution of a block "
 CONCURRENCY = (1, 8, 32)
 
@@ -122,40 +126,53 @@ def serving(args, results: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = publish(f"{tmp}/models", tmp, args.model, args.store, args.preset)
         store, name = str(Path(path).parent.parent), Path(path).parent.name
-        env = {**os.environ, "MODEL_PATH": path, "OMP_NUM_THREADS": "1"}
-        base = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.fastapi_generate:app", "--port", str(PORT_BASE)]
-            + ["--log-level", "warning"],
-            env=env,
-        )
+        env = {**os.environ, "MODEL_PATH": path, "MODEL_NAME": name, "OMP_NUM_THREADS": "1", "PORT": str(PORT_PEER)}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "bench.fastapi_generate:app", "--port", str(PORT_BASE)]
+                + ["--log-level", "warning"],
+                env=env,
+            )
+        ]
+        urls = {"(a) fastapi": f"http://127.0.0.1:{PORT_BASE}/v1/models/{name}:generate"}
+        if PEERS_PY.exists():
+            procs.append(subprocess.Popen([str(PEERS_PY), "bench/peers/litserve_generate.py"], env=env))
+            urls["(b) litserve"] = f"http://127.0.0.1:{PORT_PEER}/v1/models/{name}:generate"
+        else:
+            print(f"NOTE: {PEERS_PY} is missing (`make bench-peers`): the LitServe peer is left out", file=sys.stderr)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
-            for app, extra in (("mono", {}), ("split", {"split": "auto"})):
+            apps = {
+                "(c) mono": {},
+                "(d) split-2": {"split": "auto"},
+                "(e) split-2 mb1": {"split": "auto", "micro_batches": 1},
+            }
+            for i, (label, extra) in enumerate(apps.items()):
                 serve.run(
                     build_app({"store": store, "model": name, **extra}),
-                    name=app,
-                    route_prefix=f"/{app}",
+                    name=f"app{i}",
+                    route_prefix=f"/app{i}",
                     logging_config=QUIET_LOGS,
                 )
-            wait_http(f"http://127.0.0.1:{PORT_BASE}/docs")
-            urls = {
-                "(a) fastapi": f"http://127.0.0.1:{PORT_BASE}/v1/models/{name}:generate",
-                "(b) mono": f"http://127.0.0.1:{PORT_SERVE}/mono/v1/models/{name}:generate",
-                "(c) split-2": f"http://127.0.0.1:{PORT_SERVE}/split/v1/models/{name}:generate",
-            }
+                urls[label] = f"http://127.0.0.1:{PORT_SERVE}/app{i}/v1/models/{name}:generate"
+            health = {"(a) fastapi": "/docs", "(b) litserve": "/health"}
+            for label, url in urls.items():
+                wait_http(url.rsplit("/v1/", 1)[0] + health.get(label, "/healthz"))
             order = list(urls)
             for r in range(args.rounds):
-                for label in order[r % 3 :] + order[: r % 3]:  # rotate who goes first
+                for label in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
                     for c in CONCURRENCY:
                         out = asyncio.run(run_setup(urls[label], c, args.tokens))
+                        out["load1"] = os.getloadavg()[0]
                         results["serving"].setdefault(label, {}).setdefault(str(c), []).append(out)
                         print(
                             f"round {r + 1} {label} c{c}: {json.dumps({k: round(v, 2) for k, v in out.items()})}",
                             file=sys.stderr,
                         )
         finally:
-            base.terminate()
-            base.wait()
+            for p in procs:
+                p.terminate()
+                p.wait()
             serve.shutdown()
 
 
@@ -227,13 +244,16 @@ def main() -> None:
             row["vs_own_c1"] = row["aggregate_tok_s"] / statistics.median(x["aggregate_tok_s"] for x in s[label]["1"])
             table.append(row)
     results["table"] = table
-    head = f"{'setup':13} {'c':>2} {'tok/s':>7} {'TTFT p50':>8} {'p99':>7} {'ITL p50':>7} {'p99':>7} {'vs (a)':>6} {'vs c1':>6}"
+    head = (
+        f"{'setup':16} {'c':>2} {'tok/s':>7} {'TTFT p50':>8} {'p99':>7} {'ITL p50':>7} {'p99':>7} {'vs (a)':>6} "
+        f"{'vs c1':>6} {'load1':>5}"
+    )
     print(head, file=sys.stderr)
     for row in table:
         print(
-            f"{row['setup']:13} {row['c']:>2} {row['aggregate_tok_s']:7.0f} {row['ttft_p50_ms']:8.1f} "
+            f"{row['setup']:16} {row['c']:>2} {row['aggregate_tok_s']:7.0f} {row['ttft_p50_ms']:8.1f} "
             f"{row['ttft_p99_ms']:7.1f} {row['itl_p50_ms']:7.2f} {row['itl_p99_ms']:7.2f} "
-            f"{row['vs_per_request']:5.2f}x {row['vs_own_c1']:5.2f}x",
+            f"{row['vs_per_request']:5.2f}x {row['vs_own_c1']:5.2f}x {row['load1']:5.2f}",
             file=sys.stderr,
         )
     if results["training"]:

@@ -57,7 +57,7 @@ def engine_outputs(model, requests, decoder=None, limits=None, arrive_s=0.2):
 
         async def one(request, delay):
             await asyncio.sleep(delay)
-            return [t async for t in engine.tokens(engine.submit(request))]
+            return [t async for run in engine.tokens(engine.submit(request)) for t in run]
 
         out = await asyncio.gather(*(one(r, rng.random() * arrive_s) for r in requests))
         return out, engine.stats()
@@ -149,10 +149,30 @@ def test_the_kv_budget_bounds_the_rows_and_the_queue_bounds_the_rest():
         with pytest.raises(RequestError) as refused:
             engine.submit(requests[0])
         assert refused.value.status == 429 and refused.value.headers == {"retry-after": "1"}
-        return [[t async for t in engine.tokens(j)] for j in jobs]
+        return [[t async for run in engine.tokens(j) for t in run] for j in jobs]
 
     assert asyncio.run(run()) == [alone(model, r) for r in requests]
     assert max(widest) == 2, widest
+
+
+def test_stop_strings_are_held_back_until_they_cannot_match_and_never_sent():
+    from modelfoundry.serving.openai_reply import StopText
+
+    def run(stops, text):
+        st, sent = StopText(tuple(stops)), []
+        for ch in text:
+            sent.append(st.add(ch))
+            if st.stopped:
+                break
+        return "".join(sent) + ("" if st.stopped else st.flush()), st.stopped, sent
+
+    assert run(["aab"], "xaaab!")[:2] == ("xa", True)
+    assert run(["ab", "bc"], "zzbc")[:2] == ("zz", True)
+    assert run(["END"], "the ENDgame")[:2] == ("the ", True)
+    out, stopped, sent = run(["\n\n", "User:"], "Hi Us. ok\nUse\n\nrest")
+    assert (out, stopped) == ("Hi Us. ok\nUse", True)
+    assert "".join(sent) == out  # the held "\n" of "\n\n" never went out
+    assert run(["zz"], "abc") == ("abc", False, ["a", "b", "c"])  # nothing held without a possible match
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +429,8 @@ def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
         engine = Engine([Failing()], Limits(16, 4, 64, 0))
         job = engine.submit(GenerateRequest([0], 10, 0.0, None, None, True))
         ingress.engine = engine
-        lines = [json.loads(x) async for x in ingress._stream(ingress._counted(engine.tokens(job)), "req-7")]
+        chunks = [x async for x in ingress._stream(ingress._counted(engine.tokens(job)), "req-7")]
+        lines = [json.loads(x) for x in b"".join(chunks).splitlines()]
         return lines, engine.active
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop

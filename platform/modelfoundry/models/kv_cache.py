@@ -9,8 +9,9 @@ every block, a copy as large as the attention's own reads; the dense cache write
 place and attends over a view. Its cost is padding: every row spans the longest reservation of
 the batch (a reservation is a sequence's prompt plus its new tokens, at most the context), which
 is what the scheduler's KV budget counts (rows x capacity), so the memory it allows is the
-memory used. Rows join (copied in once, after their prompt ran alone) and leave (the rest copied
-once) between steps.
+memory used. Rows join (copied in once, after their prompts ran together, right-padded: causal
+attention never lets a real position see the padding after it) and leave (the rest copied once)
+between steps.
 """
 
 from __future__ import annotations
@@ -96,18 +97,22 @@ class BatchCache:
         self.lengths += t
         self._step = None
 
-    def insert(self, key: str, one: Cache, reserve: int) -> None:
-        """A sequence whose positions ran alone (`one`) joins as the last row (leaving its old
-        row first, if it had one); it will hold at most `reserve` positions."""
-        if key in self.keys:
-            self.drop({key})
-        capacity = max(self.capacity, reserve, one.start)
-        for index, (k1, v1) in one.kv.items():
+    def insert(self, keys: list[str], fed: Cache, lengths: list[int], reserves: list[int]) -> None:
+        """Sequences whose positions ran together in `fed` (a batch of prompts, right-padded: row i
+        holds lengths[i] real positions) join as the last rows, in order (leaving their old rows
+        first, if they had any); row i will hold at most reserves[i] positions."""
+        self.drop(set(keys))
+        reserves = [max(r, n) for r, n in zip(reserves, lengths)]
+        capacity = max(self.capacity, *reserves)
+        for index, (k, v) in fed.kv.items():
             old = self.kv.get(index)
-            self.kv[index] = (_append_row(old and old[0], k1, capacity), _append_row(old and old[1], v1, capacity))
-        self.keys.append(key)
-        self.reserve.append(max(reserve, one.start))
-        self.lengths = torch.cat([self.lengths, torch.tensor([one.start])])
+            self.kv[index] = (
+                _append_rows(old and old[0], k, lengths, capacity),
+                _append_rows(old and old[1], v, lengths, capacity),
+            )
+        self.keys += keys
+        self.reserve += reserves
+        self.lengths = torch.cat([self.lengths, torch.tensor(lengths, dtype=torch.long)])
         self._step = None
 
     def drop(self, keys: set[str]) -> None:
@@ -128,13 +133,14 @@ class BatchCache:
             self.kv[index] = (k[rows, :, :capacity].contiguous(), v[rows, :, :capacity].contiguous())
 
 
-def _append_row(batch: torch.Tensor | None, one: torch.Tensor, capacity: int) -> torch.Tensor:
-    """batch (rows, heads, cap, dim) grown to `capacity` positions, with `one` (1, heads, t, dim)
-    as a new last row."""
-    row = one.new_zeros(1, one.shape[1], capacity, one.shape[3])
-    row[:, :, : one.shape[2]] = one
-    if batch is None:
-        return row
+def _append_rows(batch: torch.Tensor | None, fed: torch.Tensor, lengths: list[int], capacity: int) -> torch.Tensor:
+    """batch (rows, heads, cap, dim) grown to `capacity` positions, with the first lengths[i]
+    positions of fed's row i (fed: (n, heads, t, dim)) as new last rows."""
+    rows = fed.new_zeros(len(lengths), fed.shape[1], capacity, fed.shape[3])
+    for i, n in enumerate(lengths):
+        rows[i, :, :n] = fed[i, :, :n]
+    if batch is None or not len(batch):
+        return rows
     if batch.shape[2] < capacity:
         batch = torch.cat([batch, batch.new_zeros(*batch.shape[:2], capacity - batch.shape[2], batch.shape[3])], 2)
-    return torch.cat([batch, row])
+    return torch.cat([batch, rows])

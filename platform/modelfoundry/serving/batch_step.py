@@ -35,9 +35,11 @@ class StepMessage:
 
 @torch.inference_mode()
 def run_step(modules: list[nn.Module], batch: BatchCache, msg: StepMessage, last: bool, device) -> StepMessage | None:
-    """The step on this group; None when `batch` does not hold exactly msg.keys after the drops
-    (a replica that lost or never had the micro-batch: the caller re-feeds every sequence). The
-    last group answers each row's next-token logits, (rows, vocab) and (vocab,) per prefill."""
+    """The step on this group: the running rows advance one position together, then the joining
+    prompts run together (right-padded) and join. None when `batch` does not hold exactly msg.keys
+    after the drops (a replica that lost or never had the micro-batch: the caller re-feeds every
+    sequence). The last group answers each row's next-token logits, (rows, vocab) and (vocab,) per
+    prefill."""
     batch.drop({*msg.drop, *(p.key for p in msg.prefill)})
     if tuple(batch.keys) != msg.keys:
         return None
@@ -46,12 +48,22 @@ def run_step(modules: list[nn.Module], batch: BatchCache, msg: StepMessage, last
         out = run_group(modules, torch.from_numpy(np.ascontiguousarray(msg.x)).to(device), batch)
         x = _host(out[:, -1] if last else out)
     prefill = []
-    for p in msg.prefill:
-        one = Cache()
-        out = run_group(modules, torch.from_numpy(np.ascontiguousarray(p.x)).to(device), one)
-        batch.insert(p.key, one, p.reserve)
-        prefill.append(replace(p, x=_host(out[0, -1] if last else out)))
+    if msg.prefill:  # the joining prompts in one forward pass, right-padded
+        lengths = [p.x.shape[1] for p in msg.prefill]
+        fed = Cache()
+        out = run_group(modules, torch.from_numpy(_padded([p.x for p in msg.prefill], max(lengths))).to(device), fed)
+        batch.insert([p.key for p in msg.prefill], fed, lengths, [p.reserve for p in msg.prefill])
+        for i, (p, n) in enumerate(zip(msg.prefill, lengths)):
+            prefill.append(replace(p, x=_host(out[i, n - 1] if last else out[i : i + 1, :n])))
     return replace(msg, x=x, prefill=tuple(prefill))
+
+
+def _padded(xs: list[np.ndarray], t: int) -> np.ndarray:
+    """(1, t_i, ...) arrays as one (n, t, ...) array, zeros after each."""
+    out = np.zeros((len(xs), t, *xs[0].shape[2:]), dtype=xs[0].dtype)
+    for i, x in enumerate(xs):
+        out[i, : x.shape[1]] = x[0]
+    return out
 
 
 def _host(t: torch.Tensor) -> np.ndarray:

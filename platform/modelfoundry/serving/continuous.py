@@ -224,17 +224,23 @@ class Engine:
         self.check()
         return min(self.schedulers, key=lambda s: s.active).submit(request)
 
-    async def tokens(self, job: Job) -> AsyncIterator[int]:
-        """The job's new token ids as they come; leaving early (the client went) frees its row at
-        the next step."""
+    async def tokens(self, job: Job) -> AsyncIterator[list[int]]:
+        """The job's new token ids as they come, in runs: every token made since the last read
+        (one per step while the reader keeps up; more when it lags, so a loaded replica sends
+        fewer, larger chunks). Leaving early (the client went) frees its row at the next step."""
         try:
             while True:
-                item = await job.queue.get()
-                if item is _END:
+                items = [await job.queue.get()]
+                while not job.queue.empty():
+                    items.append(job.queue.get_nowait())
+                run = [t for t in items if isinstance(t, int)]
+                if run:
+                    yield run
+                last = items[-1]
+                if last is _END:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+                if isinstance(last, BaseException):
+                    raise last
         finally:
             job.cancel()
 

@@ -74,13 +74,17 @@ def parse_generate(data: dict[str, Any], tokenizer, context: int, max_new_tokens
 
 
 async def json_lines(
-    token_ids: AsyncIterator[int], tokenizer, summary: Callable[[list[int]], dict[str, Any]]
+    runs: AsyncIterator[list[int]], tokenizer, summary: Callable[[list[int]], dict[str, Any]]
 ) -> AsyncIterator[bytes]:
-    """The stream: one {"token", "index"} line per token as it comes, then summary(ids)."""
+    """The stream: one {"token", "index"} line per token, a chunk per run of tokens as they come
+    (serving/continuous.Engine.tokens), then summary(ids)."""
     ids: list[int] = []
-    async for t in token_ids:
-        ids.append(t)
-        yield line({"token": tokenizer.decode([t]), "index": len(ids) - 1})
+    async for run in runs:
+        lines = []
+        for t in run:
+            ids.append(t)
+            lines.append(line({"token": tokenizer.decode([t]), "index": len(ids) - 1}))
+        yield b"".join(lines)
     yield line(summary(ids))
 
 

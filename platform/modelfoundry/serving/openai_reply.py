@@ -78,13 +78,17 @@ async def _pieces(ing, c: Completion, jobs) -> AsyncIterator[tuple[int, str, str
     async def run(i: int, job) -> None:
         text, made = StopText(c.stop), 0
         try:
-            async for token in ing._counted(ing.engine.tokens(job)):
-                made += 1
-                piece = text.add(ing.tokenizer.decode([token]))
-                if text.stopped:
-                    break
+            async for run in ing._counted(ing.engine.tokens(job)):
+                piece = ""
+                for token in run:
+                    made += 1
+                    piece += text.add(ing.tokenizer.decode([token]))
+                    if text.stopped:
+                        break
                 if piece:
                     await queue.put((i, piece, None, made))
+                if text.stopped:
+                    break
             await queue.put((i, text.flush(), "stop" if text.stopped else "length", made))
         except Exception as err:  # the engine failed this choice
             await queue.put(err)

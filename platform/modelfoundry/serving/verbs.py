@@ -67,7 +67,7 @@ class Verbs:
         token_ids = self._counted(self.engine.tokens(job))
         if not request.stream:
             try:
-                ids = [t async for t in token_ids]
+                ids = [t async for run in token_ids for t in run]
             finally:
                 job.cancel()
             return JSONResponse(self._summary(ids))
@@ -87,11 +87,11 @@ class Verbs:
         finally:
             await token_ids.aclose()
 
-    async def _counted(self, token_ids):
-        """The tokens, counted as they are made (metadata's generated_tokens)."""
-        async for t in token_ids:
-            self.generated_tokens += 1
-            yield t
+    async def _counted(self, runs):
+        """The runs of tokens, counted as they are made (metadata's generated_tokens)."""
+        async for run in runs:
+            self.generated_tokens += len(run)
+            yield run
 
     def _summary(self, ids: list[int]) -> dict:
         return {
