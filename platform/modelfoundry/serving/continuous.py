@@ -80,7 +80,9 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self.running) + len(self.waiting)
+        """Generations running or waiting; one that finished or whose client left no longer
+        counts, though its row leaves the batch at the next step."""
+        return sum(not j.gone for j in self.running) + sum(not j.gone for j in self.waiting)
 
     def submit(self, request: GenerateRequest) -> Job:
         ctx = self.limits.context
