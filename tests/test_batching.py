@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from aio import run_async
 from modelfoundry.serving.batching import AdaptiveBatcher
 
 HOUR = 3600.0  # a wait no test could sit out: a test that passes did not wait
@@ -53,7 +54,7 @@ def test_a_lone_request_runs_at_once_even_with_a_long_wait_bound():
         assert await batcher(5) == 10
         assert gate.batches == [[21], [5]]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_requests_queued_while_a_batch_runs_go_together_up_to_max_batch_size():
@@ -66,7 +67,7 @@ def test_requests_queued_while_a_batch_runs_go_together_up_to_max_batch_size():
         assert gate.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
         assert batcher.batch_sizes == [1, 4, 4, 1]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_batch_with_company_waits_for_more_until_it_is_full():
@@ -84,7 +85,7 @@ def test_a_batch_with_company_waits_for_more_until_it_is_full():
         assert await asyncio.gather(first, *two, third) == [0, 2, 4, 6]
         assert gate.batches == [[0], [1, 2, 3]]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
@@ -109,7 +110,7 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
         with pytest.raises(RuntimeError, match="returned 0 results for 1 inputs"):
             await wrong(1)
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_caller_that_went_away_is_left_out_of_the_next_batch():
@@ -122,7 +123,7 @@ def test_a_caller_that_went_away_is_left_out_of_the_next_batch():
         assert await asyncio.gather(first, kept) == [0, 4]
         assert gate.batches == [[0], [2]]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_bad_settings_are_refused():

@@ -138,7 +138,7 @@ def test_every_serve_config_passes_serves_own_schema_and_its_builders_args(monke
 
     monkeypatch.syspath_prepend(str(ROOT))  # import_path modules, as `serve` finds them from the project root
     configs = _serve_configs()
-    assert len(configs) == 8
+    assert len(configs) == 9
     for name, cfg in configs:
         ServeDeploySchema.model_validate(cfg)  # raises on any violation
         assert cfg["http_options"]["host"] == ("0.0.0.0" if name.startswith("rayservice") else "127.0.0.1"), name

@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+from aio import run_async
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.data.text import CharTokenizer
 from modelfoundry.models import build_model
 from modelfoundry.models.transformer import generate
-from modelfoundry.serving.continuous import Engine, Limits, LocalDecoder
+from modelfoundry.serving.continuous import Engine, Limits
+from modelfoundry.serving.decoders import LocalDecoder
 from modelfoundry.serving.generation import GenerateRequest
 from modelfoundry.store import export
 from modelfoundry.store.checkpoint import write_checkpoint
@@ -62,7 +64,7 @@ def engine_outputs(model, requests, decoder=None, limits=None, arrive_s=0.2):
         out = await asyncio.gather(*(one(r, rng.random() * arrive_s) for r in requests))
         return out, engine.stats()
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def mixed_requests(vocab: int, n: int, seed: int = 0) -> list[GenerateRequest]:
@@ -107,7 +109,7 @@ def test_continuous_batching_equals_each_request_alone_token_for_token():
 def test_a_decoder_that_loses_its_caches_costs_a_refeed_never_a_token():
     """A decoder that loses the micro-batch's caches every 7th step (a stage replica replaced):
     the scheduler re-feeds every row and each text is still its text alone."""
-    from modelfoundry.serving.continuous import DecoderLost
+    from modelfoundry.serving.decoders import DecoderLost
 
     model = lively_model(40)
     runner = types.SimpleNamespace(stage_modules=model.stages(), device=torch.device("cpu"))
@@ -151,7 +153,7 @@ def test_the_kv_budget_bounds_the_rows_and_the_queue_bounds_the_rest():
         assert refused.value.status == 429 and refused.value.headers == {"retry-after": "1"}
         return [[t async for run in engine.tokens(j) for t in run] for j in jobs]
 
-    assert asyncio.run(run()) == [alone(model, r) for r in requests]
+    assert run_async(run()) == [alone(model, r) for r in requests]
     assert max(widest) == 2, widest
 
 
@@ -242,7 +244,7 @@ def test_split_generation_with_two_replicas_per_stage_equals_monolithic(lm):
     async def many():
         return await asyncio.gather(*(one() for _ in range(6)))
 
-    assert asyncio.run(many()) == [lm["expected"]] * 6
+    assert run_async(many()) == [lm["expected"]] * 6
     assert c.get("/healthz").status_code == 200
 
 
@@ -356,16 +358,17 @@ def test_generation_limits_tiny_temperatures_and_content_types(lm):
         else:
             r = c.post("/v1/models/lm:generate", json=body)
             assert r.status_code == 200 and r.json()["text"] == lm["expected"][:8], r.text
-    # the last stream's slot comes back when its generator ends on the replica, which can be just
-    # after the client read its last line: wait for it, or this next stream is the one refused
+    # one slot, no queue: of a burst of 6 requests arriving together, those that find the slot
+    # taken are refused at once (a generation here takes ~40 steps of 4 stage hops each)
     wait_for_no_active_generation(c)
-    with c.stream("POST", "/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 1024}) as r:
-        assert r.status_code == 200, r.read()
-        next(r.iter_lines())  # the one slot is taken while this stream runs
-        busy = c.post("/v1/models/lm:generate", json={"prompt": PROMPT, "max_new_tokens": 4})
-        assert busy.status_code == 429 and busy.headers["retry-after"] == "1", busy.text
-        assert "1 generations are running or queued on this replica" in busy.json()["error"]
-    wait_for_no_active_generation(c)  # the client left: its slot comes back
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        burst = list(pool.map(lambda _: c.post("/v1/models/lm:generate", json={"prompt": PROMPT}), range(6)))
+    busy = [r for r in burst if r.status_code == 429]
+    assert busy and all(r.status_code == 200 for r in burst if r not in busy), [r.status_code for r in burst]
+    assert all(r.json()["text"] == lm["expected"][: r.json()["tokens"]] for r in burst if r not in busy)
+    assert busy[0].headers["retry-after"] == "1", busy[0].text
+    assert "1 generations are running or queued on this replica" in busy[0].json()["error"]
+    wait_for_no_active_generation(c)  # the slot comes back
     assert stream_lines(c, {"prompt": PROMPT, "max_new_tokens": 3})[-1]["tokens"] == 3
     r = c.post("/v1/models/lm:generate", content=json.dumps({"prompt": "a"}), headers={"content-type": "text/plain"})
     assert r.status_code == 415
@@ -433,8 +436,7 @@ def test_a_failure_mid_stream_ends_it_with_the_request_id_never_the_exception():
         lines = [json.loads(x) for x in b"".join(chunks).splitlines()]
         return lines, engine.active
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop
-        lines, active = pool.submit(asyncio.run, run()).result()
+    lines, active = run_async(run())
     assert [x.get("token") for x in lines[:2]] == ["b", "b"]
     assert lines[-1] == {"error": "generation failed (request id req-7)"} and active == 0
 
@@ -521,8 +523,35 @@ def test_openai_chat_sync_and_async_streaming(openai_app):
         await aclient.close()
         return whole.choices[0].text, "".join(parts)
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the page test's browser holds this thread's loop
-        assert pool.submit(asyncio.run, run()).result() == (lm["expected"], expected)
+    assert run_async(run()) == (lm["expected"], expected)
+
+
+def test_the_shipped_writer_config_starts_and_answers_the_openai_client(lm):
+    """serve_apps/writer.yaml's application, built by its import_path's builder from its args
+    (pointed at this store and model), as `serve run` starts it."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import openai
+    import yaml
+    from ray import serve
+
+    root = Path(__file__).resolve().parent.parent
+    app_cfg = yaml.safe_load((root / "serve_apps" / "writer.yaml").read_text())["applications"][0]
+    sys.path.insert(0, str(root))
+    try:
+        module, _, attr = app_cfg["import_path"].partition(":")
+        builder = getattr(importlib.import_module(module), attr)
+    finally:
+        sys.path.remove(str(root))
+    args = {**app_cfg["args"], "store": lm["store"], "model": "lm"}
+    serve.run(builder(builder.__annotations__["args"].model_validate(args)), name="lm", route_prefix="/")
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key="none", max_retries=0)
+    r = client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
+    assert r.choices[0].text == lm["expected"]
+    meta = httpx.get(f"{URL}/v1/models/lm").json()["generate"]
+    assert (meta["max_new_tokens"], meta["max_generations"], meta["max_queued_generations"]) == (512, 64, 256)
 
 
 def test_openai_errors_have_openai_types_and_shape(openai_app):
@@ -561,17 +590,20 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="lm", messages=[{"role": "robot", "content": "hi"}])
     assert err.value.param == "messages"
-    # two rows, no queue: a third generation is refused with 429 (RateLimitError) while two stream
-    held = [
-        client.completions.create(model="lm", prompt=PROMPT, max_tokens=1000, temperature=0, stream=True)
-        for _ in range(2)
-    ]
-    for s in held:
-        next(iter(s))
-    with pytest.raises(openai.RateLimitError):
-        client.completions.create(model="lm", prompt="a", max_tokens=2)
-    for s in held:
-        s.close()
+
+    # two rows, no queue: of a burst of 8 completions arriving together, those beyond the two
+    # running are refused with 429 (the client's RateLimitError), the others answer in full
+    def complete(_):
+        try:
+            return client.completions.create(model="lm", prompt=PROMPT, max_tokens=1000, temperature=0)
+        except openai.RateLimitError as e:
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        burst = list(pool.map(complete, range(8)))
+    refused = [r for r in burst if isinstance(r, openai.RateLimitError)]
+    assert refused and refused[0].type == "rate_limit_error", burst
+    assert all(r.choices[0].text == lm["expected"][: r.usage.completion_tokens] for r in burst if r not in refused)
     c = httpx.Client(base_url=URL, timeout=60, headers={"authorization": f"Bearer {KEY}"})
     wait_for_no_active_generation(c)
     assert client.completions.create(model="lm", prompt="a", max_tokens=2).usage.completion_tokens == 2
@@ -621,7 +653,7 @@ def test_continuous_batching_over_http_equals_alone_monolithic_and_split(lm):
     for split in (None, "auto"):
         c = deploy(lm, split=split)
         before = c.get("/v1/models/lm").json()["generate"]["steps"]
-        assert asyncio.run(many()) == expected, split
+        assert run_async(many()) == expected, split
         steps = c.get("/v1/models/lm").json()["generate"]["steps"] - before
         assert steps < sum(b["max_new_tokens"] for b in bodies) / 2, (split, steps)  # the steps were shared
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from aio import run_async
 from modelfoundry.config import DataSection
 from modelfoundry.data import load_splits
 from modelfoundry.models import build_model, set_normalization
@@ -337,7 +338,7 @@ def test_autoscaling_rises_under_load_and_falls_back(served):
         return sent
 
     assert _running_replicas("Ingress") == 1
-    sent = asyncio.run(load(150))  # stops as soon as a second replica is RUNNING
+    sent = run_async(load(150))  # stops as soon as a second replica is RUNNING
     peak = _running_replicas("Ingress")
     from ray import serve
 

@@ -4,7 +4,7 @@ step they join), drops finished and abandoned ones at once, and budgets the KV c
 holds (rows x the longest reservation, models/kv_cache.BatchCache), not a request count; beyond
 the running rows a bounded queue waits, beyond the queue a 429 with Retry-After.
 
-What a step runs on is a decoder: the model in this process (LocalDecoder), or the stage
+What a step runs on is a decoder (serving/decoders.py): the model in this process, or the stage
 services in order (RemoteDecoder: each stage holds its blocks' rows of the micro-batch). A split
 app runs several schedulers, one per micro-batch, whose steps overlap in the stages (pipeline
 parallel). Each sequence's token ids live here (models.transformer.Sequence), so a decoder that
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from modelfoundry.models.kv_cache import BatchCache
 from modelfoundry.models.transformer import Sequence, next_token
-from modelfoundry.serving.batch_step import Prefill, StepMessage, run_step
+from modelfoundry.serving.batch_step import Prefill, StepMessage
+from modelfoundry.serving.decoders import DecoderLost
 from modelfoundry.serving.generation import GenerateRequest
 from modelfoundry.serving.requests import RequestError
 
@@ -38,10 +38,6 @@ RECOVERY_S = 120.0  # how long a micro-batch keeps re-trying stages that fail be
 _END = object()
 
 log = logging.getLogger("ray.serve")
-
-
-class DecoderLost(Exception):
-    """The decoder lost the micro-batch's caches (a stage replica died or is a new one)."""
 
 
 @dataclass(eq=False)
@@ -253,49 +249,3 @@ class Engine:
             "micro_batches": len(self.schedulers),
             "steps": sum(s.steps for s in self.schedulers),
         }
-
-
-class LocalDecoder:
-    """The whole model in this process; the step runs in a thread, off the event loop."""
-
-    def __init__(self, runner) -> None:
-        self.runner = runner
-        self.batch = "local"
-        self.cache = BatchCache()
-
-    async def run(self, msg: StepMessage) -> StepMessage:
-        out = await asyncio.to_thread(run_step, self.runner.stage_modules, self.cache, msg, True, self.runner.device)
-        assert out is not None, "the local batch cache holds every row"
-        return out
-
-    def reset(self) -> None:
-        self.cache = BatchCache()
-
-
-class RemoteDecoder:
-    """The stage services in order, each holding its blocks' rows of this micro-batch (found again
-    by Serve's multiplexed routing on the batch id)."""
-
-    def __init__(self, handles: list) -> None:
-        self.handles = handles
-        self.reset()
-
-    def reset(self) -> None:
-        """A new batch id: the next step starts fresh caches, wherever Serve routes it; the old
-        one's rows are freed where they still live."""
-        old = getattr(self, "batch", None)
-        if old is not None:
-            for h in self.handles:
-                h.options(method_name="end_batch", multiplexed_model_id=old).remote()
-        self.batch = uuid.uuid4().hex
-        self.calls = [h.options(method_name="decode_step", multiplexed_model_id=self.batch) for h in self.handles]
-
-    async def run(self, msg: StepMessage) -> StepMessage:
-        for call in self.calls:
-            try:
-                msg = await call.remote(msg)
-            except Exception as err:  # the replica died mid-call, or could not be reached
-                raise DecoderLost(f"{type(err).__name__}: {str(err)[:200]}") from err
-            if msg is None:
-                raise DecoderLost("a stage replica does not hold the micro-batch")
-        return msg

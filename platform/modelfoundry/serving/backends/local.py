@@ -16,7 +16,7 @@ from modelfoundry.models.stages import resolve_split
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends import services, split
 from modelfoundry.serving.backends.base import Backend, BuildContext, finite
-from modelfoundry.serving.continuous import LocalDecoder
+from modelfoundry.serving.decoders import LocalDecoder
 from modelfoundry.serving.explain import ExplainRequest, integrated_gradients
 from modelfoundry.serving.runner import ModelRunner
 from modelfoundry.serving.spec import IngressSpec

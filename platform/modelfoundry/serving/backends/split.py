@@ -13,7 +13,7 @@ from ray.serve import Application
 
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends.base import Backend, BuildContext, finite
-from modelfoundry.serving.continuous import RemoteDecoder
+from modelfoundry.serving.decoders import RemoteDecoder
 from modelfoundry.serving.explain import ExplainRequest, integrated_gradients, stage_chain
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.stage import Stage
