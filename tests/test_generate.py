@@ -362,7 +362,8 @@ def test_generation_limits_tiny_temperatures_and_content_types(lm):
     # taken are refused at once (a generation here takes ~40 steps of 4 stage hops each)
     wait_for_no_active_generation(c)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        burst = list(pool.map(lambda _: c.post("/v1/models/lm:generate", json={"prompt": PROMPT}), range(6)))
+        body = {"prompt": PROMPT, "max_new_tokens": 64, "stream": False}
+        burst = list(pool.map(lambda _: c.post("/v1/models/lm:generate", json=body), range(6)))
     busy = [r for r in burst if r.status_code == 429]
     assert busy and all(r.status_code == 200 for r in burst if r not in busy), [r.status_code for r in burst]
     assert all(r.json()["text"] == lm["expected"][: r.json()["tokens"]] for r in burst if r not in busy)
@@ -451,10 +452,17 @@ def text_alone(lm, prompt: str, n: int, temperature: float = 0.0, seed: int | No
 
 
 @pytest.fixture(scope="module")
-def openai_app(lm, tmp_path_factory):
+def keys_file(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys"
     keys.write_text(KEY + "\n")
-    deploy(lm, max_generations=2, max_queued_generations=0, api_keys_file=str(keys))
+    return str(keys)
+
+
+@pytest.fixture
+def openai_app(lm, keys_file):
+    """Deployed for each test (another test may have replaced the app; an unchanged config is
+    left running as it is)."""
+    deploy(lm, max_generations=2, max_queued_generations=0, api_keys_file=keys_file)
     return lm
 
 
@@ -603,7 +611,9 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
         burst = list(pool.map(complete, range(8)))
     refused = [r for r in burst if isinstance(r, openai.RateLimitError)]
     assert refused and refused[0].type == "rate_limit_error", burst
-    assert all(r.choices[0].text == lm["expected"][: r.usage.completion_tokens] for r in burst if r not in refused)
+    assert all(
+        r.choices[0].text == openai_app["expected"][: r.usage.completion_tokens] for r in burst if r not in refused
+    )
     c = httpx.Client(base_url=URL, timeout=60, headers={"authorization": f"Bearer {KEY}"})
     wait_for_no_active_generation(c)
     assert client.completions.create(model="lm", prompt="a", max_tokens=2).usage.completion_tokens == 2
