@@ -603,7 +603,7 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
     # running are refused with 429 (the client's RateLimitError), the others answer in full
     def complete(_):
         try:
-            return client.completions.create(model="lm", prompt=PROMPT, max_tokens=1000, temperature=0)
+            return client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
         except openai.RateLimitError as e:
             return e
 
