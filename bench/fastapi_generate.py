@@ -26,9 +26,10 @@ app = FastAPI()
 
 
 async def tokens(req):
+    """The request's tokens, each as a run of one (json_lines' input), decoded alone."""
     steps = decode(runner.model, req.prompt_ids, req.max_new_tokens, req.temperature, req.top_k, req.seed)
     while (token := await asyncio.to_thread(next, steps, None)) is not None:
-        yield token
+        yield [token]
 
 
 @app.post("/v1/models/{target}")

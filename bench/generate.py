@@ -118,7 +118,41 @@ def wait_http(url: str, deadline_s: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer in {deadline_s} s")
 
 
+class Peer:
+    """The LitServe peer, started for its own turn only: LitServe 0.2.19's worker loop spins a core
+    while idle (litserve/loops/base.py: `while True: await self.run(...); await asyncio.sleep(0)`),
+    which would load the machine under every other setup. Stopped with its process group (its
+    workers are multiprocessing children)."""
+
+    def __init__(self, env: dict, health: str) -> None:
+        self.env, self.health, self.proc = env, health, None
+
+    def __enter__(self):
+        cmd = [str(PEERS_PY), "bench/peers/litserve_generate.py"]
+        self.proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        wait_http(self.health)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
 def serving(args, results: dict) -> None:
+    import contextlib
+
     from ray import serve
 
     from modelfoundry.serving.apps import QUIET_LOGS, build_app
@@ -127,17 +161,17 @@ def serving(args, results: dict) -> None:
         path = publish(f"{tmp}/models", tmp, args.model, args.store, args.preset)
         store, name = str(Path(path).parent.parent), Path(path).parent.name
         env = {**os.environ, "MODEL_PATH": path, "MODEL_NAME": name, "OMP_NUM_THREADS": "1", "PORT": str(PORT_PEER)}
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "bench.fastapi_generate:app", "--port", str(PORT_BASE)]
-                + ["--log-level", "warning"],
-                env=env,
-            )
-        ]
+        base = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.fastapi_generate:app", "--host", "127.0.0.1"]
+            + ["--port", str(PORT_BASE), "--log-level", "warning"],
+            env=env,
+            start_new_session=True,
+        )
         urls = {"(a) fastapi": f"http://127.0.0.1:{PORT_BASE}/v1/models/{name}:generate"}
+        turn = {label: contextlib.nullcontext for label in urls}
         if PEERS_PY.exists():
-            procs.append(subprocess.Popen([str(PEERS_PY), "bench/peers/litserve_generate.py"], env=env))
             urls["(b) litserve"] = f"http://127.0.0.1:{PORT_PEER}/v1/models/{name}:generate"
+            turn["(b) litserve"] = lambda: Peer(env, f"http://127.0.0.1:{PORT_PEER}/health")
         else:
             print(f"NOTE: {PEERS_PY} is missing (`make bench-peers`): the LitServe peer is left out", file=sys.stderr)
         try:
@@ -155,24 +189,25 @@ def serving(args, results: dict) -> None:
                     logging_config=QUIET_LOGS,
                 )
                 urls[label] = f"http://127.0.0.1:{PORT_SERVE}/app{i}/v1/models/{name}:generate"
-            health = {"(a) fastapi": "/docs", "(b) litserve": "/health"}
+                turn[label] = contextlib.nullcontext
+            wait_http(f"http://127.0.0.1:{PORT_BASE}/docs")
             for label, url in urls.items():
-                wait_http(url.rsplit("/v1/", 1)[0] + health.get(label, "/healthz"))
+                if label in apps:
+                    wait_http(url.rsplit("/v1/", 1)[0] + "/healthz")
             order = list(urls)
             for r in range(args.rounds):
                 for label in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
-                    for c in CONCURRENCY:
-                        out = asyncio.run(run_setup(urls[label], c, args.tokens))
-                        out["load1"] = os.getloadavg()[0]
-                        results["serving"].setdefault(label, {}).setdefault(str(c), []).append(out)
-                        print(
-                            f"round {r + 1} {label} c{c}: {json.dumps({k: round(v, 2) for k, v in out.items()})}",
-                            file=sys.stderr,
-                        )
+                    with turn[label]():
+                        for c in CONCURRENCY:
+                            out = asyncio.run(run_setup(urls[label], c, args.tokens))
+                            out["load1"] = os.getloadavg()[0]
+                            results["serving"].setdefault(label, {}).setdefault(str(c), []).append(out)
+                            print(
+                                f"round {r + 1} {label} c{c}: {json.dumps({k: round(v, 2) for k, v in out.items()})}",
+                                file=sys.stderr,
+                            )
         finally:
-            for p in procs:
-                p.terminate()
-                p.wait()
+            stop_group(base)
             serve.shutdown()
 
 

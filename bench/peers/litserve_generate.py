@@ -100,4 +100,4 @@ if __name__ == "__main__":
         loop=ContinuousBatchingLoop(max_sequence_length=MAX_NEW_TOKENS),
     )
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
-    server.run(port=int(os.environ.get("PORT", "8300")), generate_client_file=False)
+    server.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8300")), generate_client_file=False)
