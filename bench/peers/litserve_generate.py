@@ -73,6 +73,9 @@ class Generate(ls.LitAPI):
         )
         self.leaving = []
         out = run_step(self.runner.stage_modules, self.cache, msg, True, self.runner.device)
+        # the cache's row order: the rows that decoded, then those that (re)fed a window (a
+        # sequence past the context re-feeds its last window and moves to the end)
+        self.running = {k: self.running[k] for k in (*keys, *(p.key for p in prefill))}
         rows = [*zip(keys, out.x if out.x is not None else []), *((p.key, p.x) for p in out.prefill)]
         outputs = []
         for uid, logits in rows:
