@@ -1,5 +1,6 @@
 """What every bench records about the machine it ran on, and how it compares setups fairly.
 
+(Notes go to stderr: stdout stays for a bench's results, e.g. `--json`.)
 - `quiet_start()`: the load average and CPU count before the run. It waits (up to `patience_s`)
   for the 1-minute load average to fall to `max_load` (1.0 by default), and flags the run when it
   does not: on a 2-core box a busy start made the serving table 2-4x too pessimistic.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 
@@ -43,19 +45,28 @@ def quiet_start(max_load: float = MAX_LOAD, patience_s: float = 120.0) -> dict:
         print(
             f"WARNING: load average {start['load'][0]} > {max_load} at start ({start['cpus']} CPUs): "
             "the figures of this run are flagged as taken on a busy machine",
+            file=sys.stderr,
             flush=True,
         )
     else:
-        print(f"machine: load {start['load']} with {start['cpus']} CPUs at {start['time']}", flush=True)
+        print(
+            f"machine: load {start['load']} with {start['cpus']} CPUs at {start['time']}", file=sys.stderr, flush=True
+        )
     return start
 
 
 def finish(start: dict) -> dict:
     end = snapshot()
     record = {"before": start, "after": end, "flagged": start["busy_at_start"]}
-    print(f"machine: load {start['load']} before, {end['load']} after ({end['cpus']} CPUs)", flush=True)
+    print(
+        f"machine: load {start['load']} before, {end['load']} after ({end['cpus']} CPUs)", file=sys.stderr, flush=True
+    )
     if record["flagged"]:
-        print(f"FLAGGED: the load average was above {start['max_load']} at start; rerun on a quiet machine", flush=True)
+        print(
+            f"FLAGGED: the load average was above {start['max_load']} at start; rerun on a quiet machine",
+            file=sys.stderr,
+            flush=True,
+        )
     return record
 
 
