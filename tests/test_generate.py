@@ -359,14 +359,14 @@ def test_generation_limits_tiny_temperatures_and_content_types(lm):
             r = c.post("/v1/models/lm:generate", json=body)
             assert r.status_code == 200 and r.json()["text"] == lm["expected"][:8], r.text
     # one slot, no queue: of a burst of 6 requests arriving together, those that find the slot
-    # taken are refused at once (a generation here takes ~40 steps of 4 stage hops each)
+    # taken are refused at once (a generation here takes 300 steps of 4 stage hops each)
     wait_for_no_active_generation(c)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        body = {"prompt": PROMPT, "max_new_tokens": 64, "stream": False}
+        body = {"prompt": PROMPT, "max_new_tokens": 300, "stream": False}
         burst = list(pool.map(lambda _: c.post("/v1/models/lm:generate", json=body), range(6)))
     busy = [r for r in burst if r.status_code == 429]
     assert busy and all(r.status_code == 200 for r in burst if r not in busy), [r.status_code for r in burst]
-    assert all(r.json()["text"] == lm["expected"][: r.json()["tokens"]] for r in burst if r not in busy)
+    assert all(r.json()["text"][:100] == lm["expected"] for r in burst if r not in busy)  # greedy: its prefix
     assert busy[0].headers["retry-after"] == "1", busy[0].text
     assert "1 generations are running or queued on this replica" in busy[0].json()["error"]
     wait_for_no_active_generation(c)  # the slot comes back
@@ -603,7 +603,7 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
     # running are refused with 429 (the client's RateLimitError), the others answer in full
     def complete(_):
         try:
-            return client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
+            return client.completions.create(model="lm", prompt=PROMPT, max_tokens=400, temperature=0)
         except openai.RateLimitError as e:
             return e
 
@@ -612,7 +612,9 @@ def test_openai_errors_have_openai_types_and_shape(openai_app):
     refused = [r for r in burst if isinstance(r, openai.RateLimitError)]
     assert refused and refused[0].type == "rate_limit_error", burst
     assert all(
-        r.choices[0].text == openai_app["expected"][: r.usage.completion_tokens] for r in burst if r not in refused
+        r.choices[0].text[:100] == openai_app["expected"] and r.usage.completion_tokens == 400
+        for r in burst
+        if r not in refused
     )
     c = httpx.Client(base_url=URL, timeout=60, headers={"authorization": f"Bearer {KEY}"})
     wait_for_no_active_generation(c)
