@@ -168,7 +168,7 @@ def serving(args, results: dict) -> None:
             start_new_session=True,
         )
         urls = {"(a) fastapi": f"http://127.0.0.1:{PORT_BASE}/v1/models/{name}:generate"}
-        turn = {label: contextlib.nullcontext for label in urls}
+        turn = {}  # what a setup needs running during its own turn only (default: nothing)
         if PEERS_PY.exists():
             urls["(b) litserve"] = f"http://127.0.0.1:{PORT_PEER}/v1/models/{name}:generate"
             turn["(b) litserve"] = lambda: Peer(env, f"http://127.0.0.1:{PORT_PEER}/health")
@@ -189,7 +189,6 @@ def serving(args, results: dict) -> None:
                     logging_config=QUIET_LOGS,
                 )
                 urls[label] = f"http://127.0.0.1:{PORT_SERVE}/app{i}/v1/models/{name}:generate"
-                turn[label] = contextlib.nullcontext
             wait_http(f"http://127.0.0.1:{PORT_BASE}/docs")
             for label, url in urls.items():
                 if label in apps:
@@ -197,7 +196,7 @@ def serving(args, results: dict) -> None:
             order = list(urls)
             for r in range(args.rounds):
                 for label in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
-                    with turn[label]():
+                    with turn.get(label, contextlib.nullcontext)():
                         for c in CONCURRENCY:
                             out = asyncio.run(run_setup(urls[label], c, args.tokens))
                             out["load1"] = os.getloadavg()[0]

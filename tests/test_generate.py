@@ -534,27 +534,24 @@ def test_openai_chat_sync_and_async_streaming(openai_app):
     assert run_async(run()) == (lm["expected"], expected)
 
 
-def test_the_shipped_writer_config_starts_and_answers_the_openai_client(lm):
-    """serve_apps/writer.yaml's application, built by its import_path's builder from its args
-    (pointed at this store and model), as `serve run` starts it."""
-    import importlib
-    import sys
+def test_the_shipped_writer_config_starts_and_answers_the_openai_client(lm, monkeypatch):
+    """serve_apps/writer.yaml's application, built as `serve run` builds it (Serve's own import of
+    the import_path and its call of the builder with the YAML's args, pointed at this store and
+    model)."""
     from pathlib import Path
 
     import openai
     import yaml
     from ray import serve
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root))  # import_path modules, as `serve` finds them from the project root
     app_cfg = yaml.safe_load((root / "serve_apps" / "writer.yaml").read_text())["applications"][0]
-    sys.path.insert(0, str(root))
-    try:
-        module, _, attr = app_cfg["import_path"].partition(":")
-        builder = getattr(importlib.import_module(module), attr)
-    finally:
-        sys.path.remove(str(root))
     args = {**app_cfg["args"], "store": lm["store"], "model": "lm"}
-    serve.run(builder(builder.__annotations__["args"].model_validate(args)), name="lm", route_prefix="/")
+    app = call_user_app_builder_with_args_if_necessary(import_attr(app_cfg["import_path"]), args)
+    serve.run(app, name="lm", route_prefix="/")
     client = openai.OpenAI(base_url=f"{URL}/v1", api_key="none", max_retries=0)
     r = client.completions.create(model="lm", prompt=PROMPT, max_tokens=100, temperature=0)
     assert r.choices[0].text == lm["expected"]
