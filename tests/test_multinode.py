@@ -54,3 +54,27 @@ def test_split_stages_on_different_nodes_answer_like_the_whole_model(tmp_path):
     )
     assert out["node_ips"] == ["127.0.0.1"] and out["exposed"] == [], out
     assert out["no_token_client"] != "CONNECTED" and "token" in out["no_token_client"].lower(), out
+
+
+def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_one_dies(tmp_path):
+    """train.workers {min: 1, max: 2}: one run starts on 1 worker, grows to 2 when a node joins,
+    shrinks to 1 when that node's processes are SIGKILLed, and ends with every epoch once, in
+    order, no jump in the loss at a resize, and the accuracy a fixed run reaches."""
+    script = Path(__file__).with_name("elastic_scenario.py")
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert "error" not in out, out
+    history = out["history"]  # (epoch, workers, attempt, train_loss)
+    assert [h[0] for h in history] == list(range(1, 13)), history
+    sizes = [h[1] for h in history]
+    assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1, sizes
+    timeline = out["workers"]["timeline"]
+    assert [w for _, w in timeline] == [1, 2, 1] and [t for t, _ in timeline] == sorted(t for t, _ in timeline)
+    assert out["workers"]["min"] == 1 and out["workers"]["max"] == 2
+    for before, after in zip(history, history[1:]):
+        if after[1] != before[1]:  # a resize: the run resumed from the last checkpoint, no jump
+            assert after[3] <= 1.25 * before[3], (before, after)
+    assert out["accuracy"] > 0.9
+    print(json.dumps({"timeline": timeline, "events": out["events"], "accuracy": out["accuracy"]}))

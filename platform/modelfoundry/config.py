@@ -13,14 +13,13 @@ message names the dotted path of the field and what is allowed.
 
 from __future__ import annotations
 
-import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelfoundry.config_flat import ConfigError, apply_overrides
 from modelfoundry.models import REGISTRY, family_spec
 
 # what each data.dataset delivers (a family lists the kinds it accepts in its FamilySpec)
@@ -33,10 +32,6 @@ DATASET_KINDS = {
     "pydocs": "text",
     "text": "text",
 }
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config: the message names the field and what is allowed."""
 
 
 class _Frozen(BaseModel):
@@ -130,6 +125,16 @@ class DataSection(_Frozen):
         return self
 
 
+class WorkerRange(_Frozen):
+    """Elastic training (Ray Train's num_workers=(min, max)): starts with at least `min` workers,
+    grows to `max` as resources appear (checked every `resize_interval_s`), shrinks instead of
+    failing; a resize resumes from the last checkpoint with the global batch kept (batch_per_worker)."""
+
+    min: int = Field(gt=0)
+    max: int = Field(gt=0)
+    resize_interval_s: float = Field(default=60.0, gt=0.0)
+
+
 class TrainSection(_Frozen):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=64, gt=0)
@@ -139,6 +144,7 @@ class TrainSection(_Frozen):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     lr_schedule: Literal["none", "cosine"] = "none"
     num_workers: int = Field(default=2, gt=0)
+    workers: WorkerRange | None = None  # elastic instead of num_workers
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -163,6 +169,26 @@ class TrainSection(_Frozen):
             raise ValueError("must be a directory or a URI, not empty")
         return v
 
+    @model_validator(mode="after")
+    def _elastic(self) -> TrainSection:
+        if self.workers and self.workers.max < self.workers.min:
+            raise ValueError(f"workers: max ({self.workers.max}) must be at least min ({self.workers.min})")
+        if self.workers and "num_workers" in self.model_fields_set:
+            raise ValueError("set workers (elastic: {min, max}) or num_workers (fixed), not both")
+        if self.workers and self.strategy == "fsdp":
+            raise ValueError(
+                "train.workers (elastic) needs strategy ddp: FSDP's sharded checkpoints are per world size"
+            )
+        return self
+
+    @property
+    def worker_bounds(self) -> tuple[int, int]:
+        return (self.workers.min, self.workers.max) if self.workers else (self.num_workers, self.num_workers)
+
+    def batch_per_worker(self, world: int) -> int:
+        """A constant global batch (batch_size x the most workers), shared by the workers there are."""
+        return max(1, self.batch_size * self.worker_bounds[1] // world)
+
 
 class JobConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -180,6 +206,8 @@ class JobConfig(_Frozen):
                 f"family {self.model.family} does not learn from {kind} data (dataset {self.data.dataset}); "
                 f"its datasets: {fits}; families for {self.data.dataset}: {families}"
             )
+        if self.train.workers and self.data.in_memory is True:
+            raise ValueError("train.workers (elastic) reads data through Ray Data: set data.in_memory auto or false")
         if self.train.activation_checkpointing and not hasattr(spec.model, "set_activation_checkpointing"):
             raise ValueError(f"train.activation_checkpointing applies to block models (transformer), not {spec.name}")
         if kind == "text":
@@ -240,45 +268,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
     return parse_config(data, str(path))
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `data` with each dotted path set, e.g. "model.dropout" or "train.lr"."""
-    out = copy.deepcopy(data) if isinstance(data, dict) else data
-    for dotted, value in overrides.items():
-        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted):
-            raise ConfigError(f"override path {dotted!r} must be dotted, like train.lr or model.dropout")
-        node = out
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override path {dotted!r}: {key} is not a section")
-        node[leaf] = value
-    return out
-
-
 def with_overrides(config: JobConfig, overrides: dict[str, Any]) -> JobConfig:
     return parse_config(apply_overrides(config.to_dict(), overrides), f"{config.name} + overrides")
 
 
 def dump_config(config: JobConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def flatten(d: dict[str, Any], prefix: str = "", keep: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A nested config as dotted keys ({"train": {"lr": 1}} -> {"train.lr": 1}); dicts under a key
-    in `keep` stay whole."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in keep:
-            out.update(flatten(v, f"{prefix}{k}.", keep))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_sha256(d: dict[str, Any]) -> str:
-    """The hash of a config dict (keys sorted): what --resume compares and lineage records."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()

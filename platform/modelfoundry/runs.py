@@ -49,6 +49,7 @@ class Outcome:
                 "run_path": self.path,
                 "model_store": entry,
                 "plots": self.files,
+                **({"workers": self.details["workers"]} if "workers" in self.details else {}),
             }
         if self.kind == "sweep":
             return {

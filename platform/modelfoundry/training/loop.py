@@ -58,7 +58,11 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 and not fsdp else contextlib.nullcontext
     )
-    epochs = Epochs(plan, model, state.optimizer, state.scheduler, device, autocast, load_teacher(plan.teacher, device))
+    teacher = load_teacher(plan.teacher, device)
+    # the global batch stays batch_size x the most workers whatever the world (elastic resizes)
+    epochs = Epochs(
+        plan, model, state.optimizer, state.scheduler, device, autocast, teacher, cfg.train.batch_per_worker(world)
+    )
     if plan.shares:  # this rank's shares in the object store, held as tensors
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
@@ -66,7 +70,7 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
 
     for epoch in range(state.start_epoch, cfg.train.epochs + 1):
         maybe_inject_fault(cfg, plan.run_path, epoch, rank)
-        metrics = epochs.run(epoch, train_shard, test_shard)
+        metrics = {**epochs.run(epoch, train_shard, test_shard), "workers": world}
         state.history.append({**metrics, "attempt": state.attempt})
         report(session, plan, model, state.optimizer, state.scheduler, metrics, state.history, rank, world, fsdp)
 
@@ -151,6 +155,7 @@ class Epochs:
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     teacher: Teacher | None
+    batch: int  # this worker's share of the global batch
 
     def run(self, epoch: int, train_shard, test_shard) -> dict[str, Any]:
         cfg, task, y_std = self.plan.job, self.plan.task, float(self.plan.stats["y_std"])
@@ -158,9 +163,9 @@ class Epochs:
         self.model.train()
         sums: dict[str, float] = {}
         for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
+            batch_size=self.batch,
             device=self.device,
-            local_shuffle_buffer_size=4 * cfg.train.batch_size,
+            local_shuffle_buffer_size=4 * self.batch,
             local_shuffle_seed=cfg.train.seed + epoch,
         ):
             with self.autocast():
