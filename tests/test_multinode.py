@@ -68,8 +68,8 @@ def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_one_dies(tmp_pa
     assert "error" not in out, out
     history = out["history"]  # (epoch, workers, attempt, train_loss)
     assert [h[0] for h in history] == list(range(1, 13)), history
-    sizes = [h[1] for h in history]
-    assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1, sizes
+    sizes = [h[1] for h in history]  # the epochs on 2 workers stay there when their checkpoint
+    assert sizes[0] == 1 and sizes[-1] == 1, sizes  # is the one resumed from; else they ran again on 1
     timeline = out["workers"]["timeline"]
     assert [w for _, w in timeline] == [1, 2, 1] and [t for t, _ in timeline] == sorted(t for t, _ in timeline)
     assert out["workers"]["min"] == 1 and out["workers"]["max"] == 2
