@@ -182,22 +182,11 @@ def train(
         )
         result = _fit(cfg, splits, trainer, relay, run, timeline := [])
         best_ckpt, best_metrics = _best(result, ranking.metric, ranking.mode)
-        outcome = Outcome(
-            "train",
-            cfg.name,
-            run_path,
-            ranking.metric,
-            ranking.mode,
-            best_metrics,
-            checkpoint_location(best_ckpt),
-            checkpoint_location(result.checkpoint),
-        )
+        best, last = checkpoint_location(best_ckpt), checkpoint_location(result.checkpoint)
+        outcome = Outcome("train", cfg.name, run_path, ranking.metric, ranking.mode, best_metrics, best, last)
         if cfg.train.workers:
-            outcome.details["workers"] = {
-                "min": cfg.train.workers.min,
-                "max": cfg.train.workers.max,
-                "timeline": timeline,
-            }
+            bounds = {"min": cfg.train.workers.min, "max": cfg.train.workers.max}
+            outcome.details["workers"] = {**bounds, "timeline": timeline}
         if export:
             run_links = {"name": cfg.name, "id": run_id, "path": run_path}
             outcome.model = run.export(outcome.checkpoint, cfg.name, cfg.to_dict(), run=run_links, **(lineage or {}))
