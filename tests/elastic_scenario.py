@@ -26,7 +26,7 @@ def job(tmp: str) -> dict:
         "model": {"family": "mlp", "preset": "tiny"},
         "data": {"dataset": "mnist"},  # epochs long enough for a node to join between them
         "train": {
-            "epochs": 12,
+            "epochs": 20,
             "batch_size": 64,
             "lr": 0.01,
             "workers": {"min": 1, "max": 2, "resize_interval_s": 2},

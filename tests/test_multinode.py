@@ -67,7 +67,7 @@ def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_one_dies(tmp_pa
     out = json.loads(lines[-1][len("RESULT ") :])
     assert "error" not in out, out
     history = out["history"]  # (epoch, workers, attempt, train_loss)
-    assert [h[0] for h in history] == list(range(1, 13)), history
+    assert [h[0] for h in history] == list(range(1, 21)), history
     sizes = [h[1] for h in history]  # the epochs on 2 workers stay there when their checkpoint
     assert sizes[0] == 1 and sizes[-1] == 1, sizes  # is the one resumed from; else they ran again on 1
     timeline = out["workers"]["timeline"]
