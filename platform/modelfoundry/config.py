@@ -160,7 +160,12 @@ class TrainSection(_Frozen):
     worker_resources: dict[str, float] = Field(default_factory=dict)  # custom resources per worker
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     placement_timeout_s: float = Field(default=120.0, gt=0.0)
+    # a failure loses at most this many optimizer steps (plus those taken while the last snapshot
+    # was being written): rank 0 snapshots the training state every N steps from a background
+    # thread, and a restarted run resumes at the step after the newest snapshot, on any world size
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)
     fail_at_epoch: int | None = Field(default=None, ge=1)  # fault injection: raise once at this epoch
+    fail_at_step: int | None = Field(default=None, ge=1)  # fault injection: raise once after this many steps
 
     @field_validator("storage", "model_store")
     @classmethod
@@ -179,7 +184,17 @@ class TrainSection(_Frozen):
             raise ValueError(
                 "train.workers (elastic) needs strategy ddp: FSDP's sharded checkpoints are per world size"
             )
+        if self.checkpoint_every_steps and self.strategy == "fsdp":
+            raise ValueError("checkpoint_every_steps needs strategy ddp (an FSDP run checkpoints its shards per epoch)")
+        if self.fail_at_step and not self.global_order:
+            raise ValueError("fail_at_step counts the steps of one global order: set checkpoint_every_steps or workers")
         return self
+
+    @property
+    def global_order(self) -> bool:
+        """Whether the workers draw each step's examples from one permutation of the whole split
+        (the same examples at step s whatever the world size): elastic runs and step snapshots."""
+        return bool(self.workers or self.checkpoint_every_steps)
 
     @property
     def worker_bounds(self) -> tuple[int, int]:
@@ -206,8 +221,11 @@ class JobConfig(_Frozen):
                 f"family {self.model.family} does not learn from {kind} data (dataset {self.data.dataset}); "
                 f"its datasets: {fits}; families for {self.data.dataset}: {families}"
             )
-        if self.train.workers and self.data.in_memory is True:
-            raise ValueError("train.workers (elastic) reads data through Ray Data: set data.in_memory auto or false")
+        if self.train.checkpoint_every_steps and (self.data.augment or self.data.in_memory is False):
+            raise ValueError(
+                "train.checkpoint_every_steps resumes at an example's index in the split held in memory; "
+                "data.augment and data.in_memory: false stream it through Ray Data, which has no index"
+            )
         if self.train.activation_checkpointing and not hasattr(spec.model, "set_activation_checkpointing"):
             raise ValueError(f"train.activation_checkpointing applies to block models (transformer), not {spec.name}")
         if kind == "text":
@@ -220,6 +238,8 @@ class JobConfig(_Frozen):
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
+        if d["train"]["workers"]:  # elastic: num_workers does not apply (and may not be set beside it)
+            del d["train"]["num_workers"]
         params = d["model"].pop("params")
         d["model"].update(params)
         return d

@@ -49,7 +49,7 @@ class Outcome:
                 "run_path": self.path,
                 "model_store": entry,
                 "plots": self.files,
-                **({"workers": self.details["workers"]} if "workers" in self.details else {}),
+                **{k: self.details[k] for k in ("workers", "recoveries") if k in self.details},
             }
         if self.kind == "sweep":
             return {

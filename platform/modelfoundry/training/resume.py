@@ -20,6 +20,7 @@ RESUME_SAFE = {
     "train.epochs",
     "train.num_workers",
     "train.workers",
+    "train.checkpoint_every_steps",
     "train.use_gpu",
     "train.cpus_per_worker",
     "train.keep_checkpoints",

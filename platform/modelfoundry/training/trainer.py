@@ -42,13 +42,18 @@ IN_MEMORY_LIMIT_BYTES = 2 << 30
 
 
 def holds_in_memory(cfg: JobConfig, splits) -> bool:
-    """Whether workers hold their shard as tensors (see DataSection.in_memory)."""
+    """Whether workers hold their data as tensors (see DataSection.in_memory): each its shard, or
+    the whole split where every step draws from one global order (TrainSection.global_order)."""
     if cfg.data.in_memory != "auto":
         return cfg.data.in_memory
-    if cfg.train.workers:  # shares are cut per world size; Ray Data re-shards at every resize
-        return False
-    shard = (splits.x_train.nbytes + splits.x_test.nbytes) / cfg.train.num_workers
-    return not cfg.data.augment and shard <= IN_MEMORY_LIMIT_BYTES
+    held = (splits.x_train.nbytes + splits.x_test.nbytes) / (1 if cfg.train.global_order else cfg.train.num_workers)
+    fits = not cfg.data.augment and held <= IN_MEMORY_LIMIT_BYTES
+    if cfg.train.checkpoint_every_steps and not fits:
+        raise ValueError(
+            f"train.checkpoint_every_steps holds the split in memory on every node: {held / 2**30:.1f} GiB "
+            f"is over {IN_MEMORY_LIMIT_BYTES / 2**30:.0f} GiB (drop it: the run then resumes at epoch boundaries)"
+        )
+    return fits
 
 
 def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -126,10 +131,17 @@ def make_trainer(
 
 
 def _with_shares(plan, cfg: JobConfig, splits):
-    """Each rank's share put in the object store once; its worker fetches only that (no Ray Data
-    pipeline, coordinator or stats actors running beside the training)."""
+    """The data put in the object store once, each worker fetching only what it uses (no Ray Data
+    pipeline, coordinator or stats actors beside the training): each rank's share, or the whole
+    split once where every step draws from one global order (the same at any world size)."""
     import ray
 
+    if cfg.train.global_order:
+        shares = {
+            "train": [(ray.put(splits.x_train), ray.put(splits.y_train))],
+            "test": [(ray.put(splits.x_test), ray.put(splits.y_test))],
+        }
+        return dataclasses.replace(plan, shares=shares)
     n = cfg.train.num_workers
     return dataclasses.replace(
         plan,
@@ -184,14 +196,26 @@ def train(
         best_ckpt, best_metrics = _best(result, ranking.metric, ranking.mode)
         best, last = checkpoint_location(best_ckpt), checkpoint_location(result.checkpoint)
         outcome = Outcome("train", cfg.name, run_path, ranking.metric, ranking.mode, best_metrics, best, last)
-        if cfg.train.workers:
-            bounds = {"min": cfg.train.workers.min, "max": cfg.train.workers.max}
-            outcome.details["workers"] = {**bounds, "timeline": timeline}
+        outcome.details.update(_run_details(cfg, run_path, timeline))
         if export:
             run_links = {"name": cfg.name, "id": run_id, "path": run_path}
             outcome.model = run.export(outcome.checkpoint, cfg.name, cfg.to_dict(), run=run_links, **(lineage or {}))
         outcome.files = plot_run(outcome.last_checkpoint, outcome.path)
     return run.finish(outcome)
+
+
+def _run_details(cfg: JobConfig, run_path: str, timeline: list) -> dict[str, Any]:
+    """An elastic run's worker bounds and timeline; a snapshotting run's recoveries (each attempt
+    after the first: the epoch and step it resumed after, when its first step completed)."""
+    from modelfoundry.training.snapshots import load_snapshot
+
+    out: dict[str, Any] = {}
+    if cfg.train.workers:
+        out["workers"] = {"min": cfg.train.workers.min, "max": cfg.train.workers.max, "timeline": timeline}
+    snap = load_snapshot(run_path) if cfg.train.checkpoint_every_steps else None
+    if snap is not None:
+        out["recoveries"] = [r for r in snap["recoveries"] if r["attempt"] > 0]
+    return out
 
 
 def _prepare(cfg: JobConfig, resume: bool, allow_changes: set[str]) -> str:
