@@ -31,6 +31,7 @@ def job(tmp: str) -> dict:
             "lr": 0.01,
             "workers": {"min": 1, "max": 2, "resize_interval_s": 2},
             "max_failures": 3,
+            "checkpoint_every_steps": 50,  # a shrink resumes mid-epoch, at the step after the newest snapshot
             "storage": f"{tmp}/runs",
             "model_store": f"{tmp}/models",
             "placement_timeout_s": 15,  # a start on a node that just died gives up soon
@@ -61,7 +62,19 @@ def wait_for(condition, what: str, timeout_s: float = 300) -> None:
 
 def main(tmp: str) -> None:
     lc = LocalCluster(head_cpus=1, worker_cpus=[1], worker_resources=[{"trainer": 1}]).start()
-    ray.init(address=lc.address)
+    try:
+        ray.init(address=lc.address)
+        try:
+            out = scenario(lc, tmp)
+        except TimeoutError as err:  # what was seen so far, for the test's message
+            out = {"error": str(err), "epochs_seen": epochs_seen(Path(tmp, "runs", "elastic"))}
+        print("RESULT " + json.dumps(out), flush=True)
+    finally:  # the cluster's processes end with the scenario, whatever happened
+        ray.shutdown()
+        lc.shutdown()
+
+
+def scenario(lc: LocalCluster, tmp: str) -> dict:
     out: dict = {"events": {}}
     result: dict = {}
 
@@ -71,7 +84,7 @@ def main(tmp: str) -> None:
         except Exception as err:  # noqa: BLE001 - reported in the result line
             result["error"] = f"{type(err).__name__}: {err}"
 
-    trainer = threading.Thread(target=run)
+    trainer = threading.Thread(target=run, daemon=True)
     t0 = time.time()
     trainer.start()
     root = Path(tmp, "runs", "elastic")
@@ -89,10 +102,12 @@ def main(tmp: str) -> None:
         meta = json.loads(Path(outcome.last_checkpoint, "model.json").read_text())
         out["history"] = [(h["epoch"], h["workers"], h["attempt"], round(h["train_loss"], 4)) for h in meta["history"]]
         out["workers"] = outcome.summary()["workers"]
+        out["recoveries"] = outcome.summary().get("recoveries", [])
+        after = [r["first_step_at"] - t0 for r in out["recoveries"]]
+        out["events"]["first_steps_s"] = [round(t, 1) for t in after]  # each attempt's first step
         out["accuracy"] = outcome.metrics["test_accuracy"]
-    print("RESULT " + json.dumps(out), flush=True)
-    ray.shutdown()
-    lc.shutdown()
+        out["plots"] = outcome.files  # learning_curves.png: the loss curves and the workers over time
+    return out
 
 
 if __name__ == "__main__":

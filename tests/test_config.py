@@ -109,10 +109,12 @@ def test_elastic_workers_keep_the_global_batch_and_refuse_what_cannot_resize(tmp
     for train, fragment in bad:
         with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
             parse_config({**base, "train": train})
-    with pytest.raises(ConfigError, match="data.in_memory auto or false"):
-        parse_config(
-            {**base, "data": {"dataset": "digits", "in_memory": True}, "train": {"workers": {"min": 1, "max": 2}}}
-        )
+    held = parse_config(
+        {**base, "data": {"dataset": "digits", "in_memory": True}, "train": {"workers": {"min": 1, "max": 2}}}
+    )
+    assert held.train.global_order  # the whole split in memory, one order for every world size
+    again = with_overrides(cfg, {"train.epochs": 3})  # an elastic config round-trips (no num_workers beside it)
+    assert again.train.workers == cfg.train.workers and "num_workers" not in again.to_dict()["train"]
 
 
 def test_the_workers_flag_takes_a_count_or_a_range_and_replaces_the_other_field(tmp_path):

@@ -25,7 +25,11 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         history = meta.history or []
         names = sorted({k for h in history for k in h if k.startswith(("train_", "test_"))})
         groups = sorted({n.split("_", 1)[1] for n in names})
-        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+        sizes = {h.get("workers") for h in history} - {None}
+        panels = len(groups) + (len(sizes) > 1)  # an elastic run that resized: its workers too
+        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+        if len(sizes) > 1:
+            _workers_panel(axes[0][-1], history)
         for ax, g in zip(axes[0], groups):
             for split in ("train", "test"):
                 pts = [(h["epoch"], h[f"{split}_{g}"]) for h in history if f"{split}_{g}" in h]
@@ -46,6 +50,19 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         if is_uri(run_path):
             upload_dir(str(out), run_path)
     return [f"{run_path.rstrip('/')}/{f}" for f in files]
+
+
+def _workers_panel(ax, history: list[dict]) -> None:
+    """Workers over the run's time (each epoch's start), a new attempt (a restart) marked."""
+    t0 = history[0]["started_at"]
+    xs = [h["started_at"] - t0 for h in history]
+    ax.step(xs, [h["workers"] for h in history], where="post", marker="o", ms=3)
+    for before, h, x in zip(history, history[1:], xs[1:]):
+        if h.get("attempt") != before.get("attempt"):
+            ax.axvline(x, color="grey", lw=0.8, ls=":")
+    ax.set_title("workers (dotted: attempts after a restart)")
+    ax.set_xlabel("seconds since epoch 1 started")
+    ax.set_ylim(0, max(h["workers"] for h in history) + 0.5)
 
 
 TEXT_PROMPTS = ("The ", "def ", "In Python, ")

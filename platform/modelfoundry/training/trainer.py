@@ -3,13 +3,9 @@ export the best checkpoint to the model store, plot the learning curves."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
 
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
@@ -26,6 +22,7 @@ from modelfoundry.training.resume import (
     run_dirs,
     write_run_config,
 )
+from modelfoundry.training.shares import holds_in_memory, with_shares
 
 # Ray Train's controller polls its workers for reports every 2 s by default, and a report waits
 # while the previous one is still unpolled: epochs shorter than the poll interval stretch to it
@@ -36,36 +33,6 @@ from modelfoundry.training.resume import (
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 DEFAULT_HEALTH_CHECK_S = "0.25"
-
-
-IN_MEMORY_LIMIT_BYTES = 2 << 30
-
-
-def holds_in_memory(cfg: JobConfig, splits) -> bool:
-    """Whether workers hold their data as tensors (see DataSection.in_memory): each its shard, or
-    the whole split where every step draws from one global order (TrainSection.global_order)."""
-    if cfg.data.in_memory != "auto":
-        return cfg.data.in_memory
-    held = (splits.x_train.nbytes + splits.x_test.nbytes) / (1 if cfg.train.global_order else cfg.train.num_workers)
-    fits = not cfg.data.augment and held <= IN_MEMORY_LIMIT_BYTES
-    if cfg.train.checkpoint_every_steps and not fits:
-        raise ValueError(
-            f"train.checkpoint_every_steps holds the split in memory on every node: {held / 2**30:.1f} GiB "
-            f"is over {IN_MEMORY_LIMIT_BYTES / 2**30:.0f} GiB (drop it: the run then resumes at epoch boundaries)"
-        )
-    return fits
-
-
-def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each rank's share of a split: every world-th example, as DistributedSampler deals them.
-    `equal`: pad by wrapping around so that every rank gets the same number (as DistributedSampler
-    does; else DDP's ranks would run different numbers of steps and the longer one would wait
-    forever in its all-reduce)."""
-    index = np.arange(len(x))
-    if equal and len(x) % world:
-        index = np.resize(index, -(-len(x) // world) * world)  # wraps around: 0, 1, ... n-1, 0, ...
-    for r in range(world):  # one share at a time (fancy indexing copies)
-        yield x[index[r::world]], y[index[r::world]]
 
 
 def make_trainer(
@@ -95,7 +62,7 @@ def make_trainer(
     plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher, resume_from)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
-        plan = _with_shares(plan, cfg, splits)
+        plan = with_shares(plan, cfg, splits)
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),
@@ -127,28 +94,6 @@ def make_trainer(
             ),
             callbacks=callbacks or [],
         ),
-    )
-
-
-def _with_shares(plan, cfg: JobConfig, splits):
-    """The data put in the object store once, each worker fetching only what it uses (no Ray Data
-    pipeline, coordinator or stats actors beside the training): each rank's share, or the whole
-    split once where every step draws from one global order (the same at any world size)."""
-    import ray
-
-    if cfg.train.global_order:
-        shares = {
-            "train": [(ray.put(splits.x_train), ray.put(splits.y_train))],
-            "test": [(ray.put(splits.x_test), ray.put(splits.y_test))],
-        }
-        return dataclasses.replace(plan, shares=shares)
-    n = cfg.train.num_workers
-    return dataclasses.replace(
-        plan,
-        shares={
-            "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
-            "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
-        },
     )
 
 
