@@ -1,7 +1,7 @@
 """Run by test_multinode.py in its own process (it owns a multi-node cluster): elastic training,
 `train.workers: {min: 1, max: 2}`, on a head (1 CPU, for the controller and Ray Data) plus one
 worker node with one "trainer" slot. Once the run has checkpointed, a second worker node joins:
-the run grows to 2 workers at Ray Train's next resize check. Once it has run at 2, that node's
+the run grows to 2 workers at Ray Train's next resize check. Once 3 epochs have run on 2, that node's
 processes are SIGKILLed (its raylet among them): the run shrinks to 1 worker and goes on. One run,
 one JSON line: its worker timeline, every epoch's worker count and attempt, and its accuracy."""
 
@@ -91,7 +91,8 @@ def scenario(lc: LocalCluster, tmp: str) -> dict:
     wait_for(lambda: len(epochs_seen(root)) >= 1, "the first checkpoint")
     joined = lc.add_worker(1, {"trainer": 1})  # from the main thread, as Ray requires
     out["events"]["node_added_s"] = round(time.time() - t0, 1)
-    wait_for(lambda: any(h.get("workers") == 2 for h in epochs_seen(root)[-2:]), "an epoch on 2 workers")
+    on_two = lambda: sum(h.get("workers") == 2 for h in epochs_seen(root)) >= 3  # noqa: E731
+    wait_for(on_two, "3 epochs on 2 workers")
     lc.remove_worker(joined, graceful=False)
     out["events"]["node_killed_s"] = round(time.time() - t0, 1)
     trainer.join(timeout=900)

@@ -44,6 +44,7 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     if cfg.train.strategy == "fsdp" and not fsdp and rank == 0:
         print(f"[{cfg.name}] train.strategy fsdp: one process without a process group; nothing to shard", flush=True)
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+    t0 = time.perf_counter()
     state = restore(plan, session, device, fsdp, use_bf16, rank)
     model = state.model if fsdp else session.prepare(state.model)
     # bf16 on GPU: FSDP computes in bf16 by its mixed-precision policy, DDP under autocast
@@ -58,6 +59,12 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
+    if rank == 0 and state.attempt:  # what a restart cost in the training function itself
+        print(
+            f"[{cfg.name}] attempt {state.attempt} on {world} worker(s): restored and holding its data "
+            f"in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     snapshots = (
         Snapshots(plan.run_path, cfg.train.checkpoint_every_steps, rank, state.recoveries)
         if cfg.train.checkpoint_every_steps and not session.checkpoints_from_elsewhere

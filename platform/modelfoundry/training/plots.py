@@ -53,14 +53,15 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
 
 
 def _workers_panel(ax, history: list[dict]) -> None:
-    """Workers over the run's time (each epoch's start), a new attempt (a restart) marked."""
+    """Each epoch as a bar at its worker count over the run's time: the gaps between bars are the
+    restarts (a resize or a failure); a new attempt's first epoch is marked by a dotted line."""
     t0 = history[0]["started_at"]
-    xs = [h["started_at"] - t0 for h in history]
-    ax.step(xs, [h["workers"] for h in history], where="post", marker="o", ms=3)
-    for before, h, x in zip(history, history[1:], xs[1:]):
-        if h.get("attempt") != before.get("attempt"):
+    for before, h in zip([None, *history], history):
+        x = h["started_at"] - t0
+        ax.hlines(h["workers"], x, x + h.get("epoch_time_s", 0.0), lw=6)
+        if before is not None and h.get("attempt") != before.get("attempt"):
             ax.axvline(x, color="grey", lw=0.8, ls=":")
-    ax.set_title("workers (dotted: attempts after a restart)")
+    ax.set_title("workers per epoch (gaps: restarts)")
     ax.set_xlabel("seconds since epoch 1 started")
     ax.set_ylim(0, max(h["workers"] for h in history) + 0.5)
 
