@@ -59,11 +59,10 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
-    if rank == 0 and state.attempt:  # what a restart cost in the training function itself
+    if state.attempt:  # what a restart cost in the training function itself, per rank
+        took = time.perf_counter() - t0
         print(
-            f"[{cfg.name}] attempt {state.attempt} on {world} worker(s): restored and holding its data "
-            f"in {time.perf_counter() - t0:.1f}s",
-            flush=True,
+            f"[{cfg.name}] attempt {state.attempt}, rank {rank}/{world}: restored, data held in {took:.1f}s", flush=True
         )
     snapshots = (
         Snapshots(plan.run_path, cfg.train.checkpoint_every_steps, rank, state.recoveries)
