@@ -15,6 +15,12 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16 autocast")
     t.add_argument("--epochs", type=int, help="train.epochs")
+    t.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="N",
+        help="train.checkpoint_every_steps: a step snapshot every N steps (a failure loses at most N)",
+    )
     t.add_argument("--storage", help="run storage: a directory or a URI such as s3://bucket/runs")
     t.add_argument("--model-store", help="model store: a directory or a URI")
     t.add_argument("--resume", action="store_true", help="continue the latest run of this config's name")
@@ -46,6 +52,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "train.num_workers": UNSET if elastic else args.workers,
         "train.workers": args.workers if elastic else (UNSET if args.workers else None),
         "train.epochs": args.epochs,
+        "train.checkpoint_every_steps": args.checkpoint_every_steps,
         "train.storage": args.storage,
         "train.model_store": args.model_store,
         "train.use_gpu": True if args.gpu else None,
