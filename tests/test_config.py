@@ -132,3 +132,6 @@ def test_the_workers_flag_takes_a_count_or_a_range_and_replaces_the_other_field(
     assert fixed.train.worker_bounds == (3, 3) and fixed.train.workers is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--config", str(path), "--workers", "two"])
+    snap = ["--config", str(path), "--workers", "1-2", "--checkpoint-every-steps", "25"]
+    snapped = load_config(path, train_overrides(parser.parse_args(snap)))
+    assert snapped.train.checkpoint_every_steps == 25 and snapped.train.global_order
