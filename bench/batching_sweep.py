@@ -38,10 +38,14 @@ def main() -> None:
     from modelfoundry.data import load_splits
     from modelfoundry.serving.apps import QUIET_LOGS, build_app
 
-    grid = {"unbatched": {}}
+    # every app up together: each ingress reserves 0.1 CPU (the default 0.25 x 10 apps is more
+    # than this 2-CPU cluster has); an idle app takes no CPU, the one measured takes what it needs
+    few = {"ingress": {"num_cpus": 0.1}}
+    grid = {"unbatched": few}
     for size in (int(s) for s in args.sizes.split(",")):
         for wait in (float(w) for w in args.waits.split(",")):
-            grid[f"b{size}-w{wait * 1000:g}ms"] = {"batching": {"max_batch_size": size, "batch_wait_timeout_s": wait}}
+            batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+            grid[f"b{size}-w{wait * 1000:g}ms"] = {**few, "batching": batching}
     models = args.models.split(",")
     connect()
     results: dict = {"args": vars(args)}
