@@ -15,11 +15,10 @@ import argparse
 import json
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from machine import alternating, finish, quiet_start  # bench/machine.py
-from serve_load import PORT_SERVE, measure, publish, wait_ready
+from machine import alternating, finish  # bench/machine.py
+from serve_load import PORT_SERVE, measure, serving_bench, wait_ready
 
 
 def main() -> None:
@@ -33,7 +32,6 @@ def main() -> None:
     args = ap.parse_args()
     from ray import serve
 
-    from modelfoundry.cluster import connect
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.serving.apps import QUIET_LOGS, build_app
@@ -47,13 +45,8 @@ def main() -> None:
             batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
             grid[f"b{size}-w{wait * 1000:g}ms"] = {**few, "batching": batching}
     models = args.models.split(",")
-    connect()
     results: dict = {"args": vars(args)}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = f"{tmp}/models"
-        publish(store, tmp, models)
-        start = quiet_start()
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
+    with serving_bench(models) as (store, start):
         for model in models:
             dataset = {"cnn-digits": "digits", "cnn-mnist": "mnist"}[model]
             x = load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1].tolist()
