@@ -229,6 +229,25 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
         p.wait()
 
 
+@contextlib.contextmanager
+def serving_bench(models: list[str]):
+    """The platform's local cluster, `models` trained into a temp store, then (after waiting for a
+    quiet machine: what follows is the measurement) Serve on 127.0.0.1:PORT_SERVE. Yields (store,
+    the machine record of quiet_start)."""
+    from ray import serve
+
+    from modelfoundry.cluster import connect
+    from modelfoundry.serving.apps import QUIET_LOGS
+
+    connect()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"{tmp}/models"
+        publish(store, tmp, models)
+        start = quiet_start()
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
+        yield store, start
+
+
 def publish(store: str, tmp: str, models: list[str]) -> None:
     """Trained models for the bench (1 epoch: quality is not what is measured)."""
     from modelfoundry.config import load_config
@@ -292,19 +311,13 @@ def main() -> None:
     models = args.models.split(",")
     from ray import serve
 
-    from modelfoundry.cluster import connect
     from modelfoundry.config import DataSection
     from modelfoundry.data import load_splits
     from modelfoundry.serving.apps import QUIET_LOGS, build_app
     from modelfoundry.store import resolve
 
-    connect()
     results: dict = {"args": vars(args)}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = f"{tmp}/models"
-        publish(store, tmp, models)
-        start = quiet_start()  # after training: what follows is the measurement
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT_SERVE}, logging_config=QUIET_LOGS)
+    with serving_bench(models) as (store, start):
         for model in models:
             dataset = {"cnn-digits": "digits", "cnn-mnist": "mnist"}[model]
             body = json.dumps({"instances": load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1].tolist()})

@@ -91,3 +91,47 @@ def test_bad_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad)
+
+
+def test_elastic_workers_keep_the_global_batch_and_refuse_what_cannot_resize(tmp_path):
+    base = {"name": "e", "model": {"family": "mlp"}, "data": {"dataset": "digits"}}
+    cfg = parse_config({**base, "train": {"batch_size": 32, "workers": {"min": 1, "max": 4}}})
+    assert cfg.train.worker_bounds == (1, 4) and cfg.train.workers.resize_interval_s == 60.0
+    assert [cfg.train.batch_per_worker(w) for w in (1, 2, 4)] == [128, 64, 32]  # 128 in all
+    fixed = parse_config({**base, "train": {"batch_size": 32, "num_workers": 2}})
+    assert fixed.train.worker_bounds == (2, 2) and fixed.train.batch_per_worker(2) == 32
+    bad = [
+        ({"workers": {"min": 3, "max": 2}}, "max (2) must be at least min (3)"),
+        ({"workers": {"min": 1, "max": 2}, "num_workers": 2}, "not both"),
+        ({"workers": {"min": 1, "max": 2}, "strategy": "fsdp"}, "needs strategy ddp"),
+        ({"workers": {"min": 0, "max": 2}}, "workers.min"),
+    ]
+    for train, fragment in bad:
+        with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+            parse_config({**base, "train": train})
+    held = parse_config(
+        {**base, "data": {"dataset": "digits", "in_memory": True}, "train": {"workers": {"min": 1, "max": 2}}}
+    )
+    assert held.train.global_order  # the whole split in memory, one order for every world size
+    again = with_overrides(cfg, {"train.epochs": 3})  # an elastic config round-trips (no num_workers beside it)
+    assert again.train.workers == cfg.train.workers and "num_workers" not in again.to_dict()["train"]
+
+
+def test_the_workers_flag_takes_a_count_or_a_range_and_replaces_the_other_field(tmp_path):
+    import argparse
+
+    from modelfoundry.cli.training import add_train_args, train_overrides
+
+    path = tmp_path / "job.yaml"
+    path.write_text("name: e\nmodel: {family: mlp}\ndata: {dataset: digits}\ntrain: {num_workers: 2}\n")
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    elastic = load_config(path, train_overrides(parser.parse_args(["--config", str(path), "--workers", "1-3"])))
+    assert elastic.train.worker_bounds == (1, 3) and elastic.train.workers is not None
+    fixed = load_config(path, train_overrides(parser.parse_args(["--config", str(path), "--workers", "3"])))
+    assert fixed.train.worker_bounds == (3, 3) and fixed.train.workers is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--config", str(path), "--workers", "two"])
+    snap = ["--config", str(path), "--workers", "1-2", "--checkpoint-every-steps", "25"]
+    snapped = load_config(path, train_overrides(parser.parse_args(snap)))
+    assert snapped.train.checkpoint_every_steps == 25 and snapped.train.global_order

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "platform"
 # the floors, bottom up (docs/architecture.md); a module may import its own floor and those below
 FLOORS = [
-    ("models/", "compression/quantize.py", "compression/int8.py", "compression/prune.py", "config.py", "storage.py", "console.py", "__init__.py"),
+    ("models/", "compression/quantize.py", "compression/int8.py", "compression/prune.py", "config.py", "config_flat.py", "storage.py", "console.py", "__init__.py"),
     ("tasks.py", "data/", "store/"),
     ("tracking.py", "compression/codecs.py", "runs.py"),
     ("training/", "serving/", "compression/measure.py", "export_formats.py"),

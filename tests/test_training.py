@@ -20,7 +20,7 @@ from modelfoundry.store.checkpoint import CheckpointError, checkpoint_epoch, loa
 from modelfoundry.training import CapacityError, train
 from modelfoundry.training.resume import latest_checkpoint
 from modelfoundry.training.session import InMemoryShard
-from modelfoundry.training.trainer import rank_shares
+from modelfoundry.training.shares import rank_shares
 
 
 def job(tmp_path: Path, name: str = "mlp-t", **train_overrides) -> dict:

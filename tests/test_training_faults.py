@@ -123,3 +123,43 @@ def test_storage_filling_up_during_a_checkpoint_leaves_the_last_good_one_usable(
         print(f"disk full: {len(complete)} complete and {len(broken)} broken checkpoints; resumed to epoch 6")
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_run_resumed_from_a_step_snapshot_equals_a_run_that_never_failed(ray_cluster, tmp_path):
+    """train.checkpoint_every_steps: a fault mid-epoch loses only the steps since the last
+    snapshot; the resumed run sees exactly the examples (and dropout draws) a fault-free run does,
+    so its weights and every epoch's metrics are bit-for-bit the same."""
+    import torch
+
+    steps = {"epochs": 3, "checkpoint_every_steps": 5}
+    clean = train(parse_config(job(tmp_path, "snap-clean", **steps)))
+    faulty = train(parse_config(job(tmp_path, "snap-fault", **steps, fail_at_step=30, max_failures=1)))
+    (recovery,) = faulty.summary()["recoveries"]  # one restart, in the middle of epoch 2 (22 steps each)
+    assert recovery["attempt"] == 1 and recovery["resumed_at"][0] == 2 and 0 < recovery["resumed_at"][1] < 22
+    a, b = (torch.load(Path(o.last_checkpoint, "model.pt"), weights_only=True) for o in (clean, faulty))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = (json.loads(Path(o.last_checkpoint, "model.json").read_text())["history"] for o in (clean, faulty))
+    keys = ("epoch", "workers", "train_accuracy", "test_loss", "test_accuracy")
+    assert [[h[k] for k in keys] for h in ha] == [[h[k] for k in keys] for h in hb]
+    # the resumed epoch's loss total: the snapshot's (float64) plus the rest, summed in another order
+    assert [h["train_loss"] for h in hb] == pytest.approx([h["train_loss"] for h in ha], rel=1e-6)
+    assert [h["attempt"] for h in hb] == [0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "train_fields, data_fields, message",
+    [
+        ({"checkpoint_every_steps": 5, "strategy": "fsdp"}, {}, "needs strategy ddp"),
+        ({"checkpoint_every_steps": 5}, {"augment": True}, "no index"),
+        ({"checkpoint_every_steps": 5}, {"in_memory": False}, "no index"),
+        ({"fail_at_step": 3}, {}, "set checkpoint_every_steps or workers"),
+        ({"checkpoint_every_steps": 0}, {}, "greater than 0"),
+    ],
+)
+def test_step_snapshot_settings_that_cannot_work_are_refused_by_name(tmp_path, train_fields, data_fields, message):
+    from modelfoundry.config_flat import ConfigError
+
+    cfg = job(tmp_path, **train_fields)
+    cfg["data"].update(data_fields)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(cfg)

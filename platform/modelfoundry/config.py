@@ -13,14 +13,13 @@ message names the dotted path of the field and what is allowed.
 
 from __future__ import annotations
 
-import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelfoundry.config_flat import ConfigError, apply_overrides
 from modelfoundry.models import REGISTRY, family_spec
 
 # what each data.dataset delivers (a family lists the kinds it accepts in its FamilySpec)
@@ -33,10 +32,6 @@ DATASET_KINDS = {
     "pydocs": "text",
     "text": "text",
 }
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config: the message names the field and what is allowed."""
 
 
 class _Frozen(BaseModel):
@@ -130,6 +125,16 @@ class DataSection(_Frozen):
         return self
 
 
+class WorkerRange(_Frozen):
+    """Elastic training (Ray Train's num_workers=(min, max)): starts with at least `min` workers,
+    grows to `max` as resources appear (checked every `resize_interval_s`), shrinks instead of
+    failing; a resize resumes from the last checkpoint with the global batch kept (batch_per_worker)."""
+
+    min: int = Field(gt=0)
+    max: int = Field(gt=0)
+    resize_interval_s: float = Field(default=60.0, gt=0.0)
+
+
 class TrainSection(_Frozen):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=64, gt=0)
@@ -139,6 +144,7 @@ class TrainSection(_Frozen):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     lr_schedule: Literal["none", "cosine"] = "none"
     num_workers: int = Field(default=2, gt=0)
+    workers: WorkerRange | None = None  # elastic instead of num_workers
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -154,7 +160,12 @@ class TrainSection(_Frozen):
     worker_resources: dict[str, float] = Field(default_factory=dict)  # custom resources per worker
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     placement_timeout_s: float = Field(default=120.0, gt=0.0)
+    # a failure loses at most this many optimizer steps (plus those taken while the last snapshot
+    # was being written): rank 0 snapshots the training state every N steps from a background
+    # thread, and a restarted run resumes at the step after the newest snapshot, on any world size
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)
     fail_at_epoch: int | None = Field(default=None, ge=1)  # fault injection: raise once at this epoch
+    fail_at_step: int | None = Field(default=None, ge=1)  # fault injection: raise once after this many steps
 
     @field_validator("storage", "model_store")
     @classmethod
@@ -162,6 +173,36 @@ class TrainSection(_Frozen):
         if not v.strip():
             raise ValueError("must be a directory or a URI, not empty")
         return v
+
+    @model_validator(mode="after")
+    def _elastic(self) -> TrainSection:
+        if self.workers and self.workers.max < self.workers.min:
+            raise ValueError(f"workers: max ({self.workers.max}) must be at least min ({self.workers.min})")
+        if self.workers and "num_workers" in self.model_fields_set:
+            raise ValueError("set workers (elastic: {min, max}) or num_workers (fixed), not both")
+        if self.workers and self.strategy == "fsdp":
+            raise ValueError(
+                "train.workers (elastic) needs strategy ddp: FSDP's sharded checkpoints are per world size"
+            )
+        if self.checkpoint_every_steps and self.strategy == "fsdp":
+            raise ValueError("checkpoint_every_steps needs strategy ddp (an FSDP run checkpoints its shards per epoch)")
+        if self.fail_at_step and not self.global_order:
+            raise ValueError("fail_at_step counts the steps of one global order: set checkpoint_every_steps or workers")
+        return self
+
+    @property
+    def global_order(self) -> bool:
+        """Whether the workers draw each step's examples from one permutation of the whole split
+        (the same examples at step s whatever the world size): elastic runs and step snapshots."""
+        return bool(self.workers or self.checkpoint_every_steps)
+
+    @property
+    def worker_bounds(self) -> tuple[int, int]:
+        return (self.workers.min, self.workers.max) if self.workers else (self.num_workers, self.num_workers)
+
+    def batch_per_worker(self, world: int) -> int:
+        """A constant global batch (batch_size x the most workers), shared by the workers there are."""
+        return max(1, self.batch_size * self.worker_bounds[1] // world)
 
 
 class JobConfig(_Frozen):
@@ -180,6 +221,11 @@ class JobConfig(_Frozen):
                 f"family {self.model.family} does not learn from {kind} data (dataset {self.data.dataset}); "
                 f"its datasets: {fits}; families for {self.data.dataset}: {families}"
             )
+        if self.train.checkpoint_every_steps and (self.data.augment or self.data.in_memory is False):
+            raise ValueError(
+                "train.checkpoint_every_steps resumes at an example's index in the split held in memory; "
+                "data.augment and data.in_memory: false stream it through Ray Data, which has no index"
+            )
         if self.train.activation_checkpointing and not hasattr(spec.model, "set_activation_checkpointing"):
             raise ValueError(f"train.activation_checkpointing applies to block models (transformer), not {spec.name}")
         if kind == "text":
@@ -192,6 +238,8 @@ class JobConfig(_Frozen):
 
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
+        if d["train"]["workers"]:  # elastic: num_workers does not apply (and may not be set beside it)
+            del d["train"]["num_workers"]
         params = d["model"].pop("params")
         d["model"].update(params)
         return d
@@ -240,45 +288,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Jo
     return parse_config(data, str(path))
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `data` with each dotted path set, e.g. "model.dropout" or "train.lr"."""
-    out = copy.deepcopy(data) if isinstance(data, dict) else data
-    for dotted, value in overrides.items():
-        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted):
-            raise ConfigError(f"override path {dotted!r} must be dotted, like train.lr or model.dropout")
-        node = out
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override path {dotted!r}: {key} is not a section")
-        node[leaf] = value
-    return out
-
-
 def with_overrides(config: JobConfig, overrides: dict[str, Any]) -> JobConfig:
     return parse_config(apply_overrides(config.to_dict(), overrides), f"{config.name} + overrides")
 
 
 def dump_config(config: JobConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def flatten(d: dict[str, Any], prefix: str = "", keep: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A nested config as dotted keys ({"train": {"lr": 1}} -> {"train.lr": 1}); dicts under a key
-    in `keep` stay whole."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in keep:
-            out.update(flatten(v, f"{prefix}{k}.", keep))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_sha256(d: dict[str, Any]) -> str:
-    """The hash of a config dict (keys sorted): what --resume compares and lineage records."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()

@@ -53,8 +53,16 @@ class LocalCluster:
     def address(self) -> str:
         return self.cluster.address
 
-    def remove_worker(self, index: int) -> None:
-        self.cluster.remove_node(self.workers[index])
+    def add_worker(self, cpus: int, resources: dict[str, float] | None = None) -> int:
+        """One more worker node (from the main thread); its index for remove_worker."""
+        self.workers.append(self.cluster.add_node(num_cpus=cpus, resources=resources or {}))
+        self.cluster.wait_for_nodes()
+        return len(self.workers) - 1
+
+    def remove_worker(self, index: int, graceful: bool = True) -> None:
+        """The node's processes stopped; graceful=False SIGKILLs them (its raylet among them), as
+        when a machine is lost."""
+        self.cluster.remove_node(self.workers[index], allow_graceful=graceful)
 
     def shutdown(self) -> None:
         if self.cluster is not None:

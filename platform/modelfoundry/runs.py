@@ -49,6 +49,7 @@ class Outcome:
                 "run_path": self.path,
                 "model_store": entry,
                 "plots": self.files,
+                **{k: self.details[k] for k in ("workers", "recoveries") if k in self.details},
             }
         if self.kind == "sweep":
             return {

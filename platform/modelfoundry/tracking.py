@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelfoundry.config import flatten
+from modelfoundry.config_flat import flatten
 from modelfoundry.storage import absolute, is_uri
 
 LOCAL_DB = "mlflow.db"

@@ -10,9 +10,17 @@ from modelfoundry.cli.table import Command, add_cluster_args, add_tracking_arg, 
 
 def add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--config", required=True, help="job YAML (see jobs/configs/)")
-    t.add_argument("--workers", type=int, help="number of training workers (train.num_workers)")
+    t.add_argument(
+        "--workers", type=_workers, help="training workers: N (train.num_workers) or MIN-MAX (elastic: train.workers)"
+    )
     t.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16 autocast")
     t.add_argument("--epochs", type=int, help="train.epochs")
+    t.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="N",
+        help="train.checkpoint_every_steps: a step snapshot every N steps (a failure loses at most N)",
+    )
     t.add_argument("--storage", help="run storage: a directory or a URI such as s3://bucket/runs")
     t.add_argument("--model-store", help="model store: a directory or a URI")
     t.add_argument("--resume", action="store_true", help="continue the latest run of this config's name")
@@ -27,10 +35,24 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
     add_cluster_args(t)
 
 
+def _workers(text: str) -> int | dict[str, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        n = (int(lo), int(hi)) if sep else int(lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count (2) or a range MIN-MAX (1-4)") from None
+    return {"min": n[0], "max": n[1]} if sep else n
+
+
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from modelfoundry.config_flat import UNSET
+
+    elastic = isinstance(args.workers, dict)  # the one given replaces the other
     pairs = {
-        "train.num_workers": args.workers,
+        "train.num_workers": UNSET if elastic else args.workers,
+        "train.workers": args.workers if elastic else (UNSET if args.workers else None),
         "train.epochs": args.epochs,
+        "train.checkpoint_every_steps": args.checkpoint_every_steps,
         "train.storage": args.storage,
         "train.model_store": args.model_store,
         "train.use_gpu": True if args.gpu else None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from modelfoundry.config import config_sha256
+from modelfoundry.config_flat import config_sha256
 from modelfoundry.storage import download_dir, filesystem, fsync_dir, fsync_tree
 from modelfoundry.store.aliases import aliases, record_move
 from modelfoundry.store.checkpoint import MODEL_FILE, library_versions, read_meta, verify

@@ -9,31 +9,23 @@ get_checkpoint() first and continues from the epoch after it.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import ray
-import ray.train
 import torch
 import torch.distributed as dist
 
 from modelfoundry.config import JobConfig
-from modelfoundry.models import build_model, set_normalization
-from modelfoundry.storage import checkpoint_location, filesystem, join
-from modelfoundry.store.checkpoint import (
-    MODEL_FILE,
-    checkpoint_epoch,
-    load_checkpoint,
-    load_train_state,
-    verify,
-)
+from modelfoundry.storage import filesystem, join
+from modelfoundry.store.checkpoint import load_checkpoint, unwrap
 from modelfoundry.tasks import batch_loss, distill_loss, summarize
-from modelfoundry.training import sharding
+from modelfoundry.training.global_order import GlobalShard
 from modelfoundry.training.plan import TeacherSpec, WorkerPlan
+from modelfoundry.training.restore import Restored, restore
 from modelfoundry.training.session import InMemoryShard, TrainSession, report
+from modelfoundry.training.snapshots import Snapshots
 
 
 class InjectedFault(RuntimeError):
@@ -52,136 +44,75 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     if cfg.train.strategy == "fsdp" and not fsdp and rank == 0:
         print(f"[{cfg.name}] train.strategy fsdp: one process without a process group; nothing to shard", flush=True)
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+    t0 = time.perf_counter()
     state = restore(plan, session, device, fsdp, use_bf16, rank)
     model = state.model if fsdp else session.prepare(state.model)
     # bf16 on GPU: FSDP computes in bf16 by its mixed-precision policy, DDP under autocast
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 and not fsdp else contextlib.nullcontext
     )
-    epochs = Epochs(plan, model, state.optimizer, state.scheduler, device, autocast, load_teacher(plan.teacher, device))
-    if plan.shares:  # this rank's shares in the object store, held as tensors
+    teacher = load_teacher(plan.teacher, device)
+    if plan.shares and cfg.train.global_order:  # the whole split; each step this rank's part of it
+        g = cfg.train.batch_size * cfg.train.worker_bounds[1]
+        train_shard, test_shard = (GlobalShard(plan.shares[n][0], rank, world, device, g) for n in ("train", "test"))
+    elif plan.shares:  # this rank's shares in the object store, held as tensors
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
     else:  # Ray Data streams the shard every epoch (augmentation draws new samples each time)
         train_shard, test_shard = session.shard("train"), session.shard("test")
-
+    if state.attempt:  # what a restart cost in the training function itself, per rank
+        took = time.perf_counter() - t0
+        print(
+            f"[{cfg.name}] attempt {state.attempt}, rank {rank}/{world}: restored, data held in {took:.1f}s", flush=True
+        )
+    snapshots = (
+        Snapshots(plan.run_path, cfg.train.checkpoint_every_steps, rank, state.recoveries)
+        if cfg.train.checkpoint_every_steps and not session.checkpoints_from_elsewhere
+        else None
+    )
+    # the global batch stays batch_size x the most workers whatever the world (elastic resizes)
+    epochs = Epochs(plan, model, state, device, autocast, teacher, cfg.train.batch_per_worker(world), snapshots, rank)
     for epoch in range(state.start_epoch, cfg.train.epochs + 1):
         maybe_inject_fault(cfg, plan.run_path, epoch, rank)
-        metrics = epochs.run(epoch, train_shard, test_shard)
+        metrics = {**epochs.run(epoch, train_shard, test_shard), "workers": world}
         state.history.append({**metrics, "attempt": state.attempt})
         report(session, plan, model, state.optimizer, state.scheduler, metrics, state.history, rank, world, fsdp)
-
-
-@dataclass
-class Restored:
-    """A worker's starting point: the model and optimizer, from a checkpoint when there is one."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    start_epoch: int = 1
-    attempt: int = 0
-    history: list = field(default_factory=list)
-
-
-def restore(
-    plan: WorkerPlan, session: TrainSession, device: torch.device, fsdp: bool, bf16: bool, rank: int
-) -> Restored:
-    """The model (the same init on every rank; DDP also broadcasts rank 0's weights), resumed from
-    the latest checkpoint when there is one (after a failure or with --resume), else, when given,
-    started from another run's checkpoint (a PBT exploit: the donor's weights and optimizer state,
-    this config's hyperparameters)."""
-    cfg = plan.job
-    model = build_model(cfg.model.family, cfg.model.preset, **plan.model_fields, **cfg.model.params)
-    set_normalization(model, plan.stats)
-    if cfg.train.activation_checkpointing:
-        model.set_activation_checkpointing(True)
-    checkpoint, seeded = session.checkpoint(), session.checkpoints_from_elsewhere
-    if plan.resume_from and checkpoint_epoch(plan.resume_from) > (
-        checkpoint_epoch(checkpoint_location(checkpoint)) if checkpoint else 0
-    ):
-        checkpoint, seeded = ray.train.Checkpoint(plan.resume_from), False  # newer than Ray Train knows of
-    if checkpoint is None and plan.start_from:
-        checkpoint, seeded = ray.train.Checkpoint(plan.start_from), True
-    with contextlib.ExitStack() as stack:
-        d = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
-        meta = verify(d) if d else None  # a truncated or corrupt checkpoint is refused, never half-loaded
-        state = load_train_state(d) if d else None
-        sharded = meta is not None and meta.sharded is not None
-        if sharded and not fsdp:
-            raise ValueError(
-                f"checkpoint {checkpoint.path} is sharded (an FSDP run's); resume it with train.strategy fsdp"
-            )
-        if d and not sharded:
-            model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE), map_location="cpu", weights_only=True))
-        if fsdp:
-            model = sharding.shard(model, device, bf16=bf16)
-        optimizer = make_optimizer(cfg, model)
-        cosine = cfg.train.lr_schedule == "cosine"
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.train.epochs) if cosine else None
-        if sharded:
-            sharding.load(d, model, optimizer)
-        elif state:
-            optimizer.load_state_dict(state["optimizer"])
-    restored = Restored(model, optimizer, scheduler)
-    if state:
-        if scheduler and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        restored.start_epoch = state["epoch"] + 1
-        restored.attempt, restored.history = state["attempt"] + 1, state["history"]
-    if checkpoint:
-        if seeded:
-            set_hyperparameters(cfg, optimizer, keep_lr=scheduler is not None)
-        if rank == 0 and not state:  # weights only: a pruned model to fine-tune
-            print(f"[{cfg.name}] starting from the weights of {plan.start_from or 'the checkpoint'}", flush=True)
-        elif rank == 0:
-            source = "the checkpoint, with this config's hyperparameters" if seeded else "the checkpoint"
-            print(f"[{cfg.name}] resuming from {source} (epoch {restored.start_epoch - 1})", flush=True)
-    return restored
+    if snapshots:
+        snapshots.close()
 
 
 @dataclass
 class Epochs:
     """One epoch: optimiser steps over the train shard, then evaluation on the held-out shard;
-    the metrics summed over every worker."""
+    the metrics summed over every worker. A resumed attempt's first epoch starts after the
+    steps its snapshot holds, with their metric totals."""
 
     plan: WorkerPlan
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    state: Restored  # the optimizer, schedule and where this attempt starts
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager]
     teacher: Teacher | None
+    batch: int  # this worker's share of the global batch (the Ray Data and per-rank shard paths)
+    snapshots: Snapshots | None = None
+    rank: int = 0
 
     def run(self, epoch: int, train_shard, test_shard) -> dict[str, Any]:
-        cfg, task, y_std = self.plan.job, self.plan.task, float(self.plan.stats["y_std"])
+        task, y_std = self.plan.task, float(self.plan.stats["y_std"])
         started_at, t0 = time.time(), time.perf_counter()
         self.model.train()
-        sums: dict[str, float] = {}
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            device=self.device,
-            local_shuffle_buffer_size=4 * cfg.train.batch_size,
-            local_shuffle_seed=cfg.train.seed + epoch,
-        ):
-            with self.autocast():
-                if self.teacher:
-                    t = self.teacher
-                    loss, batch_sums = distill_loss(self.model, t.model, batch["x"], batch["y"], t.temperature, t.alpha)
-                else:
-                    loss, batch_sums = batch_loss(task, self.model, batch["x"], batch["y"], y_std)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            add_into(sums, batch_sums)
-        if self.scheduler:
-            self.scheduler.step()
+        train_sums = all_reduce(self._train(epoch, train_shard), self.device)
+        if self.state.scheduler:
+            self.state.scheduler.step()
         train_time = time.perf_counter() - t0
-        train_sums = all_reduce(sums, self.device)
 
         self.model.eval()
-        sums = {}
+        sums: dict[str, Any] = {}
+        if isinstance(test_shard, GlobalShard):
+            batches = test_shard.eval_batches()
+        else:
+            batches = test_shard.iter_torch_batches(batch_size=512, device=self.device)
         with torch.no_grad(), self.autocast():
-            for batch in test_shard.iter_torch_batches(batch_size=512, device=self.device):
+            for batch in batches:
                 add_into(sums, batch_loss(task, self.model, batch["x"], batch["y"], y_std)[1])
         return {
             "epoch": epoch,
@@ -191,9 +122,65 @@ class Epochs:
             "epoch_time_s": time.perf_counter() - t0,
             "train_time_s": train_time,
             "started_at": started_at,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.state.optimizer.param_groups[0]["lr"],
             **self.plan.baselines,
         }
+
+    def _train(self, epoch: int, shard) -> dict[str, Any]:
+        """The epoch's optimizer steps; this rank's metric totals (rank 0's include a snapshot's)."""
+        cfg, task, y_std = self.plan.job, self.plan.task, float(self.plan.stats["y_std"])
+        start, sums = 0, {}
+        if epoch == self.state.start_epoch and self.state.start_step:
+            start, sums = self.state.start_step, (dict(self.state.sums) if self.rank == 0 else {})
+        if isinstance(shard, GlobalShard):
+            steps = shard.batches(epoch, cfg.train.seed, start)
+        else:
+            steps = enumerate(
+                shard.iter_torch_batches(
+                    batch_size=self.batch,
+                    device=self.device,
+                    local_shuffle_buffer_size=4 * self.batch,
+                    local_shuffle_seed=cfg.train.seed + epoch,
+                ),
+                1,
+            )
+        optimizer = self.state.optimizer
+        for step, batch in steps:
+            with self.autocast():
+                if self.teacher:
+                    t = self.teacher
+                    loss, batch_sums = distill_loss(self.model, t.model, batch["x"], batch["y"], t.temperature, t.alpha)
+                else:
+                    loss, batch_sums = batch_loss(task, self.model, batch["x"], batch["y"], y_std)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            add_into(sums, batch_sums)
+            if isinstance(shard, GlobalShard):
+                self._after_step(epoch, step, shard.steps_per_epoch(), sums)
+        return sums
+
+    def _after_step(self, epoch: int, step: int, per_epoch: int, sums: dict[str, Any]) -> None:
+        """A step snapshot when one is due; the step fault (train.fail_at_step) when it is this one."""
+        cfg, snaps = self.plan.job, self.snapshots
+        if snaps:
+            snaps.first_step(self.state.attempt, epoch, step)
+        if snaps and snaps.due() and step < per_epoch:  # at an epoch's end its checkpoint follows
+            totals = all_reduce(sums, self.device)  # rank 0's included the snapshot's it resumed from
+            state = {
+                "epoch": epoch,
+                "step": step,
+                "global_batch": cfg.train.batch_size * cfg.train.worker_bounds[1],
+                "model": unwrap(self.model).state_dict() if self.rank == 0 else None,
+                "optimizer": self.state.optimizer.state_dict() if self.rank == 0 else None,
+                "scheduler": self.state.scheduler.state_dict() if self.state.scheduler and self.rank == 0 else None,
+                "sums": totals,
+                "history": self.state.history,
+                "attempt": self.state.attempt,
+            }
+            snaps.save(state)
+        if cfg.train.fail_at_step and self.rank == 0 and (epoch - 1) * per_epoch + step == cfg.train.fail_at_step:
+            fire_once(self.plan.run_path, "fault-injected-step", f"injected fault at step {cfg.train.fail_at_step}")
 
 
 @dataclass
@@ -211,25 +198,6 @@ def load_teacher(spec: TeacherSpec | None, device: torch.device) -> Teacher | No
     for p in loaded.model.parameters():
         p.requires_grad_(False)
     return Teacher(loaded.model.eval(), spec.temperature, spec.alpha)
-
-
-def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-
-
-def set_hyperparameters(cfg: JobConfig, optimizer: torch.optim.Optimizer, keep_lr: bool = False) -> None:
-    """The config's lr / weight decay / momentum over those loaded with an optimizer state (the
-    lr stays when a schedule owns it)."""
-    for group in optimizer.param_groups:
-        if not keep_lr:
-            group["lr"] = cfg.train.lr
-        group["weight_decay"] = cfg.train.weight_decay
-        if "momentum" in group:
-            group["momentum"] = cfg.train.momentum
 
 
 def add_into(total: dict[str, Any], part: dict[str, Any]) -> None:
@@ -252,11 +220,15 @@ def all_reduce(sums: dict[str, Any], device: torch.device) -> dict[str, float]:
 def maybe_inject_fault(cfg: JobConfig, run_path: str, epoch: int, rank: int) -> None:
     """train.fail_at_epoch: rank 0 raises once at that epoch (a marker in the run's storage
     remembers it fired, so the retried attempt goes on)."""
-    if cfg.train.fail_at_epoch != epoch or rank != 0:
-        return
-    fs, path = filesystem(join(run_path, "fault-injected"))
+    if cfg.train.fail_at_epoch == epoch and rank == 0:
+        fire_once(run_path, "fault-injected", f"injected fault at epoch {epoch} (train.fail_at_epoch)")
+
+
+def fire_once(run_path: str, marker: str, message: str) -> None:
+    """Raise InjectedFault unless `marker` exists in the run's storage (then written first)."""
+    fs, path = filesystem(join(run_path, marker))
     if fs.get_file_info(path).type.name != "NotFound":
         return
     with fs.open_output_stream(path) as f:
-        f.write(str(epoch).encode())
-    raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")
+        f.write(message.encode())
+    raise InjectedFault(message)

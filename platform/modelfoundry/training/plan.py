@@ -31,7 +31,7 @@ class WorkerPlan:
     start_from: str | None = None  # a checkpoint to start from when the run has none of its own
     resume_from: str | None = None  # --resume: the run's newest checkpoint on storage (resume.latest_checkpoint)
     teacher: TeacherSpec | None = None
-    # in-memory data: per split, each rank's (x, y) object refs (trainer.rank_shares)
+    # in-memory data: per split, each rank's (x, y) object refs (shares.rank_shares; the whole split once under one global order)
     shares: dict[str, list[tuple[Any, Any]]] | None = field(default=None)
 
 

@@ -25,7 +25,11 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         history = meta.history or []
         names = sorted({k for h in history for k in h if k.startswith(("train_", "test_"))})
         groups = sorted({n.split("_", 1)[1] for n in names})
-        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+        sizes = {h.get("workers") for h in history} - {None}
+        panels = len(groups) + (len(sizes) > 1)  # an elastic run that resized: its workers too
+        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+        if len(sizes) > 1:
+            _workers_panel(axes[0][-1], history)
         for ax, g in zip(axes[0], groups):
             for split in ("train", "test"):
                 pts = [(h["epoch"], h[f"{split}_{g}"]) for h in history if f"{split}_{g}" in h]
@@ -46,6 +50,20 @@ def plot_run(checkpoint: str, run_path: str) -> list[str]:
         if is_uri(run_path):
             upload_dir(str(out), run_path)
     return [f"{run_path.rstrip('/')}/{f}" for f in files]
+
+
+def _workers_panel(ax, history: list[dict]) -> None:
+    """Each epoch as a bar at its worker count over the run's time: the gaps between bars are the
+    restarts (a resize or a failure); a new attempt's first epoch is marked by a dotted line."""
+    t0 = history[0]["started_at"]
+    for before, h in zip([None, *history], history):
+        x = h["started_at"] - t0
+        ax.hlines(h["workers"], x, x + h.get("epoch_time_s", 0.0), lw=6)
+        if before is not None and h.get("attempt") != before.get("attempt"):
+            ax.axvline(x, color="grey", lw=0.8, ls=":")
+    ax.set_title("workers per epoch (gaps: restarts)")
+    ax.set_xlabel("seconds since epoch 1 started")
+    ax.set_ylim(0, max(h["workers"] for h in history) + 0.5)
 
 
 TEXT_PROMPTS = ("The ", "def ", "In Python, ")

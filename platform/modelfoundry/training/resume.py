@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from modelfoundry.config import JobConfig, config_sha256, flatten
+from modelfoundry.config import JobConfig
+from modelfoundry.config_flat import config_sha256, flatten
 from modelfoundry.storage import absolute, filesystem, is_uri, join
 from modelfoundry.store.checkpoint import run_checkpoints
 
@@ -18,6 +19,8 @@ RESUME_IGNORED = {"train.storage", "train.model_store", "train.placement_timeout
 RESUME_SAFE = {
     "train.epochs",
     "train.num_workers",
+    "train.workers",
+    "train.checkpoint_every_steps",
     "train.use_gpu",
     "train.cpus_per_worker",
     "train.keep_checkpoints",

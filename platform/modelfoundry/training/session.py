@@ -91,7 +91,7 @@ class InMemoryShard:
 
     @classmethod
     def fetch(cls, refs, device: torch.device) -> InMemoryShard:
-        """A share put into the object store by the driver (trainer.rank_shares)."""
+        """A share put into the object store by the driver (shares.rank_shares)."""
         x, y = ray.get(list(refs))
         return cls(torch.tensor(x), torch.tensor(y), device)  # a copy: the store's buffers are read-only
 

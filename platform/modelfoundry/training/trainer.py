@@ -3,13 +3,9 @@ export the best checkpoint to the model store, plot the learning curves."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
 
 from modelfoundry.config import JobConfig
 from modelfoundry.data import load_splits, ray_datasets
@@ -17,6 +13,7 @@ from modelfoundry.runs import Outcome, RunContext
 from modelfoundry.storage import absolute, check_writable, checkpoint_location, join
 from modelfoundry.tasks import task_of, task_spec
 from modelfoundry.tracking import Tracker
+from modelfoundry.training.capacity import check_capacity, workers_text
 from modelfoundry.training.plan import TeacherSpec, worker_plan
 from modelfoundry.training.resume import (
     RESUME_SAFE,
@@ -25,6 +22,7 @@ from modelfoundry.training.resume import (
     run_dirs,
     write_run_config,
 )
+from modelfoundry.training.shares import holds_in_memory, with_shares
 
 # Ray Train's controller polls its workers for reports every 2 s by default, and a report waits
 # while the previous one is still unpolled: epochs shorter than the poll interval stretch to it
@@ -35,57 +33,6 @@ from modelfoundry.training.resume import (
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 DEFAULT_HEALTH_CHECK_S = "0.25"
-
-
-class CapacityError(ValueError):
-    """The cluster can never place the requested workers."""
-
-
-def check_capacity(cfg: JobConfig) -> None:
-    """Fail fast when no node set of this cluster can ever hold the workers (not wait forever)."""
-    import ray
-
-    total = ray.cluster_resources()
-    need_cpu = cfg.train.num_workers * cfg.train.cpus_per_worker
-    if need_cpu > total.get("CPU", 0):
-        raise CapacityError(
-            f"train.num_workers={cfg.train.num_workers} x cpus_per_worker={cfg.train.cpus_per_worker} "
-            f"needs {need_cpu:g} CPUs; the cluster has {total.get('CPU', 0):g}"
-        )
-    if cfg.train.use_gpu and cfg.train.num_workers > total.get("GPU", 0):
-        raise CapacityError(
-            f"train.use_gpu with num_workers={cfg.train.num_workers} needs {cfg.train.num_workers} GPUs; "
-            f"the cluster has {total.get('GPU', 0):g} (drop --gpu or add GPU nodes)"
-        )
-    for name, amount in cfg.train.worker_resources.items():
-        if cfg.train.num_workers * amount > total.get(name, 0):
-            raise CapacityError(
-                f"train.worker_resources asks {amount:g} {name!r} per worker for {cfg.train.num_workers} workers; "
-                f"the cluster has {total.get(name, 0):g}"
-            )
-
-
-IN_MEMORY_LIMIT_BYTES = 2 << 30
-
-
-def holds_in_memory(cfg: JobConfig, splits) -> bool:
-    """Whether workers hold their shard as tensors (see DataSection.in_memory)."""
-    if cfg.data.in_memory != "auto":
-        return cfg.data.in_memory
-    shard = (splits.x_train.nbytes + splits.x_test.nbytes) / cfg.train.num_workers
-    return not cfg.data.augment and shard <= IN_MEMORY_LIMIT_BYTES
-
-
-def rank_shares(x: np.ndarray, y: np.ndarray, world: int, equal: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each rank's share of a split: every world-th example, as DistributedSampler deals them.
-    `equal`: pad by wrapping around so that every rank gets the same number (as DistributedSampler
-    does; else DDP's ranks would run different numbers of steps and the longer one would wait
-    forever in its all-reduce)."""
-    index = np.arange(len(x))
-    if equal and len(x) % world:
-        index = np.resize(index, -(-len(x) // world) * world)  # wraps around: 0, 1, ... n-1, 0, ...
-    for r in range(world):  # one share at a time (fancy indexing copies)
-        yield x[index[r::world]], y[index[r::world]]
 
 
 def make_trainer(
@@ -115,7 +62,7 @@ def make_trainer(
     plan = worker_plan(cfg, splits, join(storage_path, run_name), start_from, teacher, resume_from)
     in_memory = holds_in_memory(cfg, splits)
     if in_memory:
-        plan = _with_shares(plan, cfg, splits)
+        plan = with_shares(plan, cfg, splits)
     resources = {
         "CPU": cfg.train.cpus_per_worker,
         **({"GPU": 1} if cfg.train.use_gpu else {}),
@@ -125,7 +72,8 @@ def make_trainer(
         train_loop_per_worker=_loop(),
         train_loop_config=plan,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            num_workers=cfg.train.worker_bounds if cfg.train.workers else cfg.train.num_workers,
+            **({"elastic_resize_monitor_interval_s": cfg.train.workers.resize_interval_s} if cfg.train.workers else {}),
             use_gpu=cfg.train.use_gpu,
             resources_per_worker=resources,
             placement_strategy=cfg.train.placement_strategy,
@@ -135,27 +83,17 @@ def make_trainer(
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=1),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.train.max_failures,
+                # an elastic run may try a size whose node just died (Ray has not seen it go yet):
+                # each failed start counts here, and the next decision sees the smaller cluster
+                controller_failure_limit=max(1, cfg.train.max_failures) if cfg.train.workers else 1,
+            ),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
             callbacks=callbacks or [],
         ),
-    )
-
-
-def _with_shares(plan, cfg: JobConfig, splits):
-    """Each rank's share put in the object store once; its worker fetches only that (no Ray Data
-    pipeline, coordinator or stats actors running beside the training)."""
-    import ray
-
-    n = cfg.train.num_workers
-    return dataclasses.replace(
-        plan,
-        shares={
-            "train": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_train, splits.y_train, n, equal=True)],
-            "test": [tuple(map(ray.put, s)) for s in rank_shares(splits.x_test, splits.y_test, n, equal=False)],
-        },
     )
 
 
@@ -199,23 +137,30 @@ def train(
             teacher=teacher,
             resume_from=latest_checkpoint(run_path) if resume else None,
         )
-        result = _fit(cfg, splits, trainer, relay, run)
+        result = _fit(cfg, splits, trainer, relay, run, timeline := [])
         best_ckpt, best_metrics = _best(result, ranking.metric, ranking.mode)
-        outcome = Outcome(
-            "train",
-            cfg.name,
-            run_path,
-            ranking.metric,
-            ranking.mode,
-            best_metrics,
-            checkpoint_location(best_ckpt),
-            checkpoint_location(result.checkpoint),
-        )
+        best, last = checkpoint_location(best_ckpt), checkpoint_location(result.checkpoint)
+        outcome = Outcome("train", cfg.name, run_path, ranking.metric, ranking.mode, best_metrics, best, last)
+        outcome.details.update(_run_details(cfg, run_path, timeline))
         if export:
             run_links = {"name": cfg.name, "id": run_id, "path": run_path}
             outcome.model = run.export(outcome.checkpoint, cfg.name, cfg.to_dict(), run=run_links, **(lineage or {}))
         outcome.files = plot_run(outcome.last_checkpoint, outcome.path)
     return run.finish(outcome)
+
+
+def _run_details(cfg: JobConfig, run_path: str, timeline: list) -> dict[str, Any]:
+    """An elastic run's worker bounds and timeline; a snapshotting run's recoveries (each attempt
+    after the first: the epoch and step it resumed after, when its first step completed)."""
+    from modelfoundry.training.snapshots import load_snapshot
+
+    out: dict[str, Any] = {}
+    if cfg.train.workers:
+        out["workers"] = {"min": cfg.train.workers.min, "max": cfg.train.workers.max, "timeline": timeline}
+    snap = load_snapshot(run_path) if cfg.train.checkpoint_every_steps else None
+    if snap is not None:
+        out["recoveries"] = [r for r in snap["recoveries"] if r["attempt"] > 0]
+    return out
 
 
 def _prepare(cfg: JobConfig, resume: bool, allow_changes: set[str]) -> str:
@@ -249,9 +194,9 @@ def _relay():
     return ReportRelay()
 
 
-def _fit(cfg: JobConfig, splits, trainer, relay, run: RunContext):
-    """The trainer's fit, its reports shown as a progress display and logged to MLflow; a failed
-    run is one RuntimeError naming its root cause."""
+def _fit(cfg: JobConfig, splits, trainer, relay, run: RunContext, timeline: list):
+    """The trainer's fit, its reports shown as a progress display and logged to MLflow, each change
+    of the worker count appended to `timeline`; a failed run is one RuntimeError naming its root cause."""
     import ray.train
 
     from modelfoundry.console import EpochProgress
@@ -259,14 +204,21 @@ def _fit(cfg: JobConfig, splits, trainer, relay, run: RunContext):
 
     print(
         f"[{cfg.name}] training {cfg.model.family}/{cfg.model.preset} on {splits.spec.name} "
-        f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {cfg.train.num_workers} "
-        f"worker(s){' on GPU' if cfg.train.use_gpu else ''}; run {run.path}",
+        f"({len(splits.x_train)} train / {len(splits.x_test)} test) with {workers_text(cfg)}"
+        f"{' on GPU' if cfg.train.use_gpu else ''}; run {run.path}",
         flush=True,
     )
+
+    t0 = time.time()
 
     def on_report(metrics: dict[str, Any]) -> None:
         progress.update(metrics)
         run.tracker.log_metrics(metrics, int(metrics.get("epoch", 0)))
+        world = metrics.get("workers")
+        if world and (not timeline or timeline[-1][1] != world):  # the first epoch at a new size
+            if timeline:
+                print(f"[{cfg.name}] workers {timeline[-1][1]} -> {world} at epoch {metrics['epoch']}", flush=True)
+            timeline.append([round(max(0.0, metrics.get("started_at", t0) - t0), 1), world])
 
     try:
         with EpochProgress(cfg.name, cfg.train.epochs) as progress:

@@ -81,6 +81,8 @@ def make_trial(sweep: SweepConfig, trials_storage: str, teacher_path: str | None
             {
                 **{p: config[p] for p in paths},
                 "train.num_workers": t.workers_per_trial,
+                "train.workers": None,  # a trial's size is fixed; Tune checkpoints it per report
+                "train.checkpoint_every_steps": None,
                 "train.cpus_per_worker": t.cpus_per_worker,
                 "train.use_gpu": t.gpus_per_worker > 0,
                 "train.max_failures": 0,
