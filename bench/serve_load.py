@@ -57,7 +57,7 @@ from serve_floor import floor_apps
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
 PORT_SERVE = 18400
-PORTS = {"fastapi": 18401, "litserve": 18402, "bentoml": 18403, "fastapi-lru": 18404}
+PORTS = {"fastapi": 18401, "litserve": 18402, "bentoml": 18403, "fastapi-lru": 18404, "cli": 18405}
 LOADS = (16, 32)
 APPS = {
     "classifier": {},
@@ -181,7 +181,9 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen | None, what: str) 
     raise RuntimeError(f"{what} did not answer {url} with 200 within 180 s; last: {last!r}")
 
 
-def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
+def start_servers(model: str, path: str, store: str | None = None) -> dict[str, subprocess.Popen]:
+    """The peers (and, given the store, `cli`: the same app as `classifier` started the way a user
+    does, `foundry serve MODEL` as a subprocess with its own local Ray cluster)."""
     env = {
         **os.environ,
         "MODEL_PATH": path,
@@ -199,6 +201,9 @@ def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
         cmds["bentoml"] += ["--host", "127.0.0.1", "--port", str(PORTS["bentoml"])]
     else:
         print(f"NOTE: {PEERS_PY} is missing (`make bench-peers`): LitServe and BentoML left out", flush=True)
+    if store:
+        foundry = str(Path(sys.executable).with_name("foundry"))
+        cmds["cli"] = [foundry, "serve", model, "--store", store, "--port", str(PORTS["cli"])]
     procs = {}
     for name, cmd in cmds.items():
         with open(Path(tempfile.gettempdir()) / f"serve_load-{name}.log", "w") as log:  # the child keeps its copy
@@ -216,12 +221,12 @@ def start_servers(model: str, path: str) -> dict[str, subprocess.Popen]:
 def stop(procs: dict[str, subprocess.Popen]) -> None:
     """Each server with the processes it spawned (LitServe's and BentoML's workers): its own
     process group, started by start_servers, so nothing else is touched."""
-    for p in procs.values():
+    for name, p in procs.items():  # `foundry serve` shuts its Ray cluster down on Ctrl-C
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
+            os.kill(p.pid, signal.SIGINT) if name == "cli" else os.killpg(p.pid, signal.SIGTERM)
     for p in procs.values():
         try:
-            p.wait(30)
+            p.wait(60)
         except subprocess.TimeoutExpired:
             pass
         with contextlib.suppress(ProcessLookupError):
@@ -294,6 +299,12 @@ def summarize(rounds: list[dict[str, dict]]) -> dict:
     out["floor_ms_c1"] = {"floor-0": statistics.median(f0), "floor-1": statistics.median(f1)}
     out["floor_hop_ms_c1"] = statistics.median(b - a for a, b in zip(f0, f1))
     out["split_vs_mono_c16"] = median_ratio([x["c16_rps"] for x in split], [x["c16_rps"] for x in mono])
+    if "cli" in setups:  # the same app started by `foundry serve` (its own cluster) vs in this process
+        cli = per["cli"]
+        out["cli_minus_classifier_c1_ms"] = statistics.median(
+            b["c1_p50_ms"] - a["c1_p50_ms"] for a, b in zip(mono, cli)
+        )
+        out["cli_vs_classifier_c16"] = median_ratio([x["c16_rps"] for x in cli], [x["c16_rps"] for x in mono])
     out["rounds"] = rounds
     return out
 
@@ -305,6 +316,7 @@ def main() -> None:
     ap.add_argument("--models", default="cnn-digits,cnn-mnist")
     ap.add_argument("--client", choices=["wrk", "aiohttp"], default="wrk" if shutil.which("wrk") else "aiohttp")
     ap.add_argument("--multiplex", action="store_true", help="the model-multiplexing bench instead (see above)")
+    ap.add_argument("--cli", action="store_true", help="add `cli`: the classifier app started by `foundry serve`")
     args = ap.parse_args()
     if args.multiplex:
         return multiplex_main(args)
@@ -322,7 +334,7 @@ def main() -> None:
             dataset = {"cnn-digits": "digits", "cnn-mnist": "mnist"}[model]
             body = json.dumps({"instances": load_splits(DataSection(dataset=dataset, limit=10)).x_test[:1].tolist()})
             body = body.encode()
-            procs = start_servers(model, resolve(store, model).uri)
+            procs = start_servers(model, resolve(store, model).uri, store if args.cli else None)
             urls = {name: f"http://127.0.0.1:{PORTS[name]}/v1/models/{model}:predict" for name in procs}
             apps: dict = {}
             try:
@@ -506,6 +518,11 @@ def report(results: dict, models: list[str]) -> None:
             f"own hop (trivial apps, same run) {m['floor_hop_ms_c1']:.2f} ms; "
             f"split-2 c16 = {m['split_vs_mono_c16']:.2f}x the classifier's"
         )
+        if "cli_vs_classifier_c16" in m:
+            print(
+                f"{model}: `foundry serve` vs the in-process app: c1 p50 {m['cli_minus_classifier_c1_ms']:+.2f} ms, "
+                f"c16 {m['cli_vs_classifier_c16']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

