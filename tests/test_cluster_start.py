@@ -149,3 +149,66 @@ def test_cluster_yaml_starts_a_token_auth_head_and_a_worker_joins_it(tmp_path):
     finally:
         kill_matching(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_foundry_serve_stops_on_sigterm_with_its_cluster_and_frees_its_port(tmp_path):
+    """`foundry serve` under a supervisor (docker stop, systemd): SIGTERM shuts Serve and its local
+    cluster down like Ctrl-C and exits 0, every process it started gone and its port free. It used
+    to die of SIGABRT (-6) without Serve's shutdown."""
+    import socket
+    import time
+
+    import torch
+
+    from modelfoundry.config import DataSection
+    from modelfoundry.data import load_splits
+    from modelfoundry.models import build_model, set_normalization
+    from modelfoundry.store import export
+    from modelfoundry.store.checkpoint import write_checkpoint
+
+    digits = load_splits(DataSection(dataset="digits"))
+    torch.manual_seed(0)
+    model = build_model("cnn", "tiny", input_shape=digits.spec.input_shape, output_dim=digits.spec.output_dim)
+    set_normalization(model, digits.stats())
+    write_checkpoint(
+        str(tmp_path / "ckpt"), model, dataset=digits.spec.to_dict(), metrics={}, extra={"task": "classification"}
+    )
+    store, port = str(tmp_path / "models"), free_port()
+    export(str(tmp_path / "ckpt"), store, "cnn-digits")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODELFOUNDRY_"))}  # a user's shell
+    foundry = str(Path(sys.executable).with_name("foundry"))
+    proc = subprocess.Popen(
+        [foundry, "serve", "cnn-digits", "--store", store, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:  # waits on its own output: "serving at ..." once the app is up
+            if line.startswith("serving at"):
+                break
+        assert proc.poll() is None, "foundry serve ended before serving"
+        family = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert any("haproxy" in " ".join(_cmdline(pid)) for pid in family), "no HAProxy under foundry serve"
+        proc.terminate()
+        assert proc.wait(timeout=120) == 0
+        left = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        deadline = time.monotonic() + 60  # the raylet's children end just after it: wait on the condition
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = [pid for pid in left if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert not left, [" ".join(_cmdline(pid))[:120] for pid in left]
+        with socket.socket() as s:  # the port is free again
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []

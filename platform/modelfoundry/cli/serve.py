@@ -49,6 +49,7 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from ray import serve
@@ -56,12 +57,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     urls = _serve_yaml(args) if args.target.endswith((".yaml", ".yml")) else _serve_model(args)
     for url in urls:
         print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, the page at {url}/)")
+    # SIGTERM (docker stop, systemd, a supervisor) shuts Serve and the local cluster down like
+    # Ctrl-C, exit status 0 (without this the process died of SIGABRT, skipping Serve's shutdown)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     serve.shutdown()
     return 0
 
