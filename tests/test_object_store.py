@@ -137,3 +137,23 @@ def test_a_bad_object_store_is_one_clear_error(s3):
         [FOUNDRY, "serve", "nothing-here", "--store", missing], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 2 and "is not in the store" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_step_snapshots_write_and_load_on_s3(s3):
+    """A run on s3:// storage: the step snapshot goes to the bucket (a temporary object, then the
+    move) and loads back with weights_only, the newer one replacing the older."""
+    import torch
+
+    from modelfoundry.training.snapshots import Snapshots, load_snapshot
+
+    run = f"s3://{s3.bucket()}/runs/job/run-1"
+    assert load_snapshot(run) is None  # none written yet
+    snaps = Snapshots(run, every=1, rank=0, recoveries=[])
+    snaps.first_step(attempt=0, epoch=1, step=1)
+    for step in (1, 2):
+        assert snaps.due()
+        snaps.save({"epoch": 1, "step": step, "attempt": 0, "model": {"w": torch.full((2,), float(step))}})
+    snaps.close()
+    snap = load_snapshot(run)
+    assert snap["step"] == 2 and torch.equal(snap["model"]["w"], torch.full((2,), 2.0))
+    assert [r["resumed_at"] for r in snap["recoveries"]] == [[1, 0]]

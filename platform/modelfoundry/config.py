@@ -192,17 +192,21 @@ class TrainSection(_Frozen):
 
     @property
     def global_order(self) -> bool:
-        """Whether the workers draw each step's examples from one permutation of the whole split
-        (the same examples at step s whatever the world size): elastic runs and step snapshots."""
+        """Elastic runs and step snapshots: each step's examples from one order (training/global_order.py)."""
         return bool(self.workers or self.checkpoint_every_steps)
 
     @property
     def worker_bounds(self) -> tuple[int, int]:
         return (self.workers.min, self.workers.max) if self.workers else (self.num_workers, self.num_workers)
 
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step at any world size: batch_size x the most workers."""
+        return self.batch_size * self.worker_bounds[1]
+
     def batch_per_worker(self, world: int) -> int:
-        """A constant global batch (batch_size x the most workers), shared by the workers there are."""
-        return max(1, self.batch_size * self.worker_bounds[1] // world)
+        """A constant global batch, shared by the workers there are."""
+        return max(1, self.global_batch // world)
 
 
 class JobConfig(_Frozen):

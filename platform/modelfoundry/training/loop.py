@@ -53,7 +53,7 @@ def train_loop_per_worker(plan: WorkerPlan, session: TrainSession | None = None)
     )
     teacher = load_teacher(plan.teacher, device)
     if plan.shares and cfg.train.global_order:  # the whole split; each step this rank's part of it
-        g = cfg.train.batch_size * cfg.train.worker_bounds[1]
+        g = cfg.train.global_batch
         train_shard, test_shard = (GlobalShard(plan.shares[n][0], rank, world, device, g) for n in ("train", "test"))
     elif plan.shares:  # this rank's shares in the object store, held as tensors
         train_shard, test_shard = (InMemoryShard.fetch(plan.shares[n][rank], device) for n in ("train", "test"))
@@ -145,6 +145,7 @@ class Epochs:
                 1,
             )
         optimizer = self.state.optimizer
+        per_epoch = shard.steps_per_epoch() if isinstance(shard, GlobalShard) else None
         for step, batch in steps:
             with self.autocast():
                 if self.teacher:
@@ -156,8 +157,8 @@ class Epochs:
             loss.backward()
             optimizer.step()
             add_into(sums, batch_sums)
-            if isinstance(shard, GlobalShard):
-                self._after_step(epoch, step, shard.steps_per_epoch(), sums)
+            if per_epoch:
+                self._after_step(epoch, step, per_epoch, sums)
         return sums
 
     def _after_step(self, epoch: int, step: int, per_epoch: int, sums: dict[str, Any]) -> None:
@@ -170,7 +171,7 @@ class Epochs:
             state = {
                 "epoch": epoch,
                 "step": step,
-                "global_batch": cfg.train.batch_size * cfg.train.worker_bounds[1],
+                "global_batch": cfg.train.global_batch,
                 "model": unwrap(self.model).state_dict() if self.rank == 0 else None,
                 "optimizer": self.state.optimizer.state_dict() if self.rank == 0 else None,
                 "scheduler": self.state.scheduler.state_dict() if self.state.scheduler and self.rank == 0 else None,

@@ -55,7 +55,7 @@ def from_snapshot(plan: WorkerPlan, restored: Restored, rank: int) -> None:
     if snap is None:
         return
     restored.recoveries = list(snap["recoveries"])
-    g = plan.job.train.batch_size * plan.job.train.worker_bounds[1]
+    g = plan.job.train.global_batch
     if snap["epoch"] < restored.start_epoch:
         return
     if snap["global_batch"] != g:
