@@ -171,7 +171,7 @@ def redeploy(weights: dict[str, int]) -> None:
     declarative config: the args change the app's code version, so Serve rebuilds it."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from modelfoundry.cluster import connect
-    from modelfoundry.serving import rollout
+    from modelfoundry.serving import declarative, rollout
 
     connect("auto", log_to_driver=False)
     config, _, _ = rollout.live_canary(NAME)
@@ -179,9 +179,10 @@ def redeploy(weights: dict[str, int]) -> None:
     for d in config.get("deployments") or []:
         if d.get("name") == rollout.INGRESS:
             d["user_config"] = {"traffic": weights}
-    others = [a for a in rollout._declarative_apps() if a["name"] != NAME]
+    others = [a for a in declarative.declarative_apps() if a["name"] != NAME]
     t0 = time.perf_counter()
-    rollout._apply([*others, config], NAME)
+    declarative.deploy_all([*others, config])
+    declarative.wait_ready(NAME)
     print(f"redeployed {weights}, every replica serving it after {time.perf_counter() - t0:.2f}s")
 
 

@@ -7,6 +7,8 @@ import json
 
 from modelfoundry.cli.table import Command, add_store_arg, add_tracking_arg
 
+DEFAULT_BUDGET = 8  # --max-replicas-total
+
 
 def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("target", help="a model-store name (NAME, NAME:VERSION or NAME@ALIAS), or a serve_apps/*.yaml file")
@@ -27,6 +29,24 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--sticky-header",
         help="with --traffic: a request header (user or session id) that keeps a client on one version",
+    )
+    s.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        help="with --split: a p99 latency objective (ms) for the whole graph; a planner sets every stage's "
+        "replicas to hold it at the fewest replicas (refused at start when the stages alone take longer)",
+    )
+    s.add_argument("--max-replicas-total", type=int, help="with --slo-p99-ms: the stages' replica budget (default 8)")
+    s.add_argument(
+        "--min-replicas", type=int, help="with --slo-p99-ms: per stage when idle (default 1; 0 scales to zero)"
+    )
+    s.add_argument(
+        "--variant",
+        help="with --slo-p99-ms: a cheaper version (@ALIAS, NAME, NAME:VERSION) that answers a share of "
+        "requests when the budget cannot hold the objective",
+    )
+    s.add_argument(
+        "--status", action="store_true", help="print the live plan of the app TARGET names (its latency objective)"
     )
     add_store_arg(s)
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
@@ -54,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ray import serve
 
+    if args.status:
+        return _slo_status(args)
     urls = _serve_yaml(args) if args.target.endswith((".yaml", ".yml")) else _serve_model(args)
     for url in urls:
         print(f"serving at {url}  (GET {url}/v1/models, POST {url}/v1/models/<name>:<verb>, the page at {url}/)")
@@ -105,6 +127,7 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
         "stage_models": json.loads(args.stage_models) if args.stage_models else None,
         "traffic": parse_traffic(args.traffic) if args.traffic else None,
         "sticky_header": args.sticky_header,
+        "slo": _slo(args),
     }
     app_args = parse_args(
         {
@@ -127,6 +150,12 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
     resolve(args.store, name, "latest" if canary else app_args.version)  # an unknown model first
     build_app(app_args)  # an unknown version or alias, bad keys: all fail before Ray starts
     print(connect(args.address), flush=True)
+    if getattr(app_args, "slo", None) is not None:
+        from modelfoundry.serving.slo_app import deploy_slo
+
+        url = deploy_slo(app_args, name, host=args.host, port=args.port)
+        print(f"{name}: p99 objective {app_args.slo.p99_ms:g} ms; see the plan with: foundry serve {name} --status")
+        return [url]
     if not canary:
         return [run_app(app_args, host=args.host, port=args.port)]
     from modelfoundry.serving.rollout import deploy_canary
@@ -134,6 +163,35 @@ def _serve_model(args: argparse.Namespace) -> list[str]:
     url = deploy_canary(app_args, name, host=args.host, port=args.port)
     print(f"canary {name}: {app_args.traffic}; change it with: foundry rollout {name} --weight ARM=PERCENT")
     return [url]
+
+
+def _slo(args: argparse.Namespace) -> dict | None:
+    given = {"max_replicas_total": args.max_replicas_total, "min_replicas": args.min_replicas, "variant": args.variant}
+    if args.slo_p99_ms is None:
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise ValueError(f"{', '.join(named)} apply with --slo-p99-ms (a latency objective)")
+        return None
+    return {"p99_ms": args.slo_p99_ms, **{k: v for k, v in given.items() if v is not None}} | (
+        {} if args.max_replicas_total is not None else {"max_replicas_total": DEFAULT_BUDGET}
+    )
+
+
+def _slo_status(args: argparse.Namespace) -> int:
+    import os
+
+    from modelfoundry.cluster import LOOPBACK_ENV, connect
+
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # the local cluster lives on 127.0.0.1
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+    from modelfoundry.serving.slo_app import format_status, status
+
+    try:
+        connect(args.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    except ConnectionError as err:
+        raise ValueError(f"no Ray cluster to reach ({str(err).splitlines()[0]}); is foundry serve running?") from None
+    print(format_status(status(args.target)))
+    return 0
 
 
 def parse_traffic(text: str) -> dict[str, int]:

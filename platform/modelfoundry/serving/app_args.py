@@ -19,6 +19,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from modelfoundry.serving.generation import MAX_NEW_TOKENS
 from modelfoundry.serving.options import BatchingOptions, DeploymentOptions, Strict
+from modelfoundry.serving.slo import SloOptions
 from modelfoundry.serving.spec import check_traffic
 
 VersionRef = int | Annotated[str, Field(pattern=r"^(latest|@[A-Za-z][A-Za-z0-9_-]{0,31})$")]
@@ -67,11 +68,16 @@ class ModelArgs(CommonArgs):
     # model's there, e.g. [null, "cnn-digits-dynamic-int8"]: an int8 stage beside a float one. It
     # must be a compressed sibling with the same stage boundaries (same family and config).
     stage_models: list[str | None] | None = None
+    # split apps: a latency objective for the whole graph; a planner sets every stage's replicas
+    # (serving/slo.py). Deployed declaratively: its planner is the app's autoscaling policy
+    slo: SloOptions | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelArgs:
         if self.stage_models is not None and self.split is None:
             raise ValueError("stage_models applies to a split model app (kind model with split)")
+        if self.slo is not None and self.split is None:
+            raise ValueError("slo applies to a split model app (kind model with split): its stages are what it scales")
         return self
 
 

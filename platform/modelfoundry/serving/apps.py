@@ -29,9 +29,12 @@ def build_app(args: AnyAppArgs | dict[str, Any]) -> Application:
     if args.api_keys_env or args.api_keys_file:  # fail here, not in a replica that never starts
         load_keys(args.api_keys_env, args.api_keys_file)
     batching = args.batching.model_dump() if args.batching else None
+    ingress = args.ingress.serve_options()
+    if getattr(args, "slo", None) is not None:  # the planner scales the ingress too (to zero with the rest)
+        ingress = args.slo.ingress_options(ingress)
     ctx = BuildContext(
         store=absolute(args.store),
-        ingress=Ingress.options(**args.ingress.serve_options()),
+        ingress=Ingress.options(**ingress),
         limits=Limits(
             args.max_instances,
             args.max_body_bytes,

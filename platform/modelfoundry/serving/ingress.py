@@ -31,6 +31,7 @@ from modelfoundry.serving.requests import (
     read_body,
 )
 from modelfoundry.serving.runner import predictions
+from modelfoundry.serving.slo import Window
 from modelfoundry.serving.spec import IngressSpec
 from modelfoundry.serving.verbs import Verbs
 from modelfoundry.tasks import task_spec
@@ -54,12 +55,17 @@ class Ingress(Verbs):
         self.engine = self._engine() if "generate" in spec.verbs else None  # continuous batching
         self.generated_tokens = 0  # tokens produced on this replica since it started
         self.metrics = IngressMetrics()
+        self.window = Window()  # arrivals and latencies for the latency-objective planner
         self.started = int(time.time())
 
     def _engine(self) -> Engine:
         lim, context = self.spec.limits, self.spec.config["context"]
         kv = lim.max_kv_tokens or lim.max_generations * context
         return Engine(self.backend.decoders(), Limits(context, lim.max_generations, kv, lim.max_queued_generations))
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (read by the planner, serving/slo_policy.py)."""
+        return self.window.stats()
 
     def reconfigure(self, user_config: dict) -> None:
         """The deployment's user_config changed (a canary's traffic weights, applied in place:
@@ -175,12 +181,14 @@ class Ingress(Verbs):
             status = getattr(err, "status", None) or getattr(err, "status_code", 500)
             raise
         finally:
+            took = time.perf_counter() - t0
+            self.window.add(took)
             self.metrics.observe(
                 seen.get("model", self.name),
                 seen.get("version", self.spec.version),
                 seen.get("verb", "unknown"),
                 status,
-                time.perf_counter() - t0,
+                took,
             )
 
     async def _post(self, target: str, request: Request, seen: dict) -> Response:

@@ -17,7 +17,6 @@ no app is lost.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ray import serve
@@ -25,22 +24,19 @@ from ray import serve
 from modelfoundry.serving import control_lock
 from modelfoundry.serving.app_args import CanaryArgs, parse_args
 from modelfoundry.serving.apps import QUIET_LOGS, arm_ref, build_app
+from modelfoundry.serving.declarative import (
+    IMPORT_PATH,
+    INGRESS,
+    client,
+    declarative_apps,
+    deploy,
+    deploy_all,
+    wait_ready,
+)
 from modelfoundry.serving.spec import check_traffic
 from modelfoundry.storage import absolute
 
-IMPORT_PATH = "modelfoundry.serving.apps:app"
-INGRESS = "Ingress"
 CHAMPION = "champion"
-READY_TIMEOUT_S = 600.0
-
-
-def _client():
-    from ray.serve.context import _get_global_client
-
-    try:
-        return _get_global_client()
-    except Exception as err:  # noqa: BLE001  (Serve raises RayServeException when not running)
-        raise ValueError(f"Serve is not running on this cluster ({err}); start the app with foundry serve") from None
 
 
 def deploy_canary(
@@ -78,45 +74,8 @@ def deploy_canary(
         "deployments": [{"name": INGRESS, "user_config": {"traffic": dict(args.traffic)}}],
         "logging_config": QUIET_LOGS,
     }
-    with control_lock.held(f"foundry serve --traffic of {app_name}"):
-        others = [a for a in _declarative_apps() if a["name"] != app_name]
-        _deploy([*others, config])
-    wait_ready(app_name)
+    deploy(config, f"foundry serve --traffic of {app_name}")
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
-
-
-def _declarative_apps() -> list[dict[str, Any]]:
-    details = _client().get_serve_details()
-    return [
-        a["deployed_app_config"]
-        for a in (details.get("applications") or {}).values()
-        if a.get("source") == "declarative" and a.get("deployed_app_config")
-    ]
-
-
-def _deploy(apps: list[dict[str, Any]]) -> None:
-    """The whole declarative set (call it holding control_lock, with `apps` read under it)."""
-    from ray.serve.schema import ServeDeploySchema
-
-    _client().deploy_apps(ServeDeploySchema.model_validate({"applications": apps}))
-
-
-def wait_ready(app_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Until the app runs and its ingress is at its target config on every replica."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        app = (_client().get_serve_details().get("applications") or {}).get(app_name) or {}
-        status = app.get("status")
-        ingress = (app.get("deployments") or {}).get(INGRESS) or {}
-        if status == "DEPLOY_FAILED" or ingress.get("status") == "DEPLOY_FAILED":
-            raise RuntimeError(
-                f"Serve app {app_name!r} failed to deploy: {app.get('message') or ingress.get('message')}"
-            )
-        if status == "RUNNING" and ingress.get("status") == "HEALTHY":
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve app {app_name!r} not ready after {timeout_s:.0f}s (status {status})")
-        time.sleep(0.1)
 
 
 def live_canary(
@@ -124,11 +83,11 @@ def live_canary(
 ) -> tuple[dict[str, Any], CanaryArgs, dict[str, int]]:
     """The live app's declarative config, its args and its current weights (from `apps`, the
     declarative set already read, or read now)."""
-    for config in apps if apps is not None else _declarative_apps():
+    for config in apps if apps is not None else declarative_apps():
         if config["name"] == app_name:
             break
     else:
-        apps = sorted(_client().get_serve_details().get("applications") or {})
+        apps = sorted(client().get_serve_details().get("applications") or {})
         raise ValueError(f"no canary app {app_name!r} deployed by foundry serve --traffic; Serve runs {apps}")
     if config.get("import_path") != IMPORT_PATH or not (config.get("args") or {}).get("traffic"):
         raise ValueError(f"app {app_name!r} is not a canary (no traffic in its args)")
@@ -162,7 +121,7 @@ def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
     are wrong (unknown arms, not summing to 100). A compare-and-set: the set of apps is read and
     written back under the cluster's lease, so a concurrent change is never lost or undone."""
     with control_lock.held(f"foundry rollout of {app_name}"):
-        apps = _declarative_apps()
+        apps = declarative_apps()
         config, args, _ = live_canary(app_name, apps)
         weights = weights_from(weights, list(args.traffic))
         for d in config.setdefault("deployments", []):
@@ -171,7 +130,7 @@ def set_traffic(app_name: str, weights: dict[str, int]) -> dict[str, int]:
                 break
         else:
             config["deployments"].append({"name": INGRESS, "user_config": {"traffic": weights}})
-        _deploy([config if a["name"] == app_name else a for a in apps])
+        deploy_all([config if a["name"] == app_name else a for a in apps])
     wait_ready(app_name)
     return weights
 

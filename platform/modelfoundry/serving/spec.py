@@ -94,6 +94,10 @@ class IngressSpec:
     sticky_header: str | None = None  # canary: requests with this header keep their arm
     # Host names answered besides loopback ("*": any); None: loopback only without keys, any with keys
     allowed_hosts: tuple[str, ...] | None = None
+    # a split app with a latency objective: its planner's board is read (serving/slo.py), and the
+    # cheaper variant (its last handle) answers the share of requests the plan gives it
+    slo: bool = False
+    variant: Arm | None = None
 
     @classmethod
     def from_meta(

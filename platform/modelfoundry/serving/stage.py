@@ -16,6 +16,7 @@ from modelfoundry.serving.batching import AdaptiveBatcher
 from modelfoundry.serving.explain import vjp
 from modelfoundry.serving.metrics import StageMetrics
 from modelfoundry.serving.runner import ModelRunner, run_model
+from modelfoundry.serving.slo import Window
 from modelfoundry.store import StoreVersion
 
 # micro-batches of generation whose KV caches one stage replica holds at once (least recently
@@ -72,18 +73,35 @@ def replica_transport(handle):
 class Stage:
     """One group of a model's stages as a service: numpy in, numpy out."""
 
-    def __init__(self, model_path: str, group: list[int] | None, batching: dict | None) -> None:
+    def __init__(
+        self, model_path: str, group: list[int] | None, batching: dict | None, synthetic_ms: float = 0.0
+    ) -> None:
         self.runner = ModelRunner(model_path, group)
         self.batches: dict[str, HeldBatch] = {}  # generation micro-batches this replica holds, by id
         self.batcher = batcher(self.runner, batching)
         where = StoreVersion.from_uri(model_path)
         self.metrics = StageMetrics(where.name, str(where.version), "-".join(map(str, self.runner.group)))
+        self.window = Window()  # what the latency-objective planner reads (serving/slo.py)
+        # a bench's slower, accelerator-bound model: each call holds the replica this long more
+        self.synthetic_s, self.busy = synthetic_ms / 1000.0, asyncio.Lock()
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = await run(self.runner, self.batcher, x)
-        self.metrics.observe(time.perf_counter() - t0)
+        if self.synthetic_s:
+            async with self.busy:  # one request at a time, like a device
+                t0 = time.perf_counter()
+                await asyncio.sleep(self.synthetic_s)
+                out = await run(self.runner, self.batcher, x)
+        else:
+            t0 = time.perf_counter()
+            out = await run(self.runner, self.batcher, x)
+        took = time.perf_counter() - t0
+        self.metrics.observe(took)
+        self.window.add(took)
         return out
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics: this replica's calls/s and service times."""
+        return self.window.stats()
 
     async def vjp(self, x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
         """:explain's backward pass through this stage: grad_out^T d stage(x) / dx."""

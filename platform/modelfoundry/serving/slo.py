@@ -1,0 +1,155 @@
+"""A split app's latency objective (`slo:` in its args, `foundry serve --slo-p99-ms`): the options,
+what replicas measure for the planner, and the board that carries the plan to the ingress.
+
+The planner (serving/slo_policy.py) is a Ray Serve application-level autoscaling policy: the
+controller calls it with every deployment's AutoscalingContext, including the custom metrics each
+replica reports from `record_autoscaling_stats` (a `Window` here: arrivals/s, mean service time,
+recent p99). It sets every stage's replicas at once and publishes the plan (replicas, predicted
+p99, the cheaper variant's share) on the app's `SloBoard` actor, where each ingress replica reads
+the share it routes by and the operator view (`foundry serve --status`) reads the whole plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+from pydantic import Field, model_validator
+
+from modelfoundry.serving.options import Strict
+
+BOARD_NAMESPACE = "modelfoundry"
+WINDOW_S = 2.0  # what a replica's reported rates and times cover
+POLL_S = 0.5  # how often an ingress replica reads the plan
+# every planner-managed deployment: Serve measures over a short window and applies the plan at
+# once upwards (the planner's own rate estimate is what smooths it); downwards after a delay
+LOOK_BACK_S = 2.0
+DOWNSCALE_DELAY_S = 15.0
+
+
+class SloOptions(Strict):
+    p99_ms: float = Field(gt=0)  # the objective for the whole graph, ingress to reply
+    max_replicas_total: int = Field(gt=0)  # the stages' and the variant's replicas together
+    # per stage at the least; 0 scales the whole app to zero when idle (the first request wakes it)
+    min_replicas: int = Field(default=1, ge=0)
+    # a cheaper version of the same model answering a share of requests when the budget cannot hold
+    # the objective: "@ALIAS" (this model's alias, e.g. @fast), NAME, NAME:VERSION or NAME@ALIAS
+    variant: str | None = None
+    idle_to_zero_s: float = Field(default=60.0, gt=0)  # with min_replicas 0: idle this long first
+    # bench only: each stage call also holds its replica this long (a slower, accelerator-bound
+    # model played on a small machine; docs/results.md states it beside the figures)
+    synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
+    variant_synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)  # the same for the variant
+
+    @model_validator(mode="after")
+    def _check(self) -> SloOptions:
+        if self.variant is not None and not self.variant.strip("@"):
+            raise ValueError("slo.variant: give @ALIAS, NAME, NAME:VERSION or NAME@ALIAS")
+        return self
+
+    def ingress_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """The ingress deployment's options: autoscaled by the planner (to zero with the rest when
+        min_replicas is 0), up to its configured replica count."""
+        n = opts.pop("num_replicas", 1)
+        return {**opts, "autoscaling_config": {**self.autoscaling(n), "min_replicas": min(self.min_replicas, n)}}
+
+    def autoscaling(self, max_replicas: int) -> dict[str, Any]:
+        """The autoscaling_config of one planner-managed deployment (the app-level policy sets its
+        replicas; Serve applies these bounds and delays)."""
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": max(1, self.min_replicas),
+            "max_replicas": max_replicas,
+            "look_back_period_s": LOOK_BACK_S,
+            "upscale_delay_s": 0.0,
+            "downscale_delay_s": DOWNSCALE_DELAY_S,
+            "downscale_to_zero_delay_s": self.idle_to_zero_s,
+        }
+
+
+class Window:
+    """Arrivals, service times and latencies of the last WINDOW_S seconds on one replica: what its
+    `record_autoscaling_stats` reports to the planner."""
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, float]] = deque()  # (when it ended, seconds it took)
+
+    def add(self, seconds: float) -> None:
+        now = time.monotonic()
+        self.events.append((now, seconds))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self.events and self.events[0][0] < now - WINDOW_S:
+            self.events.popleft()
+
+    def stats(self) -> dict[str, float]:
+        """rate (per s), mean_ms, p99_ms and cv2 of the window; times are absent when it saw nothing."""
+        self._trim(time.monotonic())
+        out = {"rate": len(self.events) / WINDOW_S}
+        if self.events:
+            took = np.fromiter((s for _, s in self.events), float) * 1000.0
+            mean = float(took.mean())
+            # cv2: the squared coefficient of variation of the times (the planner's queueing model)
+            out.update(
+                mean_ms=mean, p99_ms=float(np.percentile(took, 99)), cv2=float(took.var()) / max(mean, 1e-9) ** 2
+            )
+        return out
+
+
+@ray.remote(num_cpus=0)
+class SloBoard:
+    """One app's plan: written by the planner in the Serve controller, read by the app's ingress
+    replicas and the operator view. Named f"slo-{app}" in BOARD_NAMESPACE; detached, so a
+    redeploy of the app finds it again."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, Any] = {}
+
+    def publish(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+
+    def read(self) -> dict[str, Any]:
+        return self.plan
+
+
+def board(app: str, create: bool = True):
+    """The app's board actor (created when `create`); None when there is none."""
+    name = f"slo-{app}"
+    if create:
+        return SloBoard.options(name=name, namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    try:
+        return ray.get_actor(name, namespace=BOARD_NAMESPACE)
+    except ValueError:
+        return None
+
+
+class ShareReader:
+    """In an ingress replica: the variant's share of requests, from the app's board every POLL_S."""
+
+    def __init__(self) -> None:
+        self.share, self.plan = 0.0, {}
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """On the replica's event loop, at its first request (its app's name is known by then)."""
+        if self.task is None:
+            from ray import serve
+
+            app = serve.get_replica_context().app_name
+            self.task = asyncio.get_running_loop().create_task(self._poll(app))
+
+    async def _poll(self, app: str) -> None:
+        handle = None
+        while True:
+            try:
+                handle = handle or board(app)
+                self.plan = await handle.read.remote()
+                self.share = float(self.plan.get("variant_share", 0.0))
+            except Exception:  # noqa: BLE001  (a board restarting: keep the last share, try again)
+                handle = None
+            await asyncio.sleep(POLL_S)

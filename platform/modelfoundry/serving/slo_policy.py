@@ -1,0 +1,171 @@
+"""The latency-objective planner as Ray Serve's application-level autoscaling policy (Ray 2.60's
+`autoscaling_policy` of a declarative app: the controller calls it every control-loop tick with
+every deployment's AutoscalingContext and applies the replicas it returns within each deployment's
+autoscaling_config bounds and delays). Its inputs are the custom metrics the replicas report
+(serving/slo.Window: arrivals/s at the ingress, each stage's mean service time), its arithmetic is
+serving/planner.py, and it publishes what it decided on the app's SloBoard (serving/slo.py).
+
+Where it goes beyond Serve's extension points: the variant's share of requests is not a replica
+count, so it travels to the ingress replicas through the board actor, not through Serve."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from modelfoundry.serving import planner
+from modelfoundry.serving.slo import board
+
+PUBLISH_S = 0.5
+OVERHEAD_EWMA = 0.2
+
+
+def _total(ctx, metric: str) -> float:
+    values = (ctx.aggregated_metrics or {}).get(metric) or {}
+    return float(sum(values.values()))
+
+
+def _mean(ctx, metric: str) -> float | None:
+    values = [v for v in ((ctx.aggregated_metrics or {}).get(metric) or {}).values() if v == v]
+    return sum(values) / len(values) if values else None
+
+
+def _max(ctx, metric: str) -> float | None:
+    values = list(((ctx.aggregated_metrics or {}).get(metric) or {}).values())
+    return max(values) if values else None
+
+
+class SloPolicy:
+    """policy_kwargs: app (its name), ingress, stages (deployment names in call order), variant (the
+    variant deployment's name or None), p99_ms, max_replicas_total, min_replicas."""
+
+    def __init__(
+        self,
+        app: str,
+        ingress: str,
+        stages: list[str],
+        variant: str | None,
+        p99_ms: float,
+        max_replicas_total: int,
+        min_replicas: int,
+    ) -> None:
+        self.app, self.ingress, self.stages, self.variant = app, ingress, list(stages), variant
+        self.p99_ms, self.budget, self.min_replicas = p99_ms, max_replicas_total, min_replicas
+        self.service_ms: dict[str, float] = {}  # last measured, kept while a deployment is idle
+        self.cv2: dict[str, float] = {}
+        self.overhead_ms = 0.0
+        self.board = None
+        self.published = 0.0
+
+    def __call__(self, contexts: dict) -> tuple[dict, dict]:
+        by_name = {dep.name: (dep, ctx) for dep, ctx in contexts.items()}
+        if self.ingress not in by_name or any(s not in by_name for s in self.stages):
+            return {}, {}  # the app is still being deployed
+        ingress = by_name[self.ingress][1]
+        rate = _total(ingress, "rate")
+        waiting = sum(ctx.total_num_requests for _, ctx in by_name.values())
+        self._learn(by_name)
+        active = rate > 0 or waiting > 0
+        decided = self._decide(rate, active)
+        out = {by_name[name][0]: n for name, n in decided["replicas"].items() if name in by_name}
+        self._publish(decided, by_name, _max(ingress, "p99_ms"))
+        return out, {}
+
+    def _learn(self, by_name: dict) -> None:
+        """Service times from the replicas' windows; the overhead (hops, HTTP, the ingress's own
+        work) as the ingress's mean time less the stages', smoothed."""
+        for name in [*self.stages, *([self.variant] if self.variant else [])]:
+            if name in by_name and (m := _mean(by_name[name][1], "mean_ms")) is not None:
+                self.service_ms[name] = m
+                self.cv2[name] = _mean(by_name[name][1], "cv2") or 1.0
+        whole = _mean(by_name[self.ingress][1], "mean_ms")
+        parts = [self.service_ms.get(s) for s in self.stages]
+        if whole is not None and None not in parts:
+            seen = max(0.0, whole - sum(parts))
+            self.overhead_ms += OVERHEAD_EWMA * (seen - self.overhead_ms)
+
+    def _decide(self, rate: float, active: bool) -> dict[str, Any]:
+        floor = self.min_replicas
+        if not active:  # idle: Serve waits downscale_to_zero_delay_s before it goes below one
+            return {"replicas": self._all(floor, ingress=floor), "rate": 0.0, "variant_share": 0.0, "plan": None}
+        service = [self.service_ms.get(s) for s in self.stages]
+        if None in service:  # nothing measured yet (cold start): one replica of everything
+            return {"replicas": self._all(max(1, floor), ingress=1), "rate": rate, "variant_share": 0.0, "plan": None}
+        reserve = 1 if self.variant else 0  # a warm variant replica, ready to take a share
+        cv2 = [self.cv2.get(s, 1.0) for s in self.stages]
+        p = planner.plan(service, rate, self.p99_ms, self.budget - reserve, self.overhead_ms, bool(self.variant), cv2)
+        replicas = {s: max(1, floor, c) for s, c in zip(self.stages, p.replicas)}
+        if self.variant:
+            need = self._variant_replicas(rate * p.variant_share)
+            if need > reserve:  # it needs more: re-plan the stages on what the budget leaves
+                p = planner.plan(service, rate, self.p99_ms, self.budget - need, self.overhead_ms, True, cv2)
+                replicas = {s: max(1, floor, c) for s, c in zip(self.stages, p.replicas)}
+            replicas[self.variant] = max(1, need if p.variant_share > 0 else 1)
+        replicas[self.ingress] = 1
+        return {"replicas": replicas, "rate": rate, "variant_share": p.variant_share, "plan": p}
+
+    def _variant_replicas(self, rate: float) -> int:
+        service = self.service_ms.get(self.variant) if self.variant else None
+        if not rate or not service:
+            return 1
+        for c in range(1, self.budget + 1):
+            if (
+                self.overhead_ms + planner.stage_p99_ms(service, rate, c, self.cv2.get(self.variant, 1.0))
+                <= self.p99_ms
+            ):
+                return c
+        return self.budget
+
+    def _all(self, n: int, ingress: int) -> dict[str, int]:
+        names = [*self.stages, *([self.variant] if self.variant else [])]
+        return {**{s: n for s in names}, self.ingress: ingress}
+
+    def _publish(self, decided: dict[str, Any], by_name: dict, observed_p99: float | None) -> None:
+        now = time.time()
+        if now - self.published < PUBLISH_S:
+            return
+        self.published = now
+        p = decided["plan"]
+        running = {name: ctx.current_num_replicas for name, (_, ctx) in by_name.items()}
+        stages = [
+            {
+                "name": s,
+                "replicas": decided["replicas"].get(s),
+                "running": running.get(s),
+                "service_ms": self.service_ms.get(s),
+                "predicted_p99_ms": _finite(p.stages[i].p99_ms) if p else None,
+                "queued": by_name[s][1].total_num_requests if s in by_name else None,
+            }
+            for i, s in enumerate(self.stages)
+        ]
+        plan = {
+            "app": self.app,
+            "objective_p99_ms": self.p99_ms,
+            "max_replicas_total": self.budget,
+            "rate": decided["rate"],
+            "overhead_ms": self.overhead_ms,
+            "stages": stages,
+            "variant": {
+                "name": self.variant,
+                "replicas": decided["replicas"].get(self.variant),
+                "running": running.get(self.variant),
+                "service_ms": self.service_ms.get(self.variant),
+            }
+            if self.variant
+            else None,
+            "variant_share": decided["variant_share"],
+            "predicted_p99_ms": _finite(p.predicted_p99_ms) if p else None,
+            "observed_p99_ms": observed_p99,
+            "meets": p.meets if p else None,
+            "time": now,
+        }
+        try:
+            self.board = self.board or board(self.app)
+            self.board.publish.remote(plan)
+        except Exception:  # noqa: BLE001  (the board is recreated next time; scaling goes on)
+            self.board = None
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) else round(x, 3)
