@@ -171,6 +171,7 @@ class Ingress(Verbs):
         version and verb as the handler recorded them in `seen`, and by status."""
         t0 = time.perf_counter()
         status = 500
+        self.window.arrive()
         try:
             response = await call
             status = response.status_code

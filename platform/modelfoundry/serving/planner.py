@@ -113,17 +113,29 @@ def plan(
     if sum(counts) > max_replicas_total:  # even the least stable counts exceed the budget
         counts = _fit(counts, max_replicas_total)
     p99 = graph_p99_ms(service_ms, rate, counts, overhead_ms, cv2)
-    share = 0.0
-    if p99 > objective_ms and variant:
-        share = 1.0
-        for pct in range(1, 101):  # the smallest whole percent that holds the objective
-            if graph_p99_ms(service_ms, rate * (1 - pct / 100), counts, overhead_ms, cv2) <= objective_ms:
-                share = pct / 100
-                break
+    share = share_needed(service_ms, rate, objective_ms, counts, overhead_ms, cv2) if variant else 0.0
     served = rate * (1 - share)
     stages = tuple(StagePlan(c, stage_p99_ms(s, served, c, v)) for s, c, v in zip(service_ms, counts, cv2))
     final = overhead_ms + sum(s.p99_ms for s in stages)
     return Plan(stages, p99, share, final <= objective_ms)
+
+
+def share_needed(
+    service_ms: list[float],
+    rate: float,
+    objective_ms: float,
+    counts: list[int],
+    overhead_ms: float = 0.0,
+    cv2: list[float] | None = None,
+) -> float:
+    """The smallest share (whole percent) of `rate` to take off the graph for it to meet the
+    objective with `counts` replicas (1.0 when nothing short of all of it does)."""
+    if graph_p99_ms(service_ms, rate, counts, overhead_ms, cv2) <= objective_ms:
+        return 0.0
+    for pct in range(1, 100):
+        if graph_p99_ms(service_ms, rate * (1 - pct / 100), counts, overhead_ms, cv2) <= objective_ms:
+            return pct / 100
+    return 1.0
 
 
 def _fit(counts: list[int], budget: int) -> list[int]:

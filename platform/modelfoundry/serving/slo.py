@@ -28,6 +28,9 @@ POLL_S = 0.5  # how often an ingress replica reads the plan
 # every planner-managed deployment: Serve measures over a short window and applies the plan at
 # once upwards (the planner's own rate estimate is what smooths it); downwards after a delay
 LOOK_BACK_S = 2.0
+# how often replicas and handles push their metrics to the controller (Serve's default, 10 s, would
+# leave the planner 10 s behind a step in load); a small actor call per replica per push
+METRICS_INTERVAL_S = 0.5
 DOWNSCALE_DELAY_S = 15.0
 
 
@@ -65,6 +68,7 @@ class SloOptions(Strict):
             "initial_replicas": max(1, self.min_replicas),
             "max_replicas": max_replicas,
             "look_back_period_s": LOOK_BACK_S,
+            "metrics_interval_s": METRICS_INTERVAL_S,
             "upscale_delay_s": 0.0,
             "downscale_delay_s": DOWNSCALE_DELAY_S,
             "downscale_to_zero_delay_s": self.idle_to_zero_s,
@@ -73,10 +77,15 @@ class SloOptions(Strict):
 
 class Window:
     """Arrivals, service times and latencies of the last WINDOW_S seconds on one replica: what its
-    `record_autoscaling_stats` reports to the planner."""
+    `record_autoscaling_stats` reports to the planner. The rate counts arrivals, not completions:
+    an overloaded replica completes only what it can, and the planner must see what comes."""
 
     def __init__(self) -> None:
+        self.arrivals: deque[float] = deque()
         self.events: deque[tuple[float, float]] = deque()  # (when it ended, seconds it took)
+
+    def arrive(self) -> None:
+        self.arrivals.append(time.monotonic())
 
     def add(self, seconds: float) -> None:
         now = time.monotonic()
@@ -86,11 +95,14 @@ class Window:
     def _trim(self, now: float) -> None:
         while self.events and self.events[0][0] < now - WINDOW_S:
             self.events.popleft()
+        while self.arrivals and self.arrivals[0] < now - WINDOW_S:
+            self.arrivals.popleft()
 
     def stats(self) -> dict[str, float]:
-        """rate (per s), mean_ms, p99_ms and cv2 of the window; times are absent when it saw nothing."""
+        """rate (arrivals/s), mean_ms, p99_ms and cv2 of the window; times are absent when it
+        completed nothing."""
         self._trim(time.monotonic())
-        out = {"rate": len(self.events) / WINDOW_S}
+        out = {"rate": len(self.arrivals) / WINDOW_S}
         if self.events:
             took = np.fromiter((s for _, s in self.events), float) * 1000.0
             mean = float(took.mean())

@@ -86,15 +86,15 @@ def check_objective(app_name: str, args: ModelArgs) -> dict[str, float]:
     meta = read_meta(resolve(args.store, args.model, args.version).uri)
     stages = _stage_names(app_name)
     handles = [serve.get_deployment_handle(s, app_name) for s in stages]
+    for h in handles:  # blocking calls from this thread (Serve's fast path binds a handle to a loop)
+        h._init(_run_router_in_separate_loop=True)
     x0 = np.zeros((1, *meta.input_spec.shape), dtype=meta.input_spec.dtype)
     for _ in range(PROBES):
         x = x0
         for h in handles:
             x = h.remote(x).result()
-    times = {}
-    for s, h in zip(stages, handles):
-        stats = h.options(method_name="record_autoscaling_stats").remote().result()
-        times[s] = round(stats.get("mean_ms", 0.0), 3)
+    stats = [h.options(method_name="record_autoscaling_stats").remote().result() for h in handles]
+    times = {s: round(st.get("mean_ms", 0.0), 3) for s, st in zip(stages, stats)}
     floor = planner.floor_ms(list(times.values()), 0.0)
     if floor > args.slo.p99_ms:
         each = ", ".join(f"{s} {t:.2f} ms" for s, t in times.items())
@@ -139,13 +139,17 @@ def format_status(plan: dict[str, Any]) -> str:
     for s in plan["stages"]:
         lines.append(
             f"  {s['name']:<10} {s['replicas']!s:>8} {s['running']!s:>8} {_ms(s['service_ms']):>10} "
-            f"{_ms(s['predicted_p99_ms']):>10} {s['queued'] if s['queued'] is not None else '-':>7}"
+            f"{_ms(s['predicted_p99_ms']):>10} {_n(s['queued']):>7}"
         )
     v = plan.get("variant")
     if v:
         lines.append(f"  {v['name']:<10} {v['replicas']!s:>8} {v['running']!s:>8} {_ms(v['service_ms']):>10}")
     lines.append(f"  variant share {plan['variant_share']:.0%}; objective {'met' if plan.get('meets') else 'at risk'}")
     return "\n".join(lines)
+
+
+def _n(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def _ms(x: float | None) -> str:

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Any
 
 from modelfoundry.serving import planner
 from modelfoundry.serving.slo import board
 
 PUBLISH_S = 0.5
-OVERHEAD_EWMA = 0.2
+OVERHEAD_S = 60.0  # the overhead is the least seen over this long (queueing only ever adds to it)
+# requests queued at a stage beyond its running replicas are planned as extra arrivals spread over
+# this long: a backlog left by a step in load is drained (more replicas, a larger variant share)
+# instead of being carried at a rate the graph only just keeps up with
+DRAIN_S = 2.0
 
 
 def _total(ctx, metric: str) -> float:
@@ -55,6 +60,8 @@ class SloPolicy:
         self.service_ms: dict[str, float] = {}  # last measured, kept while a deployment is idle
         self.cv2: dict[str, float] = {}
         self.overhead_ms = 0.0
+        self.overheads: deque[tuple[float, float]] = deque()  # (when, ingress mean less the stages')
+        self.share = 0.0  # the variant's share last decided
         self.board = None
         self.published = 0.0
 
@@ -65,9 +72,15 @@ class SloPolicy:
         ingress = by_name[self.ingress][1]
         rate = _total(ingress, "rate")
         waiting = sum(ctx.total_num_requests for _, ctx in by_name.values())
+        backlog = max(
+            max(0.0, by_name[s][1].total_num_requests - by_name[s][1].current_num_replicas) for s in self.stages
+        )
+        rate += backlog / DRAIN_S if rate > 0 else 0.0
         self._learn(by_name)
         active = rate > 0 or waiting > 0
-        decided = self._decide(rate, active)
+        running = [by_name[s][1].current_num_replicas for s in self.stages]
+        decided = self._decide(rate, active, running)
+        self.share = decided["variant_share"]
         out = {by_name[name][0]: n for name, n in decided["replicas"].items() if name in by_name}
         self._publish(decided, by_name, _max(ingress, "p99_ms"))
         return out, {}
@@ -79,13 +92,19 @@ class SloPolicy:
             if name in by_name and (m := _mean(by_name[name][1], "mean_ms")) is not None:
                 self.service_ms[name] = m
                 self.cv2[name] = _mean(by_name[name][1], "cv2") or 1.0
+        # the least over OVERHEAD_S while the variant takes no share: an ingress time that holds
+        # waits must not count (a larger overhead would feed back into more replicas)
         whole = _mean(by_name[self.ingress][1], "mean_ms")
         parts = [self.service_ms.get(s) for s in self.stages]
-        if whole is not None and None not in parts:
-            seen = max(0.0, whole - sum(parts))
-            self.overhead_ms += OVERHEAD_EWMA * (seen - self.overhead_ms)
+        now = time.monotonic()
+        if whole is not None and None not in parts and self.share == 0:
+            self.overheads.append((now, max(0.0, whole - sum(parts))))
+        while self.overheads and self.overheads[0][0] < now - OVERHEAD_S:
+            self.overheads.popleft()
+        if self.overheads:
+            self.overhead_ms = min(v for _, v in self.overheads)
 
-    def _decide(self, rate: float, active: bool) -> dict[str, Any]:
+    def _decide(self, rate: float, active: bool, running: list[int]) -> dict[str, Any]:
         floor = self.min_replicas
         if not active:  # idle: Serve waits downscale_to_zero_delay_s before it goes below one
             return {"replicas": self._all(floor, ingress=floor), "rate": 0.0, "variant_share": 0.0, "plan": None}
@@ -103,7 +122,11 @@ class SloPolicy:
                 replicas = {s: max(1, floor, c) for s, c in zip(self.stages, p.replicas)}
             replicas[self.variant] = max(1, need if p.variant_share > 0 else 1)
         replicas[self.ingress] = 1
-        return {"replicas": replicas, "rate": rate, "variant_share": p.variant_share, "plan": p}
+        share = p.variant_share
+        if self.variant:  # while planned replicas start, what runs now may need a larger share
+            now = [min(r, c) for r, c in zip(running, p.replicas)]
+            share = max(share, planner.share_needed(service, rate, self.p99_ms, now, self.overhead_ms, cv2))
+        return {"replicas": replicas, "rate": rate, "variant_share": share, "plan": p}
 
     def _variant_replicas(self, rate: float) -> int:
         service = self.service_ms.get(self.variant) if self.variant else None

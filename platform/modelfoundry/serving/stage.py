@@ -86,6 +86,7 @@ class Stage:
         self.synthetic_s, self.busy = synthetic_ms / 1000.0, asyncio.Lock()
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.window.arrive()
         if self.synthetic_s:
             async with self.busy:  # one request at a time, like a device
                 t0 = time.perf_counter()
