@@ -71,11 +71,16 @@ class ModelArgs(CommonArgs):
     # split apps: a latency objective for the whole graph; a planner sets every stage's replicas
     # (serving/slo.py). Deployed declaratively: its planner is the app's autoscaling policy
     slo: SloOptions | None = None
+    # bench only: each stage call also holds its replica this long, one call at a time (a slower,
+    # accelerator-bound model played on a small machine; docs/results.md states it by the figures)
+    synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> ModelArgs:
         if self.stage_models is not None and self.split is None:
             raise ValueError("stage_models applies to a split model app (kind model with split)")
+        if self.synthetic_ms and self.split is None:
+            raise ValueError("synthetic_ms applies to a split model app (its stage services)")
         if self.slo is not None and self.split is None:
             raise ValueError("slo applies to a split model app (kind model with split): its stages are what it scales")
         return self

@@ -12,6 +12,7 @@ AUTOSCALING_KEYS = {
     "max_replicas",
     "target_ongoing_requests",
     "look_back_period_s",
+    "metrics_interval_s",  # how often replicas push metrics (Serve: deprecated, still what it uses)
     "upscale_delay_s",
     "downscale_delay_s",
     "downscale_to_zero_delay_s",

@@ -43,10 +43,8 @@ class SloOptions(Strict):
     # the objective: "@ALIAS" (this model's alias, e.g. @fast), NAME, NAME:VERSION or NAME@ALIAS
     variant: str | None = None
     idle_to_zero_s: float = Field(default=60.0, gt=0)  # with min_replicas 0: idle this long first
-    # bench only: each stage call also holds its replica this long (a slower, accelerator-bound
-    # model played on a small machine; docs/results.md states it beside the figures)
-    synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
-    variant_synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)  # the same for the variant
+    # bench only: each variant call also holds its replica this long (ModelArgs.synthetic_ms)
+    variant_synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> SloOptions:

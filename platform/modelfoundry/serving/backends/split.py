@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from ray.serve import Application
 
+from modelfoundry.models import family_spec
 from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends.base import Backend, BuildContext, finite
 from modelfoundry.serving.decoders import RemoteDecoder
@@ -92,7 +93,14 @@ def bind(
         raise ValueError(f"stage_placement has {len(placement)} entries; the split has {len(groups)} stages {groups}")
     where = _stage_versions(args, found, meta, len(groups), ctx)
     slo = args.slo
-    synthetic = slo.synthetic_ms if slo else 0.0
+    if slo is not None and slo.max_replicas_total < len(groups) + bool(slo.variant):
+        raise ValueError(
+            f"slo.max_replicas_total {slo.max_replicas_total} is below one replica per stage ({len(groups)})"
+            + (" plus the variant's" if slo.variant else "")
+        )
+    if slo is not None and "predict" not in family_spec(meta.family).verbs:
+        raise ValueError(f"slo applies to predicting models; {args.model} is a {meta.family}")
+    synthetic = args.synthetic_ms
     stages = [
         Stage.options(name=f"stage-{i}", **_options(ctx, slo, placement[i])).bind(
             where[i].uri, g, ctx.batching, synthetic
