@@ -67,3 +67,18 @@ def test_every_subcommand_has_a_description_and_an_example(capsys):
         description, example = ABOUT[name]
         assert description.split()[0] in out and (not example or f"example: {example}" in " ".join(out.split()))
         assert not example or example.startswith("foundry " + name.split()[0])
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--max-replicas-total", "3"], "--max-replicas-total apply with --slo-p99-ms"),
+        (["--variant", "@fast", "--min-replicas", "0"], "--min-replicas, --variant apply with --slo-p99-ms"),
+        (["--slo-p99-ms", "50"], "slo applies to a split model app"),
+        (["--split", "auto", "--slo-p99-ms", "0"], "slo.p99_ms"),
+        (["--split", "auto", "--slo-p99-ms", "50", "--min-replicas", "-1"], "slo.min_replicas"),
+    ],
+)
+def test_latency_objective_flags_are_checked_before_ray_starts(capsys, tmp_path, extra, words):
+    assert main(["serve", "cnn-digits", "--store", str(tmp_path), *extra]) == 2
+    assert words in capsys.readouterr().err

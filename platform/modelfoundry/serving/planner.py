@@ -5,8 +5,10 @@ graph's replica budget cannot hold it, the smallest share of requests to send to
 Each stage is modelled as an M/M/c queue (Poisson arrivals at the graph's rate, c replicas each
 serving one request at a time with the measured mean service time). A stage's p99 time is its
 service time plus the p99 of its wait, from the Erlang C formula: P(wait > t) = C(c, a) e^-(c mu - lambda) t.
-The graph's p99 is bounded by the sum of its stages' p99s plus the measured per-request overhead
-(hops, HTTP): conservative, as a sum of p99s is never below the p99 of the sum. Service times
+The graph's p99 is its stages' service times, plus the measured per-request overhead (hops, HTTP),
+plus their p99 waits combined as the root of the sum of squares (waits at different stages are
+nearly independent, and the p99 of a sum of independent tails is below the sum of their p99s,
+which would plan a replica too many per stage). Service times
 less variable than exponential (a model's forward pass is nearly constant) wait less: the wait is
 scaled by (1 + cv^2) / 2, the Allen-Cunneen approximation for M/G/c, with cv^2 the measured squared
 coefficient of variation of the stage's service time (1: exponential, 0: constant). Replicas are added
@@ -55,10 +57,10 @@ def erlang_c(c: int, load: float) -> float:
     return top / (total + top)
 
 
-def stage_p99_ms(service_ms: float, rate: float, replicas: int, cv2: float = 1.0) -> float:
-    """Service plus the p99 wait of one stage at `rate` requests/s; inf when it cannot keep up."""
+def wait_p99_ms(service_ms: float, rate: float, replicas: int, cv2: float = 1.0) -> float:
+    """The p99 wait for a replica of one stage at `rate` requests/s; inf when it cannot keep up."""
     if rate <= 0 or service_ms <= 0:
-        return max(service_ms, 0.0)
+        return 0.0
     if replicas <= 0:
         return math.inf
     mu = 1000.0 / service_ms
@@ -66,14 +68,20 @@ def stage_p99_ms(service_ms: float, rate: float, replicas: int, cv2: float = 1.0
         return math.inf
     waits = erlang_c(replicas, rate / mu)
     wait_ms = 0.0 if waits <= TAIL else 1000.0 * math.log(waits / TAIL) / (replicas * mu - rate)
-    return service_ms + wait_ms * (1.0 + min(max(cv2, 0.0), 4.0)) / 2.0
+    return wait_ms * (1.0 + min(max(cv2, 0.0), 4.0)) / 2.0
+
+
+def stage_p99_ms(service_ms: float, rate: float, replicas: int, cv2: float = 1.0) -> float:
+    """Service plus the p99 wait of one stage at `rate` requests/s; inf when it cannot keep up."""
+    return max(service_ms, 0.0) + wait_p99_ms(service_ms, rate, replicas, cv2)
 
 
 def graph_p99_ms(
     service_ms: list[float], rate: float, replicas: list[int], overhead_ms: float, cv2: list[float] | None = None
 ) -> float:
     cv2 = cv2 or [1.0] * len(service_ms)
-    return overhead_ms + sum(stage_p99_ms(s, rate, c, v) for s, c, v in zip(service_ms, replicas, cv2))
+    waits = [wait_p99_ms(s, rate, c, v) for s, c, v in zip(service_ms, replicas, cv2)]
+    return overhead_ms + sum(service_ms) + math.sqrt(sum(w * w for w in waits))
 
 
 def _greedy(
@@ -116,8 +124,7 @@ def plan(
     share = share_needed(service_ms, rate, objective_ms, counts, overhead_ms, cv2) if variant else 0.0
     served = rate * (1 - share)
     stages = tuple(StagePlan(c, stage_p99_ms(s, served, c, v)) for s, c, v in zip(service_ms, counts, cv2))
-    final = overhead_ms + sum(s.p99_ms for s in stages)
-    return Plan(stages, p99, share, final <= objective_ms)
+    return Plan(stages, p99, share, graph_p99_ms(service_ms, served, counts, overhead_ms, cv2) <= objective_ms)
 
 
 def share_needed(

@@ -26,7 +26,8 @@ BOARD_NAMESPACE = "modelfoundry"
 WINDOW_S = 2.0  # what a replica's reported rates and times cover
 POLL_S = 0.5  # how often an ingress replica reads the plan
 # every planner-managed deployment: Serve measures over a short window and applies the plan at
-# once upwards (the planner's own rate estimate is what smooths it); downwards after a delay
+# once both ways; the planner holds a decrease itself for DOWNSCALE_DELAY_S (serving/slo_policy.py),
+# except where the budget needs the replicas elsewhere at once (the variant under a step)
 LOOK_BACK_S = 2.0
 # how often replicas and handles push their metrics to the controller (Serve's default, 10 s, would
 # leave the planner 10 s behind a step in load); a small actor call per replica per push
@@ -43,6 +44,10 @@ class SloOptions(Strict):
     # the objective: "@ALIAS" (this model's alias, e.g. @fast), NAME, NAME:VERSION or NAME@ALIAS
     variant: str | None = None
     idle_to_zero_s: float = Field(default=60.0, gt=0)  # with min_replicas 0: idle this long first
+    # requests one stage replica takes at once; the rest wait at the caller and go to the first
+    # replica with room: the shared queue the planner models (a deep per-replica queue makes a
+    # request wait behind a slow replica while another is idle). With batching: at least a batch
+    max_ongoing_per_replica: int = Field(default=2, gt=0)
     # bench only: each variant call also holds its replica this long (ModelArgs.synthetic_ms)
     variant_synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
 
@@ -68,7 +73,7 @@ class SloOptions(Strict):
             "look_back_period_s": LOOK_BACK_S,
             "metrics_interval_s": METRICS_INTERVAL_S,
             "upscale_delay_s": 0.0,
-            "downscale_delay_s": DOWNSCALE_DELAY_S,
+            "downscale_delay_s": 0.0,
             "downscale_to_zero_delay_s": self.idle_to_zero_s,
         }
 

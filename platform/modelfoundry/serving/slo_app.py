@@ -87,7 +87,8 @@ def check_objective(app_name: str, args: ModelArgs) -> dict[str, float]:
     stages = _stage_names(app_name)
     handles = [serve.get_deployment_handle(s, app_name) for s in stages]
     for h in handles:  # blocking calls from this thread (Serve's fast path binds a handle to a loop)
-        h._init(_run_router_in_separate_loop=True)
+        if not h.is_initialized:
+            h._init(_run_router_in_separate_loop=True)
     x0 = np.zeros((1, *meta.input_spec.shape), dtype=meta.input_spec.dtype)
     for _ in range(PROBES):
         x = x0

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from modelfoundry.serving import planner
-from modelfoundry.serving.slo import board
+from modelfoundry.serving.slo import DOWNSCALE_DELAY_S, board
 
 PUBLISH_S = 0.5
 OVERHEAD_S = 60.0  # the overhead is the least seen over this long (queueing only ever adds to it)
@@ -64,6 +64,8 @@ class SloPolicy:
         self.overhead_ms = 0.0
         self.overheads: deque[tuple[float, float]] = deque()  # (when, ingress mean less the stages')
         self.share = 0.0  # the variant's share last decided
+        self.targets: dict[str, int] = {}  # what was last asked of Serve, per deployment
+        self.lower_since: dict[str, float] = {}  # since when the plan has wanted fewer
         self.board = None
         self.published = 0.0
 
@@ -82,6 +84,7 @@ class SloPolicy:
         active = rate > 0 or waiting > 0
         running = [by_name[s][1].current_num_replicas for s in self.stages]
         decided = self._decide(rate, active, running)
+        decided["replicas"] = self._hold(decided["replicas"])
         self.share = decided["variant_share"]
         out = {by_name[name][0]: n for name, n in decided["replicas"].items() if name in by_name}
         self._publish(decided, by_name, _max(ingress, "p99_ms"))
@@ -115,20 +118,48 @@ class SloPolicy:
             return {"replicas": self._all(max(1, floor), ingress=1), "rate": rate, "variant_share": 0.0, "plan": None}
         reserve = 1 if self.variant else 0  # a warm variant replica, ready to take a share
         cv2 = [self.cv2.get(s, 1.0) for s in self.stages]
-        p = planner.plan(service, rate, self.p99_ms, self.budget - reserve, self.overhead_ms, bool(self.variant), cv2)
+        p, share = self._plan(service, cv2, rate, self.budget - reserve, running)
+        need = self._variant_replicas(rate * share) if self.variant else 0
+        if need > reserve:  # the variant needs more: re-plan the stages on what the budget leaves
+            p, share = self._plan(service, cv2, rate, self.budget - need, running)
         replicas = {s: max(1, floor, c) for s, c in zip(self.stages, p.replicas)}
         if self.variant:
-            need = self._variant_replicas(rate * p.variant_share)
-            if need > reserve:  # it needs more: re-plan the stages on what the budget leaves
-                p = planner.plan(service, rate, self.p99_ms, self.budget - need, self.overhead_ms, True, cv2)
-                replicas = {s: max(1, floor, c) for s, c in zip(self.stages, p.replicas)}
-            replicas[self.variant] = max(1, need if p.variant_share > 0 else 1)
+            replicas[self.variant] = max(1, need)
         replicas[self.ingress] = 1
-        share = p.variant_share
-        if self.variant:  # while planned replicas start, what runs now may need a larger share
-            now = [min(r, c) for r, c in zip(running, p.replicas)]
-            share = max(share, planner.share_needed(service, rate, self.p99_ms, now, self.overhead_ms, cv2))
         return {"replicas": replicas, "rate": rate, "variant_share": share, "plan": p}
+
+    def _plan(
+        self, service: list[float], cv2: list[float], rate: float, budget: int, running: list[int]
+    ) -> tuple[planner.Plan, float]:
+        """The plan within `budget`, and the variant's share: the plan's, or more while the planned
+        replicas start (what runs now may hold less)."""
+        p = planner.plan(service, rate, self.p99_ms, budget, self.overhead_ms, bool(self.variant), cv2)
+        if not self.variant:
+            return p, 0.0
+        now = [min(r, c) for r, c in zip(running, p.replicas)]
+        return p, max(p.variant_share, planner.share_needed(service, rate, self.p99_ms, now, self.overhead_ms, cv2))
+
+    def _hold(self, wanted: dict[str, int]) -> dict[str, int]:
+        """Increases at once; a decrease once the plan has wanted it for DOWNSCALE_DELAY_S, unless
+        the budget needs the replicas now (then the largest held excess goes first)."""
+        now = time.monotonic()
+        out = {}
+        for name, want in wanted.items():
+            held = self.targets.get(name, want)
+            if want >= held:
+                self.lower_since.pop(name, None)
+                out[name] = want
+            else:
+                since = self.lower_since.setdefault(name, now)
+                out[name] = want if now - since >= DOWNSCALE_DELAY_S else held
+        counted = [n for n in out if n != self.ingress]
+        over = sum(out[n] for n in counted) - self.budget
+        for name in sorted(counted, key=lambda n: out[n] - wanted[n], reverse=True):
+            cut = min(max(0, over), out[name] - wanted[name])
+            out[name] -= cut
+            over -= cut
+        self.targets = out
+        return out
 
     def _variant_replicas(self, rate: float) -> int:
         service = self.service_ms.get(self.variant) if self.variant else None

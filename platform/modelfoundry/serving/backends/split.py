@@ -137,6 +137,8 @@ def _options(ctx: BuildContext, slo, placement: dict[str, float]) -> dict[str, A
     if slo is not None:
         opts.pop("num_replicas", None)
         opts["autoscaling_config"] = slo.autoscaling(slo.max_replicas_total)
+        batch = ctx.batching["max_batch_size"] if ctx.batching else 1
+        opts["max_ongoing_requests"] = max(slo.max_ongoing_per_replica, batch)
     return opts
 
 
