@@ -165,3 +165,15 @@ def test_policy_idle_cold_and_unmeasured():
     assert set(policy(cold)[0].values()) == {1}
     # a deployment missing (the app still deploying): no decision
     assert policy(dict([_ctx("Ingress", 1, {"rate": 5.0})])) == ({}, {})
+
+
+def test_policy_holds_decreases_but_never_the_budget():
+    policy = _policy(budget=6)
+    policy.targets = {"stage-0": 3, "stage-1": 2, "variant": 1, "Ingress": 1}
+    # fewer wanted: held (the plan must want it DOWNSCALE_DELAY_S first)
+    assert policy._hold({"stage-0": 2, "stage-1": 2, "variant": 1, "Ingress": 1})["stage-0"] == 3
+    # the variant needs 3 now: the held replica goes at once, the budget of 6 is kept
+    out = policy._hold({"stage-0": 2, "stage-1": 1, "variant": 3, "Ingress": 1})
+    assert out["variant"] == 3 and out["stage-0"] + out["stage-1"] + out["variant"] <= 6
+    # an increase is at once
+    assert policy._hold({"stage-0": 4, "stage-1": 1, "variant": 1, "Ingress": 1})["stage-0"] == 4

@@ -106,11 +106,17 @@ def check_objective(app_name: str, args: ModelArgs) -> dict[str, float]:
     return times
 
 
-def remove(app_name: str) -> None:
+def remove(app_name: str, timeout_s: float = 120.0) -> None:
+    """The app taken off the cluster (the other declarative apps kept); returns once it is gone."""
     from modelfoundry.serving import control_lock
 
     with control_lock.held(f"removing {app_name}"):
         declarative.deploy_all([a for a in declarative.declarative_apps() if a["name"] != app_name])
+    deadline = time.monotonic() + timeout_s
+    while app_name in (declarative.client().get_serve_details().get("applications") or {}):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app {app_name!r} still there {timeout_s:.0f} s after its removal")
+        time.sleep(0.2)
 
 
 def status(app_name: str, wait_s: float = 5.0) -> dict[str, Any]:
