@@ -85,8 +85,7 @@ def app_args(store: str, policy: str, a: argparse.Namespace, min_replicas: int =
         "look_back_period_s": 2.0,
         "metrics_interval_s": 0.5,
     }
-    # the docs' advice for latency: max_ongoing_requests a little above the target
-    return {**base, "stages": {**base["stages"], "autoscaling_config": auto, "max_ongoing_requests": 2}}
+    return {**base, "stages": {**base["stages"], "autoscaling_config": auto}}
 
 
 def deploy(policy: str, args: dict) -> str:

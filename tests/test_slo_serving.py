@@ -6,8 +6,10 @@ the first request after it answered."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.request
 
 import httpx
 import pytest
@@ -122,6 +124,23 @@ def test_over_budget_a_variant_answers_a_share_and_the_model_takes_back_all(slo_
         for _ in range(4):
             versions.add(client.post(f"/v1/models/{MODEL}:predict", json=slo_store["body"]).headers["x-model-version"])
     assert versions == {"1"}
+    # the plan on Ray's Prometheus endpoint, as the Grafana dashboard's panels query it
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+
+    def exported() -> str | None:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        wanted = (
+            "ray_modelfoundry_slo_objective_ms{",
+            "ray_modelfoundry_slo_replicas{",
+            "ray_modelfoundry_slo_variant_share{",
+        )
+        return text if all(w in text for w in wanted) else None
+
+    text = _until(exported, 120, "the plan's gauges never reached the metrics endpoint")
+    assert re.search(r'ray_modelfoundry_slo_objective_ms\{[^}]*model="slo-cnn"[^}]*\} 120', text)
+    assert re.search(r'ray_modelfoundry_slo_replicas\{[^}]*service="stage-1"[^}]*state="running"', text)
     remove("slo-live")
 
 

@@ -12,6 +12,7 @@ the share it routes by and the operator view (`foundry serve --status`) reads th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from typing import Any
@@ -44,10 +45,6 @@ class SloOptions(Strict):
     # the objective: "@ALIAS" (this model's alias, e.g. @fast), NAME, NAME:VERSION or NAME@ALIAS
     variant: str | None = None
     idle_to_zero_s: float = Field(default=60.0, gt=0)  # with min_replicas 0: idle this long first
-    # requests one stage replica takes at once; the rest wait at the caller and go to the first
-    # replica with room: the shared queue the planner models (a deep per-replica queue makes a
-    # request wait behind a slow replica while another is idle). With batching: at least a batch
-    max_ongoing_per_replica: int = Field(default=2, gt=0)
     # bench only: each variant call also holds its replica this long (ModelArgs.synthetic_ms)
     variant_synthetic_ms: float = Field(default=0.0, ge=0, le=10_000)
 
@@ -146,8 +143,8 @@ def board(app: str, create: bool = True):
 class ShareReader:
     """In an ingress replica: the variant's share of requests, from the app's board every POLL_S."""
 
-    def __init__(self) -> None:
-        self.share, self.plan = 0.0, {}
+    def __init__(self, model: str) -> None:
+        self.share, self.plan, self.model = 0.0, {}, model
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -156,15 +153,27 @@ class ShareReader:
             from ray import serve
 
             app = serve.get_replica_context().app_name
-            self.task = asyncio.get_running_loop().create_task(self._poll(app))
+            # in a context of its own: it outlives the request that started it, and Serve cancels
+            # what a request started when that request ends (serving/continuous.py met the same)
+            self.task = asyncio.get_running_loop().create_task(self._poll(app), context=contextvars.Context())
 
     async def _poll(self, app: str) -> None:
-        handle = None
+        import logging
+
+        from modelfoundry.serving.metrics import SloMetrics
+
+        handle, metrics, failed = None, None, False
         while True:
             try:
+                metrics = metrics or SloMetrics(self.model)
                 handle = handle or board(app)
                 self.plan = await handle.read.remote()
                 self.share = float(self.plan.get("variant_share", 0.0))
+                if self.plan:
+                    metrics.update(self.plan)
+                failed = False
             except Exception:  # noqa: BLE001  (a board restarting: keep the last share, try again)
-                handle = None
+                if not failed:  # once per run of failures
+                    logging.getLogger("ray.serve").warning("reading the plan of app %s failed", app, exc_info=True)
+                handle, failed = None, True
             await asyncio.sleep(POLL_S)

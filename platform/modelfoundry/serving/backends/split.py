@@ -32,7 +32,7 @@ class SplitBackend(Backend):
         super().__init__(spec, handles)
         # with a latency objective: the cheaper variant is the last handle, its share from the plan
         self.variant = self.handles.pop() if spec.variant else None
-        self.share = ShareReader() if spec.slo else None
+        self.share = ShareReader(spec.name) if spec.slo else None
 
     def pick(self, headers) -> str | None:
         """With an objective, "variant" for the plan's share of requests (at random), else "model"."""
@@ -137,8 +137,6 @@ def _options(ctx: BuildContext, slo, placement: dict[str, float]) -> dict[str, A
     if slo is not None:
         opts.pop("num_replicas", None)
         opts["autoscaling_config"] = slo.autoscaling(slo.max_replicas_total)
-        batch = ctx.batching["max_batch_size"] if ctx.batching else 1
-        opts["max_ongoing_requests"] = max(slo.max_ongoing_per_replica, batch)
     return opts
 
 
