@@ -82,7 +82,7 @@ def app_args(store: str, policy: str, a: argparse.Namespace, min_replicas: int =
         "target_ongoing_requests": 1,
         "upscale_delay_s": 0.0,
         "downscale_delay_s": 15.0,
-        "look_back_period_s": 2.0,
+        "look_back_period_s": 1.0,
         "metrics_interval_s": 0.5,
     }
     return {**base, "stages": {**base["stages"], "autoscaling_config": auto}}

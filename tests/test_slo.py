@@ -11,7 +11,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from modelfoundry.serving import planner
 from modelfoundry.serving.app_args import parse_args
-from modelfoundry.serving.slo import SloOptions, Window
+from modelfoundry.serving.slo import WINDOW_S, SloOptions, Window
 from modelfoundry.serving.slo_policy import SloPolicy
 
 
@@ -99,7 +99,7 @@ def test_window_counts_arrivals_not_completions():
     w.add(0.020)
     w.add(0.020)
     s = w.stats()
-    assert s["rate"] == 10 / 2.0  # ten arrived in the 2 s window, two finished
+    assert s["rate"] == 10 / WINDOW_S  # ten arrived in the window, two finished
     assert s["mean_ms"] == pytest.approx(20.0) and s["cv2"] == pytest.approx(0.0, abs=1e-9)
     assert "mean_ms" not in Window().stats()
 

@@ -144,13 +144,24 @@ def test_over_budget_a_variant_answers_a_share_and_the_model_takes_back_all(slo_
     remove("slo-live")
 
 
-def test_an_idle_app_scales_to_zero_and_its_first_request_is_answered(slo_store):
+def test_an_idle_app_scales_to_zero_and_its_first_request_is_answered(slo_store, tmp_path):
+    """Started from a Serve YAML, as `foundry serve app.yaml` runs it (its planner set as the app's
+    autoscaling_policy: Serve's own `serve run` would leave the app without it)."""
+    import yaml
     from ray import serve
 
-    from modelfoundry.serving.slo_app import deploy_slo, remove
+    from modelfoundry.serving.config_file import run_serve_config
+    from modelfoundry.serving.slo_app import remove
 
     args = _args(slo_store, slo={"p99_ms": 500, "max_replicas_total": 4, "min_replicas": 0, "idle_to_zero_s": 1})
-    deploy_slo(args, "slo-zero", port=PORT)
+    app = {"name": "slo-zero", "route_prefix": "/", "import_path": "modelfoundry.serving.apps:app", "args": args}
+    (tmp_path / "slo.yaml").write_text(yaml.safe_dump({"applications": [app]}))
+    assert run_serve_config(str(tmp_path / "slo.yaml"), port=PORT) == [URL]
+    from modelfoundry.serving.declarative import client
+    from modelfoundry.serving.slo_app import POLICY
+
+    deployed = client().get_serve_details()["applications"]["slo-zero"]["deployed_app_config"]
+    assert deployed["autoscaling_policy"]["policy_function"] == POLICY  # its planner with it
 
     def at_zero() -> bool:
         deps = serve.status().applications["slo-zero"].deployments

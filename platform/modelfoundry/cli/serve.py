@@ -30,24 +30,7 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
         "--sticky-header",
         help="with --traffic: a request header (user or session id) that keeps a client on one version",
     )
-    s.add_argument(
-        "--slo-p99-ms",
-        type=float,
-        help="with --split: a p99 latency objective (ms) for the whole graph; a planner sets every stage's "
-        "replicas to hold it at the fewest replicas (refused at start when the stages alone take longer)",
-    )
-    s.add_argument("--max-replicas-total", type=int, help="with --slo-p99-ms: the stages' replica budget (default 8)")
-    s.add_argument(
-        "--min-replicas", type=int, help="with --slo-p99-ms: per stage when idle (default 1; 0 scales to zero)"
-    )
-    s.add_argument(
-        "--variant",
-        help="with --slo-p99-ms: a cheaper version (@ALIAS, NAME, NAME:VERSION) that answers a share of "
-        "requests when the budget cannot hold the objective",
-    )
-    s.add_argument(
-        "--status", action="store_true", help="print the live plan of the app TARGET names (its latency objective)"
-    )
+    _slo_args(s.add_argument_group("latency objective (a split app)"))
     add_store_arg(s)
     s.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
     s.add_argument("--api-keys-env", help="NAME of an env var holding comma-separated API keys (required off loopback)")
@@ -66,6 +49,23 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--for", dest="duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+
+
+def _slo_args(g) -> None:
+    g.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        help="a p99 objective (ms) for the whole graph: a planner sets every stage's replicas to hold it at the "
+        "fewest replicas (refused at start when the stages alone take longer)",
+    )
+    g.add_argument("--max-replicas-total", type=int, help="the stages' and variant's replica budget (default 8)")
+    g.add_argument("--min-replicas", type=int, help="replicas per stage when idle (default 1; 0 scales to zero)")
+    g.add_argument(
+        "--variant",
+        help="a cheaper version (@ALIAS, NAME, NAME:VERSION) that answers a share of requests when the budget "
+        "cannot hold the objective",
+    )
+    g.add_argument("--status", action="store_true", help="print the live plan of the app TARGET names")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

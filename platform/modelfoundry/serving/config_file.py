@@ -48,6 +48,11 @@ def run_serve_config(path: str, host: str | None = None, port: int | None = None
 
             urls.append(deploy_canary(args, app["name"], prefix, host, port))
             continue
+        if getattr(args, "slo", None) is not None:  # declarative, its planner the app's policy
+            from modelfoundry.serving.slo_app import deploy_slo
+
+            urls.append(deploy_slo(args, app["name"], host, port, prefix))
+            continue
         serve.run(builder(given), name=app["name"], route_prefix=prefix, logging_config=logs)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
     return urls

@@ -24,12 +24,13 @@ from pydantic import Field, model_validator
 from modelfoundry.serving.options import Strict
 
 BOARD_NAMESPACE = "modelfoundry"
-WINDOW_S = 2.0  # what a replica's reported rates and times cover
+WINDOW_S = 1.0  # what a replica's reported rates and times cover
 POLL_S = 0.5  # how often an ingress replica reads the plan
+NO_PLAN_WARNING_S = 60.0
 # every planner-managed deployment: Serve measures over a short window and applies the plan at
 # once both ways; the planner holds a decrease itself for DOWNSCALE_DELAY_S (serving/slo_policy.py),
 # except where the budget needs the replicas elsewhere at once (the variant under a step)
-LOOK_BACK_S = 2.0
+LOOK_BACK_S = 1.0
 # how often replicas and handles push their metrics to the controller (Serve's default, 10 s, would
 # leave the planner 10 s behind a step in load); a small actor call per replica per push
 METRICS_INTERVAL_S = 0.5
@@ -162,8 +163,16 @@ class ShareReader:
 
         from modelfoundry.serving.metrics import SloMetrics
 
-        handle, metrics, failed = None, None, False
+        handle, metrics, failed, since = None, None, False, time.monotonic()
         while True:
+            if not self.plan and since is not None and time.monotonic() - since > NO_PLAN_WARNING_S:
+                since = None  # said once: an app deployed without its planner (Serve's own `serve deploy`)
+                logging.getLogger("ray.serve").warning(
+                    "app %s has a latency objective but no planner has published a plan in %.0f s: deploy it with "
+                    "foundry serve (it sets the app's autoscaling_policy), not serve deploy",
+                    app,
+                    NO_PLAN_WARNING_S,
+                )
             try:
                 metrics = metrics or SloMetrics(self.model)
                 handle = handle or board(app)

@@ -26,8 +26,12 @@ POLICY = "modelfoundry.serving.slo_policy:SloPolicy"
 PROBES = 20
 
 
-def deploy_slo(args: ModelArgs | dict[str, Any], app_name: str, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Deploy; probe; refuse an impossible objective. Returns the base URL."""
+def deploy_slo(
+    args: ModelArgs | dict[str, Any], app_name: str, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/"
+) -> str:
+    """Deploy; probe; refuse an impossible objective. Returns the base URL. (Serve's own `serve
+    deploy` of such an app would run it without its planner: Serve takes the app-level policy from
+    the config's `autoscaling_policy`, which this writes.)"""
     args = parse_args(args)
     if not isinstance(args, ModelArgs) or args.slo is None:
         raise ValueError("deploy_slo needs a split model app with slo")
@@ -40,7 +44,7 @@ def deploy_slo(args: ModelArgs | dict[str, Any], app_name: str, host: str = "127
     board(app_name)  # the planner and the ingress replicas find it by name
     config = {
         "name": app_name,
-        "route_prefix": "/",
+        "route_prefix": route_prefix,
         "import_path": declarative.IMPORT_PATH,
         "args": args.model_dump(mode="json", exclude_defaults=True),
         "logging_config": QUIET_LOGS,
@@ -52,7 +56,7 @@ def deploy_slo(args: ModelArgs | dict[str, Any], app_name: str, host: str = "127
     except ValueError:
         remove(app_name)
         raise
-    return f"http://{host}:{port}"
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
 def _stage_names(app_name: str) -> list[str]:
