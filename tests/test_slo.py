@@ -177,3 +177,22 @@ def test_policy_holds_decreases_but_never_the_budget():
     assert out["variant"] == 3 and out["stage-0"] + out["stage-1"] + out["variant"] <= 6
     # an increase is at once
     assert policy._hold({"stage-0": 4, "stage-1": 1, "variant": 1, "Ingress": 1})["stage-0"] == 4
+
+
+def test_policy_raises_the_share_while_the_chain_misses_and_lowers_it_when_it_holds():
+    import time
+
+    policy = _policy(budget=5)
+    stages = [_ctx(f"stage-{i}", 2, {"rate": 60.0, "mean_ms": 20.0, "cv2": 0.0}) for i in range(2)]
+    variant = _ctx("variant", 1, {"mean_ms": 5.0})
+
+    def tick(chain_p99: float) -> float:
+        policy.ticked = time.monotonic() - 1.0  # one second since the last decision
+        ingress = _ctx("Ingress", 1, {"rate": 60.0, "mean_ms": 50.0, "chain_p99_ms": chain_p99})
+        policy(dict([ingress, *stages, variant]))
+        return policy.share
+
+    planned = tick(100.0)  # the chain holds: the planned share alone
+    missed = [tick(400.0) for _ in range(2)]  # it misses: more each second, on top of the plan
+    assert planned < missed[0] < missed[1] <= 1.0
+    assert tick(100.0) < missed[1]  # it holds again: the correction falls back

@@ -65,7 +65,7 @@ class Ingress(Verbs):
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics (read by the planner, serving/slo_policy.py)."""
-        return self.window.stats()
+        return {**self.window.stats(), **self.backend.autoscaling_stats()}
 
     def reconfigure(self, user_config: dict) -> None:
         """The deployment's user_config changed (a canary's traffic weights, applied in place:

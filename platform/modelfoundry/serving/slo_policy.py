@@ -26,6 +26,11 @@ OVERHEAD_S = 60.0  # the overhead is the least seen over this long (queueing onl
 # this long: a backlog left by a step in load is drained (more replicas, a larger variant share)
 # instead of being carried at a rate the graph only just keeps up with
 DRAIN_S = 2.0
+# the model is checked against what the ingress sees: while the full model's chain (stages, hops,
+# queues) misses the objective at the budget, the variant's share rises this much per second on top
+# of the planned one, and falls back at BOOST_DOWN when it holds (an integral correction: the
+# queueing model does not see CPU contention or a router's imbalance)
+BOOST_UP, BOOST_DOWN = 0.3, 0.1
 
 
 def _total(ctx, metric: str) -> float:
@@ -64,6 +69,7 @@ class SloPolicy:
         self.overhead_ms = 0.0
         self.overheads: deque[tuple[float, float]] = deque()  # (when, ingress mean less the stages')
         self.share = 0.0  # the variant's share last decided
+        self.boost, self.ticked = 0.0, time.monotonic()  # the share's correction (BOOST_UP)
         self.targets: dict[str, int] = {}  # what was last asked of Serve, per deployment
         self.lower_since: dict[str, float] = {}  # since when the plan has wanted fewer
         self.board = None
@@ -84,6 +90,7 @@ class SloPolicy:
         active = rate > 0 or waiting > 0
         running = [by_name[s][1].current_num_replicas for s in self.stages]
         decided = self._decide(rate, active, running)
+        decided["variant_share"] = self._corrected(decided, _max(ingress, "chain_p99_ms"))
         decided["replicas"] = self._hold(decided["replicas"])
         self.share = decided["variant_share"]
         out = {by_name[name][0]: n for name, n in decided["replicas"].items() if name in by_name}
@@ -138,6 +145,23 @@ class SloPolicy:
             return p, 0.0
         now = [min(r, c) for r, c in zip(running, p.replicas)]
         return p, max(p.variant_share, planner.share_needed(service, rate, self.p99_ms, now, self.overhead_ms, cv2))
+
+    def _corrected(self, decided: dict[str, Any], chain_p99: float | None) -> float:
+        """The planned share plus the correction, when the variant is the lever (the plan sends it
+        a share, or the stages are at their budget)."""
+        now = time.monotonic()
+        dt, self.ticked = now - self.ticked, now
+        share, p = decided["variant_share"], decided["plan"]
+        if not self.variant or p is None:
+            self.boost = 0.0
+            return share
+        at_budget = sum(p.replicas) + max(1, decided["replicas"].get(self.variant, 1)) >= self.budget
+        lever = share > 0 or at_budget
+        missed = chain_p99 is not None and chain_p99 > self.p99_ms - self.overhead_ms
+        self.boost = (
+            min(1.0, self.boost + BOOST_UP * dt) if lever and missed else max(0.0, self.boost - BOOST_DOWN * dt)
+        )
+        return min(1.0, share + self.boost) if lever else share
 
     def _hold(self, wanted: dict[str, int]) -> dict[str, int]:
         """Increases at once; a decrease once the plan has wanted it for DOWNSCALE_DELAY_S, unless
@@ -213,6 +237,7 @@ class SloPolicy:
             "variant_share": decided["variant_share"],
             "predicted_p99_ms": _finite(p.predicted_p99_ms) if p else None,
             "observed_p99_ms": observed_p99,
+            "share_correction": round(self.boost, 3),
             "meets": p.meets if p else None,
             "time": now,
         }

@@ -104,6 +104,10 @@ class Backend:
     def reconfigure(self, user_config: dict) -> None:
         """The deployment's user_config changed (a canary's weights); most shapes have none."""
 
+    def autoscaling_stats(self) -> dict[str, float]:
+        """What this shape adds to the ingress's custom autoscaling metrics."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What GET /v1/models/<name> adds for this shape."""
         return {}

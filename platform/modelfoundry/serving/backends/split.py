@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,7 @@ from modelfoundry.serving.app_args import ModelArgs
 from modelfoundry.serving.backends.base import Backend, BuildContext, finite
 from modelfoundry.serving.decoders import RemoteDecoder
 from modelfoundry.serving.explain import ExplainRequest, integrated_gradients, stage_chain
-from modelfoundry.serving.slo import ShareReader
+from modelfoundry.serving.slo import ShareReader, Window
 from modelfoundry.serving.spec import Arm, IngressSpec
 from modelfoundry.serving.stage import Stage
 from modelfoundry.store import CheckpointMeta, StoreVersion, parse_ref
@@ -33,6 +34,7 @@ class SplitBackend(Backend):
         # with a latency objective: the cheaper variant is the last handle, its share from the plan
         self.variant = self.handles.pop() if spec.variant else None
         self.share = ShareReader(spec.name) if spec.slo else None
+        self.chain = Window()  # the full model's time through its stages, hops and queues included
 
     def pick(self, headers) -> str | None:
         """With an objective, "variant" for the plan's share of requests (at random), else "model"."""
@@ -50,9 +52,16 @@ class SplitBackend(Backend):
     async def output(self, x: np.ndarray, model_id: str | None = None, target: str | None = None) -> np.ndarray:
         if target == VARIANT:
             return finite(await self.variant.remote(x))
+        t0 = time.perf_counter()
         for stage in self.handles:  # each hop is a call to another service
             x = await stage.remote(x)
+        self.chain.add(time.perf_counter() - t0)
         return finite(x)
+
+    def autoscaling_stats(self) -> dict[str, float]:
+        """The chain's p99 (ms): what the planner's prediction is checked against."""
+        stats = self.chain.stats()
+        return {"chain_p99_ms": stats["p99_ms"]} if "p99_ms" in stats else {}
 
     def describe(self) -> dict[str, Any]:
         if self.share is None:
