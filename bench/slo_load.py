@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -212,6 +213,20 @@ def timeline(recs: list[dict], samples: list[dict]) -> list[dict]:
     return out
 
 
+def over_rounds(runs: list[dict]) -> dict:
+    """A policy's figures: the median over rounds of each number (each round's in `rounds`)."""
+    med = statistics.median
+    out = {k: med(r[k] for r in runs) for k in ("attainment", "replica_seconds", "p50_ms", "p99_ms", "errors")}
+    out["attainment_by_phase"] = {
+        p: med(r["attainment_by_phase"][p] for r in runs) for p in runs[0]["attainment_by_phase"]
+    }
+    versions = {v for r in runs for v in r["by_version"]}
+    out["by_version"] = {v: sum(r["by_version"].get(v, 0) for r in runs) for v in sorted(versions)}
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["rounds"] = runs
+    return out
+
+
 def cold_starts(store: str, a: argparse.Namespace, body: bytes) -> list[float]:
     """First-request latency of a min_replicas 0 planner app, after it scaled to zero, `a.cold` times."""
     import urllib.request
@@ -324,7 +339,14 @@ def main() -> None:
     dest = ROOT / "bench" / "results" / "slo_load.json"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out) if a.json else json.dumps(out, indent=2))
+    # stdout: without the per-second timelines (they stay in the file and the plot)
+    brief = {k: v for k, v in out.items()}
+    for policy in ("planner", "default"):
+        brief[policy] = {
+            **out[policy],
+            "rounds": [{k: v for k, v in r.items() if k != "timeline"} for r in out[policy]["rounds"]],
+        }
+    print(json.dumps(brief) if a.json else json.dumps(brief, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ count, so it travels to the ingress replicas through the board actor, not throug
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -30,7 +31,7 @@ DRAIN_S = 2.0
 # queues) misses the objective at the budget, the variant's share rises this much per second on top
 # of the planned one, and falls back at BOOST_DOWN when it holds (an integral correction: the
 # queueing model does not see CPU contention or a router's imbalance)
-BOOST_UP, BOOST_DOWN = 0.3, 0.1
+BOOST_UP, BOOST_DOWN = 0.15, 0.05
 
 
 def _total(ctx, metric: str) -> float:
@@ -74,8 +75,20 @@ class SloPolicy:
         self.lower_since: dict[str, float] = {}  # since when the plan has wanted fewer
         self.board = None
         self.published = 0.0
+        self.failed_at = -math.inf
 
     def __call__(self, contexts: dict) -> tuple[dict, dict]:
+        """Serve's controller calls this every control-loop tick. A fault here leaves the replicas
+        as they are (no decision) and is logged once a minute: it must not stop the controller."""
+        try:
+            return self._tick(contexts)
+        except Exception:  # noqa: BLE001
+            if time.monotonic() - self.failed_at > 60:
+                self.failed_at = time.monotonic()
+                logging.getLogger("ray.serve").exception("the latency-objective planner of %s failed", self.app)
+            return {}, {}
+
+    def _tick(self, contexts: dict) -> tuple[dict, dict]:
         by_name = {dep.name: (dep, ctx) for dep, ctx in contexts.items()}
         if self.ingress not in by_name or any(s not in by_name for s in self.stages):
             return {}, {}  # the app is still being deployed
