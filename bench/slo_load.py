@@ -321,7 +321,7 @@ def main() -> None:
         results[policy].append(summary)
         last[policy] = (recs, sampler.rows)
     cold = cold_starts(store, a, body) if a.cold else []
-    out = {policy: {**runs[-1], "rounds": runs} if len(runs) > 1 else runs[0] for policy, runs in results.items()}
+    out: dict = {policy: over_rounds(runs) for policy, runs in results.items()}
     out |= {
         "cold_start_p50_s": round(float(np.percentile(cold, 50)), 3) if cold else None,
         "cold_start_p95_s": round(float(np.percentile(cold, 95)), 3) if cold else None,
