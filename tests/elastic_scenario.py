@@ -19,14 +19,18 @@ from modelfoundry.config import parse_config
 from modelfoundry.localcluster import LocalCluster
 from modelfoundry.training import train
 
+EPOCHS = 24
+
 
 def job(tmp: str) -> dict:
     return {
         "name": "elastic",
-        "model": {"family": "mlp", "preset": "tiny"},
-        "data": {"dataset": "mnist"},  # epochs long enough for a node to join between them
+        # the default MLP on MNIST: epochs of seconds, so the run outlasts a node joining and the
+        # grow (the tiny preset's half-second epochs ended a run before a join took effect)
+        "model": {"family": "mlp", "preset": "default"},
+        "data": {"dataset": "mnist"},
         "train": {
-            "epochs": 20,
+            "epochs": EPOCHS,
             "batch_size": 64,
             "lr": 0.01,
             "workers": {"min": 1, "max": 2, "resize_interval_s": 2},
@@ -52,11 +56,20 @@ def epochs_seen(run_root: Path) -> list[dict]:
     return best
 
 
-def wait_for(condition, what: str, timeout_s: float = 300) -> None:
+def snapshot_inside_epoch(run_root: Path) -> bool:
+    """A step snapshot written after the newest epoch checkpoint."""
+    snaps = [p.stat().st_mtime for p in run_root.glob("run-*/step-snapshot.pt")]
+    ckpts = [p.stat().st_mtime for p in run_root.glob("run-*/checkpoint_*/model.json")]
+    return bool(snaps and ckpts) and max(snaps) > max(ckpts)
+
+
+def wait_for(condition, what: str, timeout_s: float = 300, running: threading.Thread | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s} s for {what}")
+        if running is not None and not running.is_alive() and not condition():
+            raise TimeoutError(f"the run ended before {what}")
         time.sleep(0.2)
 
 
@@ -92,7 +105,9 @@ def scenario(lc: LocalCluster, tmp: str) -> dict:
     joined = lc.add_worker(1, {"trainer": 1})  # from the main thread, as Ray requires
     out["events"]["node_added_s"] = round(time.time() - t0, 1)
     on_two = lambda: sum(h.get("workers") == 2 for h in epochs_seen(root)) >= 3  # noqa: E731
-    wait_for(on_two, "3 epochs on 2 workers")
+    wait_for(on_two, "3 epochs on 2 workers", running=trainer)
+    # killed inside an epoch, after its first step snapshot: the shrink must resume mid-epoch
+    wait_for(lambda: snapshot_inside_epoch(root), "a step snapshot inside an epoch", running=trainer)
     lc.remove_worker(joined, graceful=False)
     out["events"]["node_killed_s"] = round(time.time() - t0, 1)
     trainer.join(timeout=900)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from elastic_scenario import EPOCHS
+
 
 def test_node_loss_resumes_and_no_capacity_fails_in_bounded_time(tmp_path):
     script = Path(__file__).with_name("multinode_scenario.py")
@@ -85,7 +87,7 @@ def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_one_dies(tmp_pa
     out = run_scenario("elastic_scenario.py", tmp_path)
     assert "error" not in out, out
     history = out["history"]  # (epoch, workers, attempt, train_loss)
-    assert [h[0] for h in history] == list(range(1, 21)), history
+    assert [h[0] for h in history] == list(range(1, EPOCHS + 1)), history
     sizes = [h[1] for h in history]
     assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1, sizes
     timeline = out["workers"]["timeline"]
