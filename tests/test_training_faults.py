@@ -39,14 +39,18 @@ def history_of(checkpoint: str | Path) -> list[tuple[int, int]]:
 
 
 def test_a_train_worker_sigkilled_mid_run_is_replaced_and_the_run_resumes(ray_cluster, tmp_path):
-    cfg = parse_config(job(tmp_path, "worker-kill", epochs=10, max_failures=2))
+    # epochs enough that the run is still going when the kill lands: on a quiet machine an epoch
+    # of this MLP takes 0.07 s and finding the worker (Ray's state API) about a second, so a
+    # 10-epoch run could end first (it did, once, in a full-suite run)
+    epochs = 60
+    cfg = parse_config(job(tmp_path, "worker-kill", epochs=epochs, max_failures=2))
     root = tmp_path / "runs" / "worker-kill"
     with kill_a_train_worker_when(lambda: len(checkpoints(root)) >= 2) as killed:
         outcome = train(cfg)
     assert killed, "no worker was found to kill"
     hist = history_of(outcome.last_checkpoint)
     # every epoch once, in order; a second attempt took over after the kill, from a checkpoint
-    assert [e for e, _ in hist] == list(range(1, 11)), hist
+    assert [e for e, _ in hist] == list(range(1, epochs + 1)), hist
     assert hist[0][1] == 0 and hist[-1][1] >= 1
     assert outcome.metrics["test_accuracy"] > 0.8
     load_checkpoint(outcome.model["path"])
