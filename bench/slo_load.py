@@ -340,7 +340,7 @@ def main() -> None:
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(json.dumps(out, indent=2))
     # stdout: without the per-second timelines (they stay in the file and the plot)
-    brief = {k: v for k, v in out.items()}
+    brief = dict(out)
     for policy in ("planner", "default"):
         brief[policy] = {
             **out[policy],

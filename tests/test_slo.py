@@ -196,3 +196,14 @@ def test_policy_raises_the_share_while_the_chain_misses_and_lowers_it_when_it_ho
     missed = [tick(400.0) for _ in range(2)]  # it misses: more each second, on top of the plan
     assert planned < missed[0] < missed[1] <= 1.0
     assert tick(100.0) < missed[1]  # it holds again: the correction falls back
+
+
+def test_a_slow_variant_never_takes_the_stages_last_replicas():
+    policy = _policy(budget=5)
+    ingress = _ctx("Ingress", 1, {"rate": 500.0, "mean_ms": 50.0})
+    stages = [_ctx(f"stage-{i}", 1, {"rate": 500.0, "mean_ms": 20.0, "cv2": 0.0}) for i in range(2)]
+    variant = _ctx("variant", 1, {"mean_ms": 50.0, "cv2": 0.0})
+    by = {d.name: n for d, n in policy(dict([ingress, *stages, variant]))[0].items()}
+    assert by["stage-0"] >= 1 and by["stage-1"] >= 1 and by["variant"] <= 3
+    assert by["stage-0"] + by["stage-1"] + by["variant"] <= 5
+    assert policy.cv2["stage-0"] == 0.0  # a measured constant service time is kept as such

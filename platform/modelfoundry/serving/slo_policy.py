@@ -112,11 +112,12 @@ class SloPolicy:
 
     def _learn(self, by_name: dict) -> None:
         """Service times from the replicas' windows; the overhead (hops, HTTP, the ingress's own
-        work) as the ingress's mean time less the stages', smoothed."""
+        work) as the ingress's mean time less the stages', the least seen over OVERHEAD_S."""
         for name in [*self.stages, *([self.variant] if self.variant else [])]:
             if name in by_name and (m := _mean(by_name[name][1], "mean_ms")) is not None:
                 self.service_ms[name] = m
-                self.cv2[name] = _mean(by_name[name][1], "cv2") or 1.0
+                cv2 = _mean(by_name[name][1], "cv2")
+                self.cv2[name] = 1.0 if cv2 is None else cv2  # 0 is a real value: constant times
         # the least over OVERHEAD_S while the variant takes no share: an ingress time that holds
         # waits must not count (a larger overhead would feed back into more replicas)
         whole = _mean(by_name[self.ingress][1], "mean_ms")
@@ -202,13 +203,12 @@ class SloPolicy:
         service = self.service_ms.get(self.variant) if self.variant else None
         if not rate or not service:
             return 1
-        for c in range(1, self.budget + 1):
-            if (
-                self.overhead_ms + planner.stage_p99_ms(service, rate, c, self.cv2.get(self.variant, 1.0))
-                <= self.p99_ms
-            ):
+        most = max(1, self.budget - len(self.stages))  # the stages keep one replica each
+        cv2 = self.cv2.get(self.variant, 1.0)
+        for c in range(1, most + 1):
+            if self.overhead_ms + planner.stage_p99_ms(service, rate, c, cv2) <= self.p99_ms:
                 return c
-        return self.budget
+        return most
 
     def _all(self, n: int, ingress: int) -> dict[str, int]:
         names = [*self.stages, *([self.variant] if self.variant else [])]
